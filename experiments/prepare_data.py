@@ -17,16 +17,14 @@ import os
 import resource
 import sys
 import time
-from collections import Counter
 
 from absl import app, flags
-import numpy as np
 
 from tff_rec import runtime
-from tff_rec.data import client_data, movielens, schema, silos, stats
-from tff_rec.data.pipeline import PrepareOptions, prepare
+from tff_rec.data import client_data, movielens, pipeline, schema, stats
+from tff_rec.data.pipeline import PrepareOptions
 from tff_rec.data.records import DataError
-from tff_rec.data.synthetic import SyntheticConfig, SyntheticSource
+from tff_rec.data.synthetic import SyntheticConfig
 
 _DATASET = flags.DEFINE_enum('dataset', None, ['movielens_100k', 'synthetic'], 'Which dataset to prepare.')
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Root directory for raw and prepared data.')
@@ -89,28 +87,13 @@ def _config_from_flags() -> Config:
 
 def run(config: Config) -> dict:
   """Prepares the dataset described by `config`; returns its statistics."""
-  if config.synthetic is None:
-    archive = config.raw_archive or movielens.fetch(os.path.join(config.data_dir, 'raw'),
-                                                    grouplens_timeout_s=config.grouplens_timeout)
-    ml = movielens.read_archive(archive)
-    logging.info('MovieLens-100K from %s (%s): checksum verified', archive, ml.source)
-    users, user_ids, items = ml.per_user(), np.asarray(sorted(ml.users)), ml.items
-    occupation_counts = Counter(u.occupation for u in ml.users.values())
-    metadata = {'dataset': config.dataset, 'source': ml.source, 'ratings_sha256': movielens.RATINGS_SHA256}
-  else:
-    source = SyntheticSource(config.synthetic)
-    users, user_ids, items = source.users(), source.user_ids, source.items
-    occupation_counts = source.expected_occupation_counts()
-    metadata = {'dataset': config.dataset, 'source': 'synthetic', 'synthetic': dataclasses.asdict(config.synthetic)}
-  options = config.options
-  if config.num_platforms:
-    try:
-      options = dataclasses.replace(options, occupation_platform=silos.assign_platforms(
-          occupation_counts, config.num_platforms))
-    except ValueError as e:
-      raise DataError(f'--num_platforms: {e}') from None
-  return prepare(users, user_ids, items, config.output_dir, options, metadata,
-                 progress=config.progress)
+  if config.synthetic is not None:
+    return pipeline.prepare_synthetic(config.synthetic, config.output_dir, config.options,
+                                      num_platforms=config.num_platforms, progress=config.progress)
+  archive = config.raw_archive or movielens.fetch(os.path.join(config.data_dir, 'raw'),
+                                                  grouplens_timeout_s=config.grouplens_timeout)
+  return pipeline.prepare_movielens(archive, config.output_dir, config.options,
+                                    num_platforms=config.num_platforms, progress=config.progress)
 
 
 def main(argv):

@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import numpy as np
 import tqdm
 
-from tff_rec.data import schema, splits, stats
+from tff_rec.data import movielens, schema, silos, splits, stats
 from tff_rec.data.examples import ExampleEncoder
-from tff_rec.data.records import Item, UserRatings
+from tff_rec.data.records import DataError, Item, UserRatings
 from tff_rec.data.sql_writer import SqlClientDataWriter, publish
+from tff_rec.data.synthetic import SyntheticConfig, SyntheticSource
 
 SPLIT_VERSION = 1  # Bump when the split protocol changes.
 
@@ -32,6 +34,35 @@ class PrepareOptions:
   heldout_fraction: float = 0.1
   # occupation -> platform id; None writes no cross-silo view.
   occupation_platform: Optional[Mapping[str, str]] = None
+
+
+def _with_platforms(options: PrepareOptions, occupation_counts: Mapping[str, float],
+                    num_platforms: int) -> PrepareOptions:
+  if not num_platforms:
+    return dataclasses.replace(options, occupation_platform=None)
+  try:
+    return dataclasses.replace(options, occupation_platform=silos.assign_platforms(occupation_counts, num_platforms))
+  except ValueError as e:
+    raise DataError(f'--num_platforms: {e}') from None
+
+
+def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, num_platforms: int,
+                      progress: bool = True) -> dict[str, Any]:
+  """Verifies and prepares MovieLens-100K from `archive` (see `movielens.fetch`)."""
+  ml = movielens.read_archive(archive)
+  options = _with_platforms(options, Counter(u.occupation for u in ml.users.values()), num_platforms)
+  metadata = {'dataset': 'movielens_100k', 'source': ml.source, 'ratings_sha256': movielens.RATINGS_SHA256}
+  return prepare(ml.per_user(), np.asarray(sorted(ml.users)), ml.items, out_dir, options, metadata,
+                 progress=progress)
+
+
+def prepare_synthetic(config: SyntheticConfig, out_dir: str, options: PrepareOptions, *, num_platforms: int,
+                      progress: bool = True) -> dict[str, Any]:
+  """Generates and prepares a synthetic dataset, streaming one user at a time."""
+  source = SyntheticSource(config)
+  options = _with_platforms(options, source.expected_occupation_counts(), num_platforms)
+  metadata = {'dataset': 'synthetic', 'source': 'synthetic', 'synthetic': dataclasses.asdict(config)}
+  return prepare(source.users(), source.user_ids, source.items, out_dir, options, metadata, progress=progress)
 
 
 def _user_examples(ur: UserRatings, encoder: ExampleEncoder, catalogue: np.ndarray, seed: int, heldout: bool):

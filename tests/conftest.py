@@ -1,0 +1,26 @@
+"""Session-wide test setup.
+
+The test session stops every TFF worker_binary it started when it ends, so a
+test run never leaves a process holding its output pipe open (CI would hang).
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's C++ start-up chatter.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  from tff_rec import runtime  # pylint: disable=g-import-not-at-top
+  runtime.stop_all_workers()
+
+
+@pytest.fixture(scope='session')
+def movielens_archive() -> str:
+  """The real MovieLens-100K archive, fetched once into the project's raw cache."""
+  from tff_rec.data import movielens  # pylint: disable=g-import-not-at-top
+  return movielens.fetch(os.path.join(ROOT, 'data', 'raw'), grouplens_timeout_s=2.0)

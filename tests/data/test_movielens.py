@@ -1,0 +1,109 @@
+"""MovieLens-100K parsing, validation and checksum."""
+
+import hashlib
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from tff_rec.data import movielens
+from tff_rec.data.records import DataError
+
+
+
+def _flags(*genres):
+  return '|'.join('1' if g in genres else '0' for g in range(19))
+
+
+def _grouplens_zip(path, data_lines, items=None, users=None):
+  """A tiny archive in the official GroupLens ml-100k.zip layout."""
+  items = items or [f'1|Toy Story (1995)|01-Jan-1995||http://x|{_flags(3)}',  # Animation.
+                    f'2|unknown||||{_flags(0)}']
+  users = users or ['1|24|M|technician|85711', '2|53|F|other|94043']
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('ml-100k/u.data', ''.join(line + '\n' for line in data_lines))
+    z.writestr('ml-100k/u.item', ''.join(line + '\n' for line in items))
+    z.writestr('ml-100k/u.user', ''.join(line + '\n' for line in users))
+  return str(path)
+
+
+def test_grouplens_layout_parses(tmp_path):
+  path = _grouplens_zip(tmp_path / 'ml.zip', ['2\t1\t5\t900', '1\t2\t3\t800', '1\t1\t4\t700'])
+  ml = movielens.read_archive(path, verify=False)
+  assert ml.source == 'grouplens'
+  assert ml.user_ids.tolist() == [1, 1, 2]  # Sorted by (user, item).
+  assert ml.item_ids.tolist() == [1, 2, 1]
+  assert ml.ratings.tolist() == [4.0, 3.0, 5.0]
+  assert ml.items[1].year == 1995 and ml.items[1].genres == (3,)  # Animation.
+  assert ml.items[2].year == 0 and ml.items[2].genres == (0,)  # unknown.
+  assert ml.users[2].occupation == 'other'
+  assert [len(u) for u in ml.per_user()] == [2, 1]
+
+
+@pytest.mark.parametrize('bad_line, problem', [
+    ('1\t2\t3', 'expected 4 fields'),
+    ('1\tx\t3\t800', "item id 'x' is not an integer"),
+    ('1\t2\tgood\t800', "rating 'good' is not a number"),
+    ('1\t2\t6\t800', 'rating 6 is outside 1-5'),
+    ('1\t2\t0\t800', 'rating 0 is outside 1-5'),
+    ('1\t1\t2\t900', 'duplicate rating of item 1 by user 1 (first on line 1)'),
+])
+def test_malformed_ratings_name_file_line_and_problem(tmp_path, bad_line, problem):
+  path = _grouplens_zip(tmp_path / 'ml.zip', ['1\t1\t4\t700', bad_line])
+  with pytest.raises(DataError) as error:
+    movielens.read_archive(path, verify=False)
+  assert f'{path}:ml-100k/u.data:2: {problem}' in str(error.value)
+
+
+def test_ratings_of_unknown_items_are_an_error(tmp_path):
+  path = _grouplens_zip(tmp_path / 'ml.zip', ['1\t3\t4\t700'])
+  with pytest.raises(DataError, match=r'unknown users \[\] or items \[3\]'):
+    movielens.read_archive(path, verify=False)
+
+
+def test_not_a_zip_is_a_clear_error(tmp_path):
+  path = tmp_path / 'ml.zip'
+  path.write_text('hello')
+  with pytest.raises(DataError, match='not a readable zip archive'):
+    movielens.read_archive(str(path))
+
+
+def test_checksum_of_canonical_form():
+  digest = movielens.ratings_sha256(np.array([1, 1]), np.array([5, 2]), np.array([3.0, 4.0]), np.array([600, 700]))
+  # The canonical text: integer fields, sorted by user then item.
+  assert digest == hashlib.sha256(b'1\t2\t4\t700\n1\t5\t3\t600\n').hexdigest()
+
+
+def test_real_archive_verifies(movielens_archive):
+  ml = movielens.read_archive(movielens_archive)
+  assert len(ml.ratings) == 100_000
+  assert len(ml.users) == 943 and len(ml.items) == 1682
+
+
+def test_corrupted_copy_fails_the_checksum(movielens_archive, tmp_path):
+  corrupted = tmp_path / os.path.basename(movielens_archive)
+  with zipfile.ZipFile(movielens_archive) as src, zipfile.ZipFile(corrupted, 'w') as dst:
+    for info in src.infolist():
+      data = src.read(info)
+      if info.filename.endswith(('ml-100k.inter', 'u.data')):
+        lines = data.decode('latin-1').splitlines(keepends=True)
+        user, item, rating, ts = lines[5].rstrip('\n').split('\t')
+        lines[5] = f'{user}\t{item}\t{6 - int(rating) if rating != "3" else 4}\t{ts}\n'  # One rating changed.
+        data = ''.join(lines).encode('latin-1')
+      dst.writestr(info, data)
+  with pytest.raises(DataError, match='checksum mismatch'):
+    movielens.read_archive(str(corrupted))
+
+
+def test_fetch_uses_the_cache_without_network(tmp_path, movielens_archive, monkeypatch):
+  cached = tmp_path / os.path.basename(movielens_archive)
+  shutil.copy(movielens_archive, cached)
+
+  def no_network(*args, **kwargs):
+    raise AssertionError('fetched although a cached archive exists')
+
+  monkeypatch.setattr(movielens, '_download_grouplens', no_network)
+  monkeypatch.setattr(movielens, '_download_recbole', no_network)
+  assert movielens.fetch(str(tmp_path)) == str(cached)

@@ -1,0 +1,148 @@
+"""End-to-end preparation: invariants of the written databases, read back with TFF."""
+
+import collections
+import hashlib
+import os
+import sqlite3
+
+import pytest
+from tensorflow.core.example import example_pb2
+
+from tff_rec.data import client_data, movielens, pipeline, schema
+from tff_rec.data.pipeline import PrepareOptions
+from tff_rec.data.synthetic import SyntheticConfig, SyntheticSource
+
+
+def _prepare_synthetic(out_dir, seed=0):
+  return pipeline.prepare_synthetic(SyntheticConfig(num_users=60, num_items=150, seed=seed), str(out_dir),
+                                    PrepareOptions(seed=seed), num_platforms=3, progress=False)
+
+
+@pytest.fixture(scope='module')
+def synthetic_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp('synthetic')
+  _prepare_synthetic(out)
+  return str(out)
+
+
+@pytest.fixture(scope='module')
+def movielens_dir(tmp_path_factory, movielens_archive):
+  out = tmp_path_factory.mktemp('movielens')
+  pipeline.prepare_movielens(movielens_archive, str(out), PrepareOptions(seed=0), num_platforms=5, progress=False)
+  return str(out)
+
+
+def _rows(db, split=None):
+  """(client_id, split, parsed Example) for every stored example."""
+  con = sqlite3.connect(db)
+  query = 'SELECT client_id, split_name, serialized_example_proto FROM examples'
+  rows = con.execute(query + (' WHERE split_name = ?' if split else ''), (split,) if split else ())
+  for client, split_name, blob in rows:
+    yield client, split_name, example_pb2.Example.FromString(blob)
+
+
+def _feature(example, name):
+  f = example.features.feature[name]
+  return list(f.bytes_list.value or f.float_list.value or f.int64_list.value)
+
+
+def _check_invariants(out_dir, expected_users, expected_ratings):
+  db = os.path.join(out_dir, schema.CLIENTS_DB)
+  # TFF's loader sees one client per user over all splits.
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  all_clients = tff.simulation.datasets.load_and_parse_sql_client_data(db, schema.element_spec())
+  assert len(all_clients.client_ids) == expected_users
+
+  rated = collections.defaultdict(set)
+  by_user = collections.defaultdict(list)
+  ranking_count = 0
+  for client, split, ex in _rows(db):
+    if schema.RANKING in split:
+      ranking_count += 1
+      rated[client].add(_feature(ex, 'item_id')[0])
+      by_user[client].append((_feature(ex, 'timestamp')[0], int(_feature(ex, 'item_id')[0]), split))
+  assert ranking_count == expected_ratings
+
+  # The test item is each user's latest rating, ties to the largest item id.
+  for client, ratings in by_user.items():
+    assert max(ratings)[2].endswith('_test'), client
+
+  # Every val/test example has 99 distinct negatives that user never rated, read through TFF.
+  for split in (s for s in schema.ALL_SPLITS if schema.has_negatives(s)):
+    data = client_data.load(db, split)
+    for client in data.client_ids:
+      for element in data.create_tf_dataset_for_client(client):
+        negatives = set(element['negative_item_ids'].numpy().tolist())
+        assert len(negatives) == schema.NUM_NEGATIVES
+        assert not negatives & rated[client]
+
+  # Held-out users: in no training split; exactly the users table's held-out set.
+  con = sqlite3.connect(db)
+  heldout = {r[0] for r in con.execute('SELECT user_id FROM users WHERE heldout = 1')}
+  train_clients = {r[0] for r in con.execute("SELECT DISTINCT client_id FROM client_metadata WHERE split_name LIKE '%_train'")}
+  assert heldout and not heldout & train_clients
+  assert heldout == {r[0] for r in con.execute("SELECT DISTINCT client_id FROM client_metadata WHERE split_name LIKE 'heldout_%'")}
+  return db
+
+
+def _digest_per_split(db):
+  con = sqlite3.connect(db)
+  digests = {}
+  for split in schema.ALL_SPLITS:
+    blobs = sorted(r[0] for r in con.execute('SELECT serialized_example_proto FROM examples WHERE split_name = ?', (split,)))
+    digests[split] = hashlib.sha256(b''.join(blobs)).hexdigest()
+  return digests
+
+
+def test_synthetic_invariants(synthetic_dir):
+  con = sqlite3.connect(os.path.join(synthetic_dir, schema.CLIENTS_DB))
+  (ratings,) = con.execute("SELECT SUM(num_examples) FROM client_metadata WHERE split_name LIKE '%ranking_%'").fetchone()
+  _check_invariants(synthetic_dir, expected_users=60, expected_ratings=ratings)
+
+
+def test_platforms_hold_the_same_examples(synthetic_dir):
+  clients = os.path.join(synthetic_dir, schema.CLIENTS_DB)
+  platforms = os.path.join(synthetic_dir, schema.PLATFORMS_DB)
+  assert _digest_per_split(clients) == _digest_per_split(platforms)
+  data = client_data.load(platforms, 'ranking_train')
+  assert sorted(data.client_ids) == ['platform_0', 'platform_1', 'platform_2']
+  assert client_data.read_metadata(platforms)['view'] == 'cross_silo'
+
+
+def test_same_seed_same_data_other_seed_other_data(synthetic_dir, tmp_path):
+  _prepare_synthetic(tmp_path / 'again')
+  _prepare_synthetic(tmp_path / 'other', seed=1)
+  first = _digest_per_split(os.path.join(synthetic_dir, schema.CLIENTS_DB))
+  assert _digest_per_split(str(tmp_path / 'again' / schema.CLIENTS_DB)) == first
+  assert _digest_per_split(str(tmp_path / 'other' / schema.CLIENTS_DB)) != first
+
+
+def test_interrupted_run_keeps_the_previous_database(tmp_path):
+  _prepare_synthetic(tmp_path)
+  db = tmp_path / schema.CLIENTS_DB
+  before = hashlib.sha256(db.read_bytes()).hexdigest()
+  source = SyntheticSource(SyntheticConfig(num_users=60, num_items=150, seed=5))
+
+  def dies_midway():
+    for user in source.users():
+      if user.user.user_id == 30:
+        raise KeyboardInterrupt
+      yield user
+
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.prepare(dies_midway(), source.user_ids, source.items, str(tmp_path), PrepareOptions(seed=5),
+                     {'dataset': 'synthetic'}, progress=False)
+  assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+  assert sorted(os.listdir(tmp_path)) == [schema.CLIENTS_DB, schema.PLATFORMS_DB, schema.STATS_JSON]
+
+
+@pytest.mark.slow
+def test_movielens_100k_invariants(movielens_dir):
+  db = _check_invariants(movielens_dir, expected_users=943, expected_ratings=100_000)
+  train = client_data.load(db, 'ranking_train')
+  assert len(train.client_ids) == 943 - 94
+  con = sqlite3.connect(db)
+  (heldout,) = con.execute('SELECT COUNT(*) FROM users WHERE heldout = 1').fetchone()
+  assert heldout == 94
+  meta = client_data.read_metadata(db)
+  assert meta['ratings_sha256'] == movielens.RATINGS_SHA256 and meta['num_negatives'] == 99
