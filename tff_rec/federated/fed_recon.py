@@ -1,0 +1,117 @@
+"""Federated Reconstruction training and federated evaluation processes.
+
+Singhal et al., "Federated Reconstruction: Partially Local Federated Learning",
+NeurIPS 2021. Training is TFF's `tff.learning.algorithms.build_fed_recon`; the
+evaluation is a small federated computation of ours that runs
+`client_eval.evaluate_client` on every client and sums the results at the
+server, so only aggregated metric sums ever leave the clients.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
+from tff_rec.evaluation import client_eval
+from tff_rec.models.mf import ModelBundle
+
+SERVER_OPTIMIZERS = ('sgd', 'adam', 'yogi')
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconConfig:
+  server_optimizer: str = 'adam'
+  server_learning_rate: float = 0.01
+  client_learning_rate: float = 0.1
+  reconstruction_learning_rate: float = 0.1
+  reconstruction_epochs: int = 1
+  local_epochs: int = 1
+
+  def validate(self) -> None:
+    if self.server_optimizer not in SERVER_OPTIMIZERS:
+      raise ValueError(f'server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}')
+    for name in ('server_learning_rate', 'client_learning_rate', 'reconstruction_learning_rate'):
+      if getattr(self, name) <= 0:
+        raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
+    if self.reconstruction_epochs < 1 or self.local_epochs < 1:
+      raise ValueError('reconstruction_epochs and local_epochs must be >= 1')
+
+
+def server_optimizer(name: str, learning_rate: float) -> tff.learning.optimizers.Optimizer:
+  if name == 'sgd':
+    return tff.learning.optimizers.build_sgdm(learning_rate)
+  if name == 'adam':
+    return tff.learning.optimizers.build_adam(learning_rate)
+  if name == 'yogi':
+    return tff.learning.optimizers.build_yogi(learning_rate)
+  raise ValueError(f'unknown server optimizer {name!r}')
+
+
+def reconstruction_model(bundle: ModelBundle) -> tff.learning.models.ReconstructionModel:
+  return tff.learning.models.ReconstructionModel.from_keras_model_and_layers(
+      bundle.model, global_layers=bundle.global_layers, local_layers=bundle.local_layers,
+      input_spec=bundle.input_spec)
+
+
+def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], tf.keras.losses.Loss],
+                           config: ReconConfig) -> tff.learning.templates.LearningProcess:
+  """Fed Recon: per round, each client reconstructs its user, then updates the items.
+
+  The client data is split batch by batch (`split_dataset=True`): even
+  batches reconstruct the local user, odd ones train the global item table.
+  """
+  config.validate()
+  split_fn = tff.learning.models.ReconstructionModel.build_dataset_split_fn(
+      recon_epochs=config.reconstruction_epochs, post_recon_epochs=config.local_epochs, split_dataset=True)
+  return tff.learning.algorithms.build_fed_recon(
+      lambda: reconstruction_model(model_fn()),
+      loss_fn=loss_fn,
+      server_optimizer_fn=server_optimizer(config.server_optimizer, config.server_learning_rate),
+      client_optimizer_fn=tff.learning.optimizers.build_sgdm(config.client_learning_rate),
+      reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(config.reconstruction_learning_rate),
+      dataset_split_fn=split_fn,
+  )
+
+
+def batch_type() -> tff.Type:
+  """The TFF type of one (item indices, labels) batch, `mf.input_spec()`."""
+  return tff.StructWithPythonType(
+      [tff.TensorType(np.int64, [None]), tff.TensorType(np.float32, [None, 1])], tuple)
+
+
+def build_evaluation(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], tf.keras.losses.Loss],
+                     weights_type: tff.Type, kind: str, *, learning_rate: float, epochs: int) -> tff.Computation:
+  """A federated computation (global weights@SERVER, client data@CLIENTS) -> metric sums@SERVER.
+
+  Client data is `OrderedDict(support=dataset, queries=dataset)` of
+  (item indices, labels) batches; see `client_eval.evaluate_client`.
+  """
+  data_type = tff.to_type(collections.OrderedDict(
+      support=tff.SequenceType(batch_type()), queries=tff.SequenceType(batch_type())))
+
+  @tff.tensorflow.computation(weights_type, data_type)
+  @tf.function  # Orders the stateful steps; graph mode alone would prune them (as in TFF's fed_recon).
+  def client_fn(weights, data):
+    with tf.init_scope():
+      bundle = model_fn()
+      loss = loss_fn()
+    model_weights = tff.learning.models.ReconstructionModel.get_global_variables(reconstruction_model(bundle))
+    tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
+    return client_eval.evaluate_client(bundle, data['support'], data['queries'], kind, loss,
+                                       learning_rate=learning_rate, epochs=epochs)
+
+  @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS))
+  def evaluate(weights, data):
+    return tff.federated_sum(tff.federated_map(client_fn, (tff.federated_broadcast(weights), data)))
+
+  return evaluate
+
+
+def as_numpy(totals) -> dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in totals.items()}

@@ -1,0 +1,49 @@
+"""Seeded client sampling per round.
+
+Each round's cohort depends only on (seed, round), never on earlier rounds, so
+a resumed run samples exactly what an uninterrupted one would.
+
+* Uniform without replacement: a fixed `clients_per_round`.
+* Poisson: each client joins independently with probability `rate`, the
+  sampling that DP-FedAvg's privacy accounting assumes (McMahan et al., ICLR 2018).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+_SAMPLING_PURPOSE = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  clients_per_round: int = 0  # > 0: uniform without replacement.
+  client_sampling_rate: float = 0.0  # > 0: Poisson sampling.
+
+  def validate(self, num_clients: int) -> None:
+    uniform, poisson = self.clients_per_round > 0, self.client_sampling_rate > 0
+    if uniform == poisson:
+      raise ValueError('set exactly one of --clients_per_round (uniform) and --client_sampling_rate (Poisson), '
+                       f'got {self.clients_per_round} and {self.client_sampling_rate}')
+    if uniform and self.clients_per_round > num_clients:
+      raise ValueError(f'--clients_per_round={self.clients_per_round} exceeds the {num_clients} training clients')
+    if poisson and not 0 < self.client_sampling_rate <= 1:
+      raise ValueError(f'--client_sampling_rate must be in (0, 1], got {self.client_sampling_rate}')
+
+  @property
+  def method(self) -> str:
+    return 'uniform' if self.clients_per_round > 0 else 'poisson'
+
+
+def sample_clients(client_ids: Sequence[str], round_num: int, seed: int, config: SamplingConfig) -> list[str]:
+  """The cohort of `round_num` (sorted ids; Poisson may give an empty cohort)."""
+  rng = np.random.default_rng([seed, _SAMPLING_PURPOSE, round_num])
+  ids = np.asarray(sorted(client_ids))
+  if config.clients_per_round > 0:
+    chosen = rng.choice(len(ids), size=config.clients_per_round, replace=False)
+  else:
+    chosen = np.flatnonzero(rng.random(len(ids)) < config.client_sampling_rate)
+  return sorted(ids[chosen].tolist())
