@@ -24,3 +24,14 @@ def movielens_archive() -> str:
   """The real MovieLens-100K archive, fetched once into the project's raw cache."""
   from tff_rec.data import movielens  # pylint: disable=g-import-not-at-top
   return movielens.fetch(os.path.join(ROOT, 'data', 'raw'), grouplens_timeout_s=2.0)
+
+
+@pytest.fixture(scope='session')
+def tiny_dataset(tmp_path_factory) -> str:
+  """A prepared 40-user, 150-item synthetic dataset directory (cross-device and cross-silo)."""
+  from tff_rec.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tff_rec.data.synthetic import SyntheticConfig  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp('tiny'))
+  pipeline.prepare_synthetic(SyntheticConfig(num_users=40, num_items=150, seed=0), out,
+                             pipeline.PrepareOptions(seed=0), num_platforms=3, progress=False)
+  return out

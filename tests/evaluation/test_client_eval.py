@@ -1,0 +1,47 @@
+"""Client evaluation maths, with hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tff_rec.evaluation import client_eval
+from tff_rec.models import mf
+
+
+def test_rank_counts_ties_against_the_held_out_item():
+  # Held-out 0.5; negatives 0.9 and 0.5 score >= it -> rank 2.
+  sums = client_eval.ranking_sums(tf.constant([0.5, 0.9, 0.1, 0.5, 0.2]))
+  assert float(sums['hits_at_5']) == 1.0 and float(sums['hits_at_10']) == 1.0
+  np.testing.assert_allclose(float(sums['ndcg_at_5']), 1 / math.log2(4), rtol=1e-6)
+
+
+def test_constant_model_scores_zero():
+  sums = client_eval.ranking_sums(tf.zeros([100]))
+  assert all(float(sums[f'hits_at_{k}']) == 0.0 for k in client_eval.RANKING_KS)
+
+
+def test_top_item_scores_one():
+  sums = client_eval.ranking_sums(tf.constant([2.0] + [1.0] * 99))
+  assert float(sums['hits_at_5']) == 1.0 and float(sums['ndcg_at_5']) == pytest.approx(1.0)
+
+
+def test_finalize():
+  ranking = client_eval.finalize({'count': 4.0, 'hits_at_5': 1.0, 'ndcg_at_5': 0.5, 'hits_at_10': 2.0,
+                                  'ndcg_at_10': 1.0, 'hits_at_20': 3.0, 'ndcg_at_20': 1.5}, client_eval.RANKING)
+  assert ranking['hr@10'] == 0.5 and ranking['ndcg@20'] == 0.375 and ranking['count'] == 4.0
+  rating = client_eval.finalize({'count': 2.0, 'squared_error': 8.0, 'absolute_error': 3.0}, client_eval.RATING, 'x/')
+  assert rating == {'x/rmse': 2.0, 'x/mae': 1.5, 'x/count': 2.0}
+
+
+def test_reconstruct_is_one_sgd_step_from_zero_per_batch():
+  bundle = mf.build_mf(mf.MFConfig(num_items=1, embedding_dim=1, objective=mf.RATING))
+  bundle.global_layers[0].embeddings.assign([[0.0], [2.0]])  # q_1 = 2
+  bundle.global_layers[2].mean.assign(3.0)
+  bundle.local_layers[0].embedding.assign([[5.0]])  # Reset to 0 by reconstruct.
+  support = tf.data.Dataset.from_tensors((tf.constant([1], tf.int64), tf.constant([[4.0]])))
+  client_eval.reconstruct(bundle, support, mf.RegularizedLoss(mf.RATING), learning_rate=0.1, epochs=1)
+  # From p = b = 0: prediction 3, error -1; d/dp (r - pred)^2 = -2 * 1 * q = -4 -> p = 0.4; d/db = -2 -> b = 0.2.
+  np.testing.assert_allclose(bundle.local_layers[0].embedding.numpy(), [[0.4]], rtol=1e-6)
+  np.testing.assert_allclose(bundle.local_layers[0].bias.numpy(), [[0.2]], rtol=1e-6)

@@ -1,0 +1,34 @@
+"""Seeded client sampling."""
+
+import pytest
+
+from tff_rec.federated import sampling
+
+IDS = [str(i) for i in range(100)]
+
+
+def test_uniform_is_a_seeded_subset_independent_of_history():
+  config = sampling.SamplingConfig(clients_per_round=10)
+  cohort = sampling.sample_clients(IDS, 5, seed=0, config=config)
+  assert len(cohort) == len(set(cohort)) == 10 and set(cohort) <= set(IDS)
+  assert cohort == sampling.sample_clients(list(reversed(IDS)), 5, seed=0, config=config)
+  assert cohort != sampling.sample_clients(IDS, 6, seed=0, config=config)
+  assert cohort != sampling.sample_clients(IDS, 5, seed=1, config=config)
+
+
+def test_poisson_rate():
+  config = sampling.SamplingConfig(client_sampling_rate=0.2)
+  sizes = [len(sampling.sample_clients(IDS, r, seed=0, config=config)) for r in range(200)]
+  assert 18 < sum(sizes) / len(sizes) < 22  # Mean 20, std of the mean ~0.28.
+  assert len(set(sizes)) > 3  # The cohort size varies.
+
+
+@pytest.mark.parametrize('config, message', [
+    (sampling.SamplingConfig(), 'set exactly one'),
+    (sampling.SamplingConfig(clients_per_round=5, client_sampling_rate=0.1), 'set exactly one'),
+    (sampling.SamplingConfig(clients_per_round=101), 'exceeds the 100 training clients'),
+    (sampling.SamplingConfig(client_sampling_rate=1.5), 'must be in'),
+])
+def test_bad_sampling(config, message):
+  with pytest.raises(ValueError, match=message):
+    config.validate(len(IDS))
