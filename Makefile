@@ -1,16 +1,24 @@
 # The two commands of the README:
-#   make demo   set up the virtualenv from nothing (if needed) and run the main job
+#   make demo   set up the virtualenv from nothing (if needed), prepare MovieLens-100K
+#               (if absent), train Federated Reconstruction MF and print its results
 #   make test   set up if needed and run the test suite
 PY := .venv/bin/python
 DATA_DIR ?= data
+RUNS_DIR ?= runs
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup demo test prepare clean
 setup:
 	@bash scripts/setup_env.sh
 
-demo: setup
+$(DATA_DIR)/movielens_100k/clients.sqlite: | setup
 	$(PY) -m experiments.prepare_data --flagfile=configs/prepare_movielens_100k.flags --data_dir=$(DATA_DIR)
+
+prepare: setup $(DATA_DIR)/movielens_100k/clients.sqlite
+
+demo: prepare
+	$(PY) -m experiments.train_federated --flagfile=configs/demo_fedrecon_mf.flags \
+	  --data_dir=$(DATA_DIR)/movielens_100k --root_output_dir=$(RUNS_DIR)
 
 test: setup
 	$(PY) -m pytest

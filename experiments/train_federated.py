@@ -43,6 +43,8 @@ _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling with
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
 _LOCAL_EPOCHS = flags.DEFINE_integer('local_epochs', 1, 'Client epochs on the global (item) parameters.')
 _RECON_EPOCHS = flags.DEFINE_integer('reconstruction_epochs', 1, 'Client epochs reconstructing the local user.')
+_SPLIT = flags.DEFINE_bool('split_dataset', False, 'Alternate batches between reconstruction and training '
+                           '(else both stages use all of a client\'s data).')
 # Optimizers.
 _SERVER_OPT = flags.DEFINE_enum('server_optimizer', 'sgd', list(fed_recon.SERVER_OPTIMIZERS), 'Server optimizer.')
 _SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning rate.')
@@ -59,6 +61,9 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of initialization, sampling, negatives and shuffling.')
 
 flags.mark_flag_as_required('experiment_name')
+# The progress bar and the results table are the output; TFF's per-checkpoint
+# INFO lines would interleave with the bar. --verbosity=0 brings them back.
+flags.FLAGS.set_default('verbosity', -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +101,7 @@ def config_from_flags() -> ExperimentConfig:
       objective=_OBJECTIVE.value, embedding_dim=_DIM.value, l2=_L2.value, init_stddev=_INIT.value,
       algorithm=_ALGORITHM.value,
       recon=fed_recon.ReconConfig(_SERVER_OPT.value, _SERVER_LR.value, _CLIENT_LR.value, _RECON_LR.value,
-                                  _RECON_EPOCHS.value, _LOCAL_EPOCHS.value),
+                                  _RECON_EPOCHS.value, _LOCAL_EPOCHS.value, _SPLIT.value),
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=training_loop.LoopConfig(_ROUNDS.value, _EVAL_EVERY.value, _CHECKPOINT_EVERY.value, _PROGRESS.value),
       eval_reconstruction_epochs=_EVAL_RECON_EPOCHS.value,
@@ -110,12 +115,18 @@ def _write_json(path: str, value) -> None:
   os.replace(path + '.partial', path)
 
 
-def run(config: ExperimentConfig) -> dict[str, float]:
-  """Trains and evaluates; returns the final metrics (also in final_metrics.json)."""
-  began = time.monotonic()
+def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
+  """Validates `config` against the data and builds the task; raises before any training."""
+  config.validate()
   task = tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed)
   config.sampling.validate(len(task.train_data.client_ids))
+  return task
+
+
+def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, float]:
+  """Trains and evaluates; returns the final metrics (also in final_metrics.json)."""
+  began = time.monotonic()
   os.makedirs(config.output_dir, exist_ok=True)
   _write_json(os.path.join(config.output_dir, 'hparams.json'), dataclasses.asdict(config))
   process = fed_recon.build_training_process(task.model_fn, task.loss_fn, config.recon)
@@ -148,7 +159,8 @@ def run(config: ExperimentConfig) -> dict[str, float]:
   final.update(rounds=config.loop.rounds, wall_seconds=time.monotonic() - began)
   _write_json(os.path.join(config.output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'
-  learning_curve(result.history, os.path.join(config.output_dir, 'learning_curve.png'),
+  learning_curve(training_loop.read_history(config.output_dir),
+                 os.path.join(config.output_dir, 'learning_curve.png'),
                  loss_key='client_work/train/loss', metric_key=metric_key)
   return final
 
@@ -164,11 +176,12 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = config_from_flags()
   try:
-    config.validate()
-    final = run(config)
+    task = build_task(config)
   except (ValueError, FileNotFoundError) as e:
     print(f'train_federated: error: {e}', file=sys.stderr)
     return 2
+  try:
+    final = run(config, task)
   finally:
     runtime.stop_all_workers()
   logging.info('Wrote %s', config.output_dir)

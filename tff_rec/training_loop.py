@@ -9,6 +9,7 @@ and `tff.program.TensorBoardReleaseManager`. Progress is a tqdm bar.
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
 import logging
 import os
@@ -56,8 +57,13 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, f
 class LoopResult:
   state: Any
   last_metrics: dict[str, float]
-  rounds_run: int  # In this invocation (0 if resumed at the end).
-  history: list[dict[str, float]]
+
+
+def read_history(output_dir: str) -> list[dict[str, float]]:
+  """Every released round of the run in `output_dir` (across resumes), from metrics.csv."""
+  with open(os.path.join(output_dir, METRICS_CSV), newline='') as f:
+    return [{('round' if k == 'key' else k): float(v) for k, v in row.items() if v not in ('', None)}
+            for row in csv.DictReader(f)]
 
 
 def run(
@@ -95,7 +101,6 @@ def run(
   if loaded is not None:
     state, start = loaded, version
     _LOG.info('Resuming from the checkpoint after round %d', start)
-  history: list[dict[str, float]] = []
   metrics: dict[str, float] = {}
   bar = tqdm.tqdm(range(start + 1, config.rounds + 1), initial=start, total=config.rounds, unit='round',
                   disable=not config.progress, dynamic_ncols=True)
@@ -115,7 +120,6 @@ def run(
     asyncio.run(tensorboard.release(metrics, key=round_num))
     if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
       asyncio.run(state_manager.save(state, round_num))
-    history.append({'round': float(round_num), **metrics})
     bar.set_postfix({k.split('/')[-1]: f'{v:.4f}' for k, v in metrics.items()
                      if k.endswith(('train/loss', 'hr@10', 'rmse'))}, refresh=False)
-  return LoopResult(state, metrics, config.rounds - start, history)
+  return LoopResult(state, metrics)

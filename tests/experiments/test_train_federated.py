@@ -9,6 +9,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from experiments import train_federated
+from tff_rec import training_loop
 
 FLAGS = flags.FLAGS
 
@@ -26,8 +27,7 @@ def _run(tiny_dataset, out, name, **overrides):
   settings.update(overrides)
   with flagsaver.flagsaver(**settings):
     config = train_federated.config_from_flags()
-    config.validate()
-    return train_federated.run(config)
+    return train_federated.run(config, train_federated.build_task(config))
 
 
 @pytest.mark.slow
@@ -55,6 +55,8 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
   assert resumed == straight
   rows = list(csv.DictReader(open(tmp_path / 'resumed' / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2', '3']
+  # The plotted history spans both invocations.
+  assert [h['round'] for h in training_loop.read_history(str(tmp_path / 'resumed'))] == [1.0, 2.0, 3.0]
   again = _run(tiny_dataset, tmp_path, 'again', rounds=3)
   again.pop('wall_seconds')
   assert again == straight

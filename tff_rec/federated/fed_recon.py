@@ -32,6 +32,9 @@ class ReconConfig:
   reconstruction_learning_rate: float = 0.1
   reconstruction_epochs: int = 1
   local_epochs: int = 1
+  # True: alternate batches between reconstruction and training; False: both
+  # stages see all of the client's data (reconstruction first).
+  split_dataset: bool = True
 
   def validate(self) -> None:
     if self.server_optimizer not in SERVER_OPTIMIZERS:
@@ -63,12 +66,13 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
                            config: ReconConfig) -> tff.learning.templates.LearningProcess:
   """Fed Recon: per round, each client reconstructs its user, then updates the items.
 
-  The client data is split batch by batch (`split_dataset=True`): even
-  batches reconstruct the local user, odd ones train the global item table.
+  With `split_dataset`, even batches reconstruct the local user and odd ones
+  train the global item table; otherwise both stages use every batch.
   """
   config.validate()
   split_fn = tff.learning.models.ReconstructionModel.build_dataset_split_fn(
-      recon_epochs=config.reconstruction_epochs, post_recon_epochs=config.local_epochs, split_dataset=True)
+      recon_epochs=config.reconstruction_epochs, post_recon_epochs=config.local_epochs,
+      split_dataset=config.split_dataset)
   return tff.learning.algorithms.build_fed_recon(
       lambda: reconstruction_model(model_fn()),
       loss_fn=loss_fn,
