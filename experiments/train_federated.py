@@ -10,7 +10,6 @@ again with the same flags resumes after the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from tff_rec import runtime, tasks, training_loop
+from tff_rec import atomic, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
 from tff_rec.federated import fed_recon, sampling
@@ -108,13 +107,6 @@ def config_from_flags() -> ExperimentConfig:
       output_dir=os.path.join(_ROOT.value, _NAME.value), seed=_SEED.value)
 
 
-def _write_json(path: str, value) -> None:
-  with open(path + '.partial', 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(path + '.partial', path)
-
-
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   """Validates `config` against the data and builds the task; raises before any training."""
   config.validate()
@@ -128,7 +120,7 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, f
   """Trains and evaluates; returns the final metrics (also in final_metrics.json)."""
   began = time.monotonic()
   os.makedirs(config.output_dir, exist_ok=True)
-  _write_json(os.path.join(config.output_dir, 'hparams.json'), dataclasses.asdict(config))
+  atomic.write_json(os.path.join(config.output_dir, 'hparams.json'), dataclasses.asdict(config))
   process = fed_recon.build_training_process(task.model_fn, task.loss_fn, config.recon)
   evaluation = fed_recon.build_evaluation(
       task.model_fn, task.loss_fn, process.get_model_weights.type_signature.result, task.eval_kind,
@@ -157,7 +149,7 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, f
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20'):
     final.setdefault(key, None)  # Metrics this objective does not produce.
   final.update(rounds=config.loop.rounds, wall_seconds=time.monotonic() - began)
-  _write_json(os.path.join(config.output_dir, 'final_metrics.json'), final)
+  atomic.write_json(os.path.join(config.output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'
   learning_curve(training_loop.read_history(config.output_dir),
                  os.path.join(config.output_dir, 'learning_curve.png'),

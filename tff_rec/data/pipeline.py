@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import tqdm
 
+from tff_rec import atomic
 from tff_rec.data import movielens, schema, silos, splits, stats
 from tff_rec.data.examples import ExampleEncoder
 from tff_rec.data.records import DataError, Item, UserRatings
@@ -142,16 +143,13 @@ def prepare(
       writer.add_rows('users', user_rows)
       writer.commit()
     result = stats.compute(clients.temp_path)
-    stats_path = os.path.join(out_dir, schema.STATS_JSON)
-    with open(stats_path + '.partial', 'w') as f:
-      f.write(stats.to_json(result))
-    publish(writers)
-    os.replace(stats_path + '.partial', stats_path)
+    with atomic.replacing(os.path.join(out_dir, schema.STATS_JSON)) as stats_path:
+      with open(stats_path, 'w') as f:
+        f.write(stats.to_json(result))
+      publish(writers)  # The databases first, then stats.json, each by rename.
   except BaseException:
     for writer in writers:
       writer.abort()
-    if os.path.exists(os.path.join(out_dir, schema.STATS_JSON + '.partial')):
-      os.remove(os.path.join(out_dir, schema.STATS_JSON + '.partial'))
     raise
   result['seconds'] = time.monotonic() - start
   return result
