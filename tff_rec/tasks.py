@@ -37,8 +37,8 @@ class DataConfig:
 class RecommendationTask:
   """Client data of one view and one MF model configuration."""
 
-  def __init__(self, data: DataConfig, model: mf.MFConfig | None = None, *, objective: str = mf.IMPLICIT,
-               embedding_dim: int = 32, l2: float = 0.0, init_stddev: float = 0.1, seed: int = 0):
+  def __init__(self, data: DataConfig, *, objective: str = mf.IMPLICIT, embedding_dim: int = 32, l2: float = 0.0,
+               init_stddev: float = 0.1, seed: int = 0):
     data.validate()
     self.data_config = data
     self.db_path = os.path.join(data.data_dir, VIEWS[data.view])
@@ -46,11 +46,9 @@ class RecommendationTask:
       raise FileNotFoundError(f'{self.db_path} does not exist; prepare it with '
                               '`python -m experiments.prepare_data --dataset=movielens_100k`')
     self.vocabulary = preprocessing.item_vocabulary(self.db_path)
-    self.model_config = model or mf.MFConfig(num_items=len(self.vocabulary), embedding_dim=embedding_dim, l2=l2,
-                                             init_stddev=init_stddev, objective=objective, seed=seed)
+    self.model_config = mf.MFConfig(num_items=len(self.vocabulary), embedding_dim=embedding_dim, l2=l2,
+                                    init_stddev=init_stddev, objective=objective, seed=seed)
     self.model_config.validate()
-    if self.model_config.num_items != len(self.vocabulary):
-      raise ValueError(f'model has {self.model_config.num_items} items, the data {len(self.vocabulary)}')
     self.objective = self.model_config.objective
     self.lookup = preprocessing.item_lookup(self.vocabulary)
     family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
@@ -69,7 +67,12 @@ class RecommendationTask:
     client = self.train_data.client_ids[0]
     spec = self.client_dataset(self.train_data.create_tf_dataset_for_client(client), seed=0).element_spec
     expected = mf.input_spec()
-    if not all(e.is_compatible_with(s) for e, s in zip(tf.nest.flatten(expected), tf.nest.flatten(spec))):
+    try:
+      tf.nest.assert_same_structure(expected, spec)
+      compatible = all(e.is_compatible_with(s) for e, s in zip(tf.nest.flatten(expected), tf.nest.flatten(spec)))
+    except (TypeError, ValueError):
+      compatible = False
+    if not compatible:
       raise TypeError(f'preprocessed data {spec} does not match the model input spec {expected}')
 
   def client_dataset(self, dataset: tf.data.Dataset, *, seed: int, shuffle: bool = True) -> tf.data.Dataset:
