@@ -12,7 +12,6 @@ statistics, the time taken and the peak memory.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import resource
 import sys

@@ -138,14 +138,14 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, f
       cache[part, heldout] = task.eval_data(part, heldout=heldout, seed=config.seed)
     return cache[part, heldout]
 
-  result = training_loop.run(
+  state = training_loop.run(
       process,
       cohort_fn=lambda r: sampling.sample_clients(task.train_data.client_ids, r, config.seed, config.sampling),
       data_fn=lambda ids, r: task.train_datasets(ids, r, config.seed),
       evaluate_fn=lambda state: evaluate(state, schema.VAL, prefix='val/'),
       config=config.loop, output_dir=config.output_dir)
-  final = evaluate(result.state, schema.TEST)
-  final.update(evaluate(result.state, schema.TEST, heldout=True, prefix='heldout_users/'))
+  final = evaluate(state, schema.TEST)
+  final.update(evaluate(state, schema.TEST, heldout=True, prefix='heldout_users/'))
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20'):
     final.setdefault(key, None)  # Metrics this objective does not produce.
   final.update(rounds=config.loop.rounds, wall_seconds=time.monotonic() - began)

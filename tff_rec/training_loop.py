@@ -53,12 +53,6 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, f
   return flat
 
 
-@dataclasses.dataclass
-class LoopResult:
-  state: Any
-  last_metrics: dict[str, float]
-
-
 def read_history(output_dir: str) -> list[dict[str, float]]:
   """Every released round of the run in `output_dir` (across resumes), from metrics.csv."""
   with open(os.path.join(output_dir, METRICS_CSV), newline='') as f:
@@ -74,7 +68,7 @@ def run(
     evaluate_fn: Callable[[Any], dict[str, float]],
     config: LoopConfig,
     output_dir: str,
-) -> LoopResult:
+) -> Any:
   """Runs rounds 1..config.rounds, resuming after the latest checkpoint in `output_dir`.
 
   Args:
@@ -87,7 +81,7 @@ def run(
     output_dir: Checkpoints, metrics CSV and TensorBoard events go here.
 
   Returns:
-    The final state and the metrics of the last round run.
+    The server state after the last round.
   """
   config.validate()
   os.makedirs(output_dir, exist_ok=True)
@@ -101,7 +95,6 @@ def run(
   if loaded is not None:
     state, start = loaded, version
     _LOG.info('Resuming from the checkpoint after round %d', start)
-  metrics: dict[str, float] = {}
   bar = tqdm.tqdm(range(start + 1, config.rounds + 1), initial=start, total=config.rounds, unit='round',
                   disable=not config.progress, dynamic_ncols=True)
   for round_num in bar:
@@ -122,4 +115,4 @@ def run(
       asyncio.run(state_manager.save(state, round_num))
     bar.set_postfix({k.split('/')[-1]: f'{v:.4f}' for k, v in metrics.items()
                      if k.endswith(('train/loss', 'hr@10', 'rmse'))}, refresh=False)
-  return LoopResult(state, metrics)
+  return state

@@ -10,6 +10,7 @@ Both are committed to temporaries and published together only when complete.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from tff_rec.data.records import DataError, Item, UserRatings
 from tff_rec.data.sql_writer import SqlClientDataWriter, publish
 from tff_rec.data.synthetic import SyntheticConfig, SyntheticSource
 
+_LOG = logging.getLogger(__name__)
 SPLIT_VERSION = 1  # Bump when the split protocol changes.
 
 
@@ -51,6 +53,7 @@ def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, nu
                       progress: bool = True) -> dict[str, Any]:
   """Verifies and prepares MovieLens-100K from `archive` (see `movielens.fetch`)."""
   ml = movielens.read_archive(archive)
+  _LOG.info('MovieLens-100K from %s (%s): checksum verified', archive, ml.source)
   options = _with_platforms(options, Counter(u.occupation for u in ml.users.values()), num_platforms)
   metadata = {'dataset': 'movielens_100k', 'source': ml.source, 'ratings_sha256': movielens.RATINGS_SHA256}
   return prepare(ml.per_user(), np.asarray(sorted(ml.users)), ml.items, out_dir, options, metadata,
