@@ -20,9 +20,11 @@ from absl import app, flags
 from tff_rec import atomic, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
-from tff_rec.federated import fed_recon, sampling
+from tff_rec.federated import fed_recon, sampling, vectorized
 from tff_rec.models import mf
 from tff_rec.plotting import learning_curve
+
+ENGINES = {'vectorized': vectorized.VectorizedEngine, 'tff': fed_recon.TffEngine}
 
 # Data.
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/movielens_100k', 'A prepared dataset directory.')
@@ -37,6 +39,9 @@ _L2 = flags.DEFINE_float('l2', 0.0, 'L2 regularization of the embeddings a batch
 _INIT = flags.DEFINE_float('init_stddev', 0.1, 'Stddev of the item-embedding initializer.')
 # Algorithm.
 _ALGORITHM = flags.DEFINE_enum('algorithm', 'fed_recon', ['fed_recon'], 'Federated algorithm.')
+_ENGINE = flags.DEFINE_enum('engine', 'vectorized', list(ENGINES),
+                            'vectorized: the whole cohort in one TF graph (fast; same model as tff, tested); '
+                            'tff: TFF\'s build_fed_recon, one TFF client computation per client (reference).')
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Training rounds.')
 _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling without replacement (0: use rate).')
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
@@ -75,6 +80,7 @@ class ExperimentConfig:
   l2: float
   init_stddev: float
   algorithm: str
+  engine: str
   recon: fed_recon.ReconConfig
   sampling: sampling.SamplingConfig
   loop: training_loop.LoopConfig
@@ -90,6 +96,8 @@ class ExperimentConfig:
     if self.data.view == 'cross_silo' and self.algorithm == 'fed_recon':
       raise ValueError('--view=cross_silo with --algorithm=fed_recon: a platform client holds many users, but '
                        "this MF model's local parameters are a single user's row; use --view=cross_device")
+    if self.engine == 'vectorized' and self.recon.split_dataset:
+      raise ValueError('--engine=vectorized implements --nosplit_dataset only; use --engine=tff for --split_dataset')
     if self.eval_reconstruction_epochs < 1:
       raise ValueError('--eval_reconstruction_epochs must be >= 1')
 
@@ -98,7 +106,7 @@ def config_from_flags() -> ExperimentConfig:
   return ExperimentConfig(
       data=tasks.DataConfig(_DATA_DIR.value, _VIEW.value, _BATCH.value, _NEGATIVES.value),
       objective=_OBJECTIVE.value, embedding_dim=_DIM.value, l2=_L2.value, init_stddev=_INIT.value,
-      algorithm=_ALGORITHM.value,
+      algorithm=_ALGORITHM.value, engine=_ENGINE.value,
       recon=fed_recon.ReconConfig(_SERVER_OPT.value, _SERVER_LR.value, _CLIENT_LR.value, _RECON_LR.value,
                                   _RECON_EPOCHS.value, _LOCAL_EPOCHS.value, _SPLIT.value),
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
@@ -121,27 +129,19 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, f
   began = time.monotonic()
   os.makedirs(config.output_dir, exist_ok=True)
   atomic.write_json(os.path.join(config.output_dir, 'hparams.json'), dataclasses.asdict(config))
-  process = fed_recon.build_training_process(task.model_fn, task.loss_fn, config.recon)
-  evaluation = fed_recon.build_evaluation(
-      task.model_fn, task.loss_fn, process.get_model_weights.type_signature.result, task.eval_kind,
-      learning_rate=config.recon.reconstruction_learning_rate, epochs=config.eval_reconstruction_epochs)
+  engine = ENGINES[config.engine](task, config.recon, eval_learning_rate=config.recon.reconstruction_learning_rate,
+                                  eval_epochs=config.eval_reconstruction_epochs)
+  eval_clients = {}
 
   def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
-    _, data = eval_data(part, heldout)
-    totals = fed_recon.as_numpy(evaluation(process.get_model_weights(state), data))
-    return client_eval.finalize(totals, task.eval_kind, prefix)
-
-  cache = {}
-
-  def eval_data(part, heldout):
-    if (part, heldout) not in cache:
-      cache[part, heldout] = task.eval_data(part, heldout=heldout, seed=config.seed)
-    return cache[part, heldout]
+    if (part, heldout) not in eval_clients:
+      eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=config.seed)
+    return client_eval.finalize(engine.evaluate(state, eval_clients[part, heldout]), task.eval_kind, prefix)
 
   state = training_loop.run(
-      process,
+      engine,
       cohort_fn=lambda r: sampling.sample_clients(task.train_data.client_ids, r, config.seed, config.sampling),
-      data_fn=lambda ids, r: task.train_datasets(ids, r, config.seed),
+      data_fn=lambda ids, r: task.train_examples(ids, r, config.seed),
       evaluate_fn=lambda state: evaluate(state, schema.VAL, prefix='val/'),
       config=config.loop, output_dir=config.output_dir)
   final = evaluate(state, schema.TEST)

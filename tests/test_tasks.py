@@ -2,7 +2,9 @@
 
 import sqlite3
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from tff_rec import tasks
 from tff_rec.data import schema
@@ -10,8 +12,8 @@ from tff_rec.data import schema
 
 def test_mismatched_preprocessing_fails_at_construction(tiny_dataset):
   class WrongTask(tasks.RecommendationTask):
-    def client_dataset(self, dataset, *, seed, shuffle=True):
-      return dataset.map(lambda ex: ex['item_id']).batch(2)  # Strings, not (indices, labels).
+    def client_dataset(self, examples):
+      return tf.data.Dataset.from_tensor_slices(examples[0]).batch(2)  # Indices only, no labels.
 
   with pytest.raises(TypeError, match='does not match the model input spec'):
     WrongTask(tasks.DataConfig(data_dir=tiny_dataset))
@@ -22,12 +24,35 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     tasks.RecommendationTask(tasks.DataConfig(data_dir=str(tmp_path)))
 
 
-def test_eval_data_of_heldout_users_is_only_heldout_users(tiny_dataset):
+def test_eval_clients_of_heldout_users_are_only_heldout_users(tiny_dataset):
   task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8))
-  ids, data = task.eval_data(schema.TEST, heldout=True)
+  clients = task.eval_clients(schema.TEST, heldout=True)
   con = sqlite3.connect(f'{tiny_dataset}/{schema.CLIENTS_DB}')
-  assert set(ids) == {r[0] for r in con.execute('SELECT user_id FROM users WHERE heldout = 1')}
-  assert not set(ids) & set(task.train_data.client_ids)
-  for client in data:
-    (items, labels), = list(client['queries'])  # One LOO query: 100 candidates, the first is the positive.
-    assert items.shape == (100,) and labels[:, 0].numpy().tolist() == [1.0] + [0.0] * 99
+  assert set(clients.client_ids) == {r[0] for r in con.execute('SELECT user_id FROM users WHERE heldout = 1')}
+  assert not set(clients.client_ids) & set(task.train_data.client_ids)
+  for (items, labels), relevant in zip(clients.queries, clients.relevant):
+    assert items.shape == (1, 100) and labels[0].tolist() == [1.0] + [0.0] * 99  # One LOO query.
+    assert relevant.tolist() == [items[0, 0]]
+
+
+def test_test_support_is_train_then_val(tiny_dataset):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2))
+  val, test = task.eval_clients(schema.VAL), task.eval_clients(schema.TEST)
+  assert val.client_ids == test.client_ids
+  for c, (val_seen, test_seen, val_query) in enumerate(zip(val.seen, test.seen, val.queries)):
+    # Test-time support = the training items, then the validation item (the next in time).
+    np.testing.assert_array_equal(test_seen, np.r_[val_seen, val_query[0][:, 0]])
+    items, labels = test.support[c]
+    np.testing.assert_array_equal(items[labels == 1], test_seen)  # Unshuffled: positives in order.
+    assert len(items) == 3 * len(test_seen)
+
+
+def test_train_examples_are_seeded_per_client_and_round(tiny_dataset):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8))
+  ids = task.train_data.client_ids[:3]
+  first, again = task.train_examples(ids, 1, seed=0), task.train_examples(ids, 1, seed=0)
+  for (a, b), (c, d) in zip(first, again):
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, d)
+  other_round = task.train_examples(ids, 2, seed=0)
+  assert any(not np.array_equal(a, c) for (a, _), (c, _) in zip(first, other_round))

@@ -1,8 +1,10 @@
-"""Client-side `tf.data` preprocessing: stored examples -> model batches.
+"""Client-side preprocessing: a client's stored ratings -> model examples and batches.
 
-Plain TensorFlow, run on each client's own data. Randomness (shuffling,
-negative sampling) is stateless and keyed by an explicit seed, so the same
-seed gives the same batches.
+Plain numpy on each client's own arrays (`tff_rec.data.arrays`). Randomness
+(negative sampling, shuffling) comes from a generator seeded per (seed,
+purpose, round, client), so the same seed gives the same batches on every
+engine: the TFF datasets (`as_dataset`) and the vectorised cohort
+(`tff_rec.federated.vectorized`) are built from the same arrays.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import sqlite3
 import numpy as np
 import tensorflow as tf
 
+from tff_rec.data.arrays import ClientArrays
 from tff_rec.models.mf import IMPLICIT, RATING
 
-SHUFFLE_BUFFER = 1024
+Examples = tuple[np.ndarray, np.ndarray]  # (item indices int64 [n], labels float32 [n])
 
 
 def item_vocabulary(db_path: str) -> list[str]:
@@ -31,65 +34,66 @@ def item_lookup(vocabulary: list[str]) -> tf.keras.layers.StringLookup:
   return tf.keras.layers.StringLookup(vocabulary=vocabulary, num_oov_indices=1, mask_token=None)
 
 
-def training_dataset(
-    dataset: tf.data.Dataset,
-    lookup: tf.keras.layers.StringLookup,
-    *,
-    objective: str,
-    num_negatives: int,
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-) -> tf.data.Dataset:
-  """Turns stored examples into (item indices [B], labels [B, 1]) batches.
+def training_examples(client: ClientArrays, *, objective: str, num_negatives: int, num_items: int, seed: int,
+                      shuffle: bool = True) -> Examples:
+  """A client's training examples, in the order its batches take them.
 
   Args:
-    dataset: A client's stored examples (`schema.element_spec`).
-    lookup: From `item_lookup`.
+    client: The client's ratings.
     objective: `rating`: label = the rating. `implicit`: each rating is a
       positive (label 1) followed by `num_negatives` items drawn uniformly from
       the catalogue (label 0), as in NCF (He et al., WWW 2017).
     num_negatives: Negatives per positive (implicit only).
-    batch_size: Examples per batch.
+    num_items: Catalogue size; negatives are indices 1..num_items.
     seed: Seed of the negatives and the shuffle.
     shuffle: Shuffle examples (training) or keep their order (evaluation).
   """
-  num_items = lookup.vocabulary_size() - 1
+  rng = np.random.default_rng(seed)
   if objective == RATING:
-    examples = dataset.map(lambda ex: (lookup(ex['item_id']), tf.reshape(ex['rating'], [1])))
+    items, labels = client.items, client.ratings
   elif objective == IMPLICIT:
-    labels = tf.concat([tf.ones([1, 1]), tf.zeros([num_negatives, 1])], axis=0)
-
-    def expand(index, ex):
-      negatives = tf.random.stateless_uniform([num_negatives], seed=tf.stack([tf.cast(seed, tf.int64), index]),
-                                              minval=1, maxval=num_items + 1, dtype=tf.int64)
-      return tf.concat([[lookup(ex['item_id'])], negatives], axis=0), labels
-    examples = dataset.enumerate().map(expand).unbatch()
+    n = len(client)
+    negatives = rng.integers(1, num_items + 1, size=(n, num_negatives), dtype=np.int64)
+    items = np.concatenate([client.items[:, None], negatives], axis=1).reshape(-1)
+    labels = np.tile(np.array([1.0] + [0.0] * num_negatives, np.float32), n)
   else:
     raise ValueError(f'unknown objective {objective!r}')
   if shuffle:
-    examples = examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
-  return examples.batch(batch_size)
+    order = rng.permutation(len(items))
+    items, labels = items[order], labels[order]
+  return items.astype(np.int64), labels.astype(np.float32)
 
 
-def ranking_query_dataset(dataset: tf.data.Dataset, lookup: tf.keras.layers.StringLookup) -> tf.data.Dataset:
-  """LOO-99 queries: candidates [100] = (held-out item, its 99 negatives), labels [100, 1]."""
-  def query(ex):
-    items = tf.concat([[lookup(ex['item_id'])], lookup(ex['negative_item_ids'])], axis=0)
-    labels = tf.concat([tf.ones([1, 1]), tf.zeros([tf.shape(ex['negative_item_ids'])[0], 1])], axis=0)
-    return items, labels
-  return dataset.map(query)
+def as_dataset(examples: Examples, batch_size: int) -> tf.data.Dataset:
+  """(item indices [B], labels [B, 1]) batches, the model's input spec."""
+  items, labels = examples
+  return tf.data.Dataset.from_tensor_slices((items, labels[:, None])).batch(batch_size)
 
 
-def rating_query_dataset(dataset: tf.data.Dataset, lookup: tf.keras.layers.StringLookup,
-                         batch_size: int) -> tf.data.Dataset:
-  """Held-out ratings as (items [B], ratings [B, 1])."""
-  return dataset.map(lambda ex: (lookup(ex['item_id']), tf.reshape(ex['rating'], [1]))).batch(batch_size)
+def ranking_queries(client: ClientArrays) -> Examples:
+  """LOO-99 queries: candidates [n, 100] = (held-out item, its 99 negatives), labels [n, 100]."""
+  items = np.concatenate([client.items[:, None], client.negatives], axis=1)
+  labels = np.zeros(items.shape, np.float32)
+  labels[:, 0] = 1.0
+  return items, labels
+
+
+def rating_queries(client: ClientArrays) -> Examples:
+  """Held-out ratings: items [n], ratings [n]."""
+  return client.items, client.ratings
+
+
+def query_dataset(queries: Examples, kind_is_ranking: bool, batch_size: int) -> tf.data.Dataset:
+  """Ranking: one element per LOO query ([100], [100, 1]); rating: batches of ([B], [B, 1])."""
+  items, labels = queries
+  if kind_is_ranking:
+    return tf.data.Dataset.from_tensor_slices((items, labels[..., None]))
+  return tf.data.Dataset.from_tensor_slices((items, labels[:, None])).batch(batch_size)
 
 
 TRAIN_PURPOSE, EVAL_PURPOSE = 0, 1
 
 
 def client_seed(seed: int, round_num: int, client_id: str, purpose: int = TRAIN_PURPOSE) -> int:
-  """A per-(seed, purpose, round, client) seed for `training_dataset`."""
+  """A per-(seed, purpose, round, client) seed for `training_examples`."""
   return int(np.random.default_rng([seed, purpose, round_num, *client_id.encode()]).integers(0, 2**31 - 1))

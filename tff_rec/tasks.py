@@ -9,10 +9,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from tff_rec.data import client_data, schema
+from tff_rec.data import arrays, schema
 from tff_rec.evaluation import client_eval
 from tff_rec.models import mf
 from tff_rec import preprocessing
@@ -34,6 +36,17 @@ class DataConfig:
       raise ValueError(f'batch_size must be >= 1 and num_negatives >= 0, got {self.batch_size}, {self.num_negatives}')
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalClients:
+  """What federated evaluation gives each client: support examples to reconstruct from, and queries."""
+
+  client_ids: list[str]
+  support: list[preprocessing.Examples]  # Training examples, unshuffled, fixed seed.
+  queries: list[preprocessing.Examples]  # Ranking: ([n, 100], [n, 100]); rating: ([n], [n]).
+  seen: list[np.ndarray]  # Item indices the client trained on: excluded from full-catalogue ranking.
+  relevant: list[np.ndarray]  # Its held-out item indices: the targets of full-catalogue ranking.
+
+
 class RecommendationTask:
   """Client data of one view and one MF model configuration."""
 
@@ -51,9 +64,11 @@ class RecommendationTask:
     self.model_config.validate()
     self.objective = self.model_config.objective
     self.lookup = preprocessing.item_lookup(self.vocabulary)
-    family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
-    self.train_split = schema.split_name(family, schema.TRAIN)
-    self.train_data = client_data.load(self.db_path, self.train_split)
+    self.family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
+    self.train_split = schema.split_name(self.family, schema.TRAIN)
+    self.train_data = arrays.SplitArrays(self.db_path, self.train_split, self.lookup)
+    if not self.train_data.client_ids:
+      raise ValueError(f'{self.db_path} has no clients in split {self.train_split}')
     self.eval_kind = client_eval.RANKING if self.objective == mf.IMPLICIT else client_eval.RATING
     self._check_specs()
 
@@ -64,8 +79,8 @@ class RecommendationTask:
     return mf.RegularizedLoss(self.objective)
 
   def _check_specs(self) -> None:
-    client = self.train_data.client_ids[0]
-    spec = self.client_dataset(self.train_data.create_tf_dataset_for_client(client), seed=0).element_spec
+    first = self.train_examples(self.train_data.client_ids[:1], 0, seed=0)[0]
+    spec = self.client_dataset(first).element_spec
     expected = mf.input_spec()
     try:
       tf.nest.assert_same_structure(expected, spec)
@@ -75,37 +90,55 @@ class RecommendationTask:
     if not compatible:
       raise TypeError(f'preprocessed data {spec} does not match the model input spec {expected}')
 
-  def client_dataset(self, dataset: tf.data.Dataset, *, seed: int, shuffle: bool = True) -> tf.data.Dataset:
-    return preprocessing.training_dataset(
-        dataset, self.lookup, objective=self.objective, num_negatives=self.data_config.num_negatives,
-        batch_size=self.data_config.batch_size, seed=seed, shuffle=shuffle)
+  def examples(self, client: arrays.ClientArrays, *, seed: int, shuffle: bool = True) -> preprocessing.Examples:
+    return preprocessing.training_examples(
+        client, objective=self.objective, num_negatives=self.data_config.num_negatives,
+        num_items=self.model_config.num_items, seed=seed, shuffle=shuffle)
 
-  def train_datasets(self, client_ids: list[str], round_num: int, seed: int) -> list[tf.data.Dataset]:
-    """Each sampled client's training batches for `round_num` (seeded per client and round)."""
-    return [self.client_dataset(self.train_data.create_tf_dataset_for_client(c),
-                                seed=preprocessing.client_seed(seed, round_num, c)) for c in client_ids]
+  def client_dataset(self, examples: preprocessing.Examples) -> tf.data.Dataset:
+    """A client's examples as the model's (item indices, labels) batches."""
+    return preprocessing.as_dataset(examples, self.data_config.batch_size)
 
-  def eval_data(self, part: str = schema.TEST, *, heldout: bool = False, seed: int = 0
-                ) -> tuple[list[str], list[collections.OrderedDict]]:
-    """Client ids and `OrderedDict(support, queries)` for federated evaluation.
+  def train_examples(self, client_ids: Sequence[str], round_num: int, seed: int) -> list[preprocessing.Examples]:
+    """Each sampled client's training examples for `round_num` (seeded per client and round)."""
+    return [self.examples(data, seed=preprocessing.client_seed(seed, round_num, c))
+            for c, data in zip(client_ids, self.train_data.get(client_ids))]
 
-    Support is the client's training data (for held-out users, their support
-    split), preprocessed as in training but unshuffled with a fixed seed;
-    queries are its `part` split (LOO-99 for ranking, ratings for rating).
+  def train_datasets(self, client_ids: Sequence[str], round_num: int, seed: int) -> list[tf.data.Dataset]:
+    return [self.client_dataset(e) for e in self.train_examples(client_ids, round_num, seed)]
+
+  def eval_clients(self, part: str = schema.TEST, *, heldout: bool = False, seed: int = 0) -> EvalClients:
+    """The clients of a federated evaluation on split `part`.
+
+    Support is the data a client holds before its `part` examples: its
+    training data (for held-out users, their support split), plus its
+    validation examples when `part` is test (in the temporal leave-one-out
+    split they come right before the test item). It is preprocessed as in
+    training but unshuffled with a fixed seed. Queries are the `part` split
+    (LOO-99 for ranking, ratings for rating).
     """
-    family = schema.RANKING if self.eval_kind == client_eval.RANKING else schema.RATING
-    support = client_data.load(self.db_path, schema.split_name(family, schema.TRAIN, heldout=heldout))
-    queries = client_data.load(self.db_path, schema.split_name(family, part, heldout=heldout))
-    ids = sorted(set(support.client_ids) & set(queries.client_ids))
-    data = []
-    for c in ids:
-      query_ds = queries.create_tf_dataset_for_client(c)
-      if self.eval_kind == client_eval.RANKING:
-        query_ds = preprocessing.ranking_query_dataset(query_ds, self.lookup)
-      else:
-        query_ds = preprocessing.rating_query_dataset(query_ds, self.lookup, self.data_config.batch_size)
-      support_ds = self.client_dataset(support.create_tf_dataset_for_client(c),
-                                       seed=preprocessing.client_seed(seed, 0, c, preprocessing.EVAL_PURPOSE),
-                                       shuffle=False)
-      data.append(collections.OrderedDict(support=support_ds, queries=query_ds))
-    return ids, data
+    support_parts = [schema.TRAIN] + ([schema.VAL] if part == schema.TEST else [])
+    supports = [arrays.SplitArrays(self.db_path, schema.split_name(self.family, p, heldout=heldout), self.lookup)
+                for p in support_parts]
+    queries = arrays.SplitArrays(self.db_path, schema.split_name(self.family, part, heldout=heldout), self.lookup)
+    ids = sorted(set(supports[0].client_ids) & set(queries.client_ids))
+    make_queries = preprocessing.ranking_queries if self.eval_kind == client_eval.RANKING else (
+        preprocessing.rating_queries)
+    support_arrays = [arrays.concatenate(parts) for parts in zip(*(s.get(ids) for s in supports))]
+    query_arrays = queries.get(ids)
+    return EvalClients(
+        client_ids=ids,
+        support=[self.examples(s, seed=preprocessing.client_seed(seed, 0, c, preprocessing.EVAL_PURPOSE),
+                               shuffle=False) for c, s in zip(ids, support_arrays)],
+        queries=[make_queries(q) for q in query_arrays],
+        seen=[s.items for s in support_arrays],
+        relevant=[q.items for q in query_arrays])
+
+  def eval_datasets(self, clients: EvalClients) -> list[collections.OrderedDict]:
+    """`OrderedDict(support, queries)` datasets per client, for `fed_recon.build_evaluation`."""
+    ranking = self.eval_kind == client_eval.RANKING
+    return [collections.OrderedDict(
+        support=self.client_dataset(s),
+        queries=preprocessing.query_dataset(q, ranking, self.data_config.batch_size),
+        seen=seen, relevant=relevant)
+        for s, q, seen, relevant in zip(clients.support, clients.queries, clients.seen, clients.relevant)]

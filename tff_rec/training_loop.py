@@ -61,7 +61,7 @@ def read_history(output_dir: str) -> list[dict[str, float]]:
 
 
 def run(
-    process: tff.learning.templates.LearningProcess,
+    process: Any,
     *,
     cohort_fn: Callable[[int], list[str]],
     data_fn: Callable[[list[str], int], list[Any]],
@@ -72,7 +72,8 @@ def run(
   """Runs rounds 1..config.rounds, resuming after the latest checkpoint in `output_dir`.
 
   Args:
-    process: The learning process.
+    process: The training engine (`fed_recon.TffEngine`, `vectorized.VectorizedEngine`):
+      `initialize()` and `next(state, data)` -> output with `.state`, `.metrics`.
     cohort_fn: round -> client ids (seeded per round).
     data_fn: (client ids, round) -> their datasets.
     evaluate_fn: state -> validation metrics, run every `eval_every` rounds

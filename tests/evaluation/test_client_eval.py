@@ -45,3 +45,27 @@ def test_reconstruct_is_one_sgd_step_from_zero_per_batch():
   # From p = b = 0: prediction 3, error -1; d/dp (r - pred)^2 = -2 * 1 * q = -4 -> p = 0.4; d/db = -2 -> b = 0.2.
   np.testing.assert_allclose(bundle.local_layers[0].embedding.numpy(), [[0.4]], rtol=1e-6)
   np.testing.assert_allclose(bundle.local_layers[0].bias.numpy(), [[0.2]], rtol=1e-6)
+
+
+def test_catalogue_metrics_by_hand():
+  # Items 1..5 (0 = unknown, never ranked). Seen: item 5 (scored highest, excluded).
+  item_scores = tf.constant([[9.0, 0.1, 0.8, 0.5, 0.5, 1.0]])
+  seen = tf.constant([[False, False, False, False, False, True]])
+  relevant = tf.constant([[False, False, False, True, False, False]])  # Item 3 ties item 4 -> rank 2.
+  sums = client_eval.catalogue_sums(item_scores, seen, relevant)
+  assert float(sums['catalogue_users']) == 1.0
+  assert float(sums['recall_at_10']) == 1.0
+  np.testing.assert_allclose(float(sums['catalogue_ndcg_at_10']), 1 / math.log2(4), rtol=1e-6)
+  # Two relevant items at ranks 0 and 2 of a 2-item ideal: (1 + 1/log2(4)) / (1 + 1/log2(3)).
+  two = client_eval.catalogue_sums(item_scores, seen, tf.constant([[False, False, True, True, False, False]]))
+  np.testing.assert_allclose(float(two['catalogue_ndcg_at_10']), (1 + 0.5) / (1 + 1 / math.log2(3)), rtol=1e-6)
+  # A constant model ranks a relevant item below every other candidate: no hit at K below the catalogue size.
+  flat = client_eval.catalogue_sums(tf.zeros([1, 30]), tf.zeros([1, 30], bool),
+                                    tf.one_hot([3], 30, on_value=True, off_value=False))
+  assert float(flat['recall_at_20']) == 0.0
+
+
+def test_masked_ranking_sums_skip_padding():
+  scores = tf.constant([[[2.0] + [1.0] * 99, [0.0] * 100]])  # A hit, then a padded query.
+  sums = client_eval.ranking_sums(scores, tf.constant([[1.0, 0.0]]))
+  assert float(sums['count']) == 1.0 and float(sums['hits_at_5']) == 1.0

@@ -31,8 +31,9 @@ def _run(tiny_dataset, out, name, **overrides):
 
 
 @pytest.mark.slow
-def test_two_rounds_write_every_output(tiny_dataset, tmp_path):
-  final = _run(tiny_dataset, tmp_path, 'smoke')
+@pytest.mark.parametrize('engine', ['vectorized', 'tff'])
+def test_two_rounds_write_every_output(tiny_dataset, tmp_path, engine):
+  final = _run(tiny_dataset, tmp_path, 'smoke', engine=engine)
   run_dir = tmp_path / 'smoke'
   assert sorted(os.listdir(run_dir)) == ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png',
                                          'metrics.csv', 'tensorboard']
@@ -67,6 +68,7 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),
+    ({'split_dataset': True}, '--engine=vectorized implements --nosplit_dataset only'),
     ({'data_dir': '/nonexistent'}, 'does not exist; prepare it'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):

@@ -50,8 +50,9 @@ def test_federated_evaluation_equals_centralized(setup):
   state = process.next(state, task.train_datasets(task.train_data.client_ids[:10], 0, seed=0)).state
   weights = process.get_model_weights(state)
   evaluation = fed_recon.build_evaluation(task.model_fn, task.loss_fn, process.get_model_weights.type_signature.result,
-                                          task.eval_kind, learning_rate=config.reconstruction_learning_rate, epochs=2)
-  _, data = task.eval_data('test')
+                                          task.eval_kind, num_items=task.model_config.num_items,
+                                          learning_rate=config.reconstruction_learning_rate, epochs=2)
+  data = task.eval_datasets(task.eval_clients('test'))
   federated = client_eval.finalize(fed_recon.as_numpy(evaluation(weights, data)), task.eval_kind)
 
   # Centralized: the same client maths run eagerly, one user after another, summed here.
@@ -62,12 +63,14 @@ def test_federated_evaluation_equals_centralized(setup):
         fed_recon.reconstruction_model(bundle))
     for variable, value in zip(global_weights.trainable, weights.trainable):
       variable.assign(value)
-    sums = client_eval.evaluate_client(bundle, client['support'], client['queries'], task.eval_kind,
-                                       task.loss_fn(), learning_rate=config.reconstruction_learning_rate, epochs=2)
+    sums = client_eval.evaluate_client(bundle, client, task.eval_kind, task.loss_fn(),
+                                       num_items=task.model_config.num_items,
+                                       learning_rate=config.reconstruction_learning_rate, epochs=2)
     for key, value in sums.items():
       totals[key] += float(value)
   centralized = client_eval.finalize(totals, task.eval_kind)
   assert federated.keys() == centralized.keys()
+  assert {'recall@20', 'catalogue_ndcg@20'} <= federated.keys()
   for key in federated:
     assert federated[key] == pytest.approx(centralized[key], abs=1e-6), key
   assert federated['count'] > 0

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 
 from tff_rec.models.mf import ModelBundle, scores
 
 RANKING_KS = (5, 10, 20)
+CATALOGUE_KS = (10, 20)
 RANKING, RATING = 'ranking', 'rating'
 
 
@@ -51,14 +54,67 @@ def reconstruct(bundle: ModelBundle, support: tf.data.Dataset, loss: tf.keras.lo
   support.repeat(epochs).reduce(tf.constant(0), step)
 
 
-def ranking_sums(candidate_scores: tf.Tensor) -> collections.OrderedDict:
-  """Metric sums of one LOO query; `candidate_scores[0]` is the held-out item."""
-  rank = tf.reduce_sum(tf.cast(candidate_scores[1:] >= candidate_scores[0], tf.float32))
-  sums = collections.OrderedDict(count=tf.constant(1.0))
+def ranking_sums(candidate_scores: tf.Tensor, mask: tf.Tensor | None = None) -> collections.OrderedDict:
+  """Metric sums of LOO queries `candidate_scores` [..., 1 + negatives]; `[..., 0]` is the held-out item.
+
+  Leading dimensions (clients, queries) are summed over; `mask` [...] (1 = a
+  real query) drops padding.
+  """
+  rank = tf.reduce_sum(tf.cast(candidate_scores[..., 1:] >= candidate_scores[..., :1], tf.float32), axis=-1)
+  mask = tf.ones_like(rank) if mask is None else tf.cast(mask, tf.float32)
+  sums = collections.OrderedDict(count=tf.reduce_sum(mask))
   for k in RANKING_KS:
+    hit = tf.cast(rank < k, tf.float32) * mask
+    sums[f'hits_at_{k}'] = tf.reduce_sum(hit)
+    sums[f'ndcg_at_{k}'] = tf.reduce_sum(hit * math.log(2.0) / tf.math.log(rank + 2.0))
+  return sums
+
+
+def rating_sums(predicted: tf.Tensor, ratings: tf.Tensor, mask: tf.Tensor | None = None) -> collections.OrderedDict:
+  """Squared and absolute error sums of `predicted` vs `ratings` (same shape; `mask` drops padding)."""
+  error = predicted - ratings
+  mask = tf.ones_like(error) if mask is None else tf.cast(mask, error.dtype)
+  return collections.OrderedDict(count=tf.reduce_sum(mask), squared_error=tf.reduce_sum(mask * tf.square(error)),
+                                 absolute_error=tf.reduce_sum(mask * tf.abs(error)))
+
+
+def catalogue_sums(item_scores: tf.Tensor, seen: tf.Tensor, relevant: tf.Tensor) -> collections.OrderedDict:
+  """Full-catalogue Recall@K and NDCG@K sums over users.
+
+  Args:
+    item_scores: [users, items + 1] scores of every item index (0 = unknown).
+    seen: [users, items + 1] bool, the user's training items (excluded, as is
+      index 0).
+    relevant: [users, items + 1] bool, the user's held-out items.
+
+  A relevant item's rank counts the unseen items (other relevant ones
+  included) scoring >= it, so ties never favour it. Recall@K = hits / |relevant|
+  and NDCG@K = DCG / ideal DCG (Krichene & Rendle, "On Sampled Metrics for Item
+  Recommendation", KDD 2020, argue for exactly this over sampled metrics).
+  Users with no relevant item are not counted.
+  """
+  candidate = tf.logical_not(seen) & (tf.range(tf.shape(item_scores)[1]) > 0)[None, :]
+  relevant = relevant & candidate
+  # rank[u, i] = #{j candidate, j != i: s[u, j] >= s[u, i]}; only read for relevant i (a few per user).
+  rel_users, rel_items = tf.unstack(tf.cast(tf.where(relevant), tf.int32), axis=1)
+  rel_scores = tf.gather_nd(item_scores, tf.stack([rel_users, rel_items], 1))
+  user_scores = tf.gather(item_scores, rel_users)
+  user_candidates = tf.gather(candidate, rel_users)
+  at_least = tf.reduce_sum(tf.cast(user_candidates & (user_scores >= rel_scores[:, None]), tf.float32), 1)
+  rank = at_least - 1.0  # The item itself.
+  num_users = tf.shape(item_scores)[0]
+  per_user = tf.math.unsorted_segment_sum(tf.ones_like(rank), rel_users, num_users)
+  has_relevant = tf.cast(per_user > 0, tf.float32)
+  sums = collections.OrderedDict(catalogue_users=tf.reduce_sum(has_relevant))
+  for k in CATALOGUE_KS:
     hit = tf.cast(rank < k, tf.float32)
-    sums[f'hits_at_{k}'] = hit
-    sums[f'ndcg_at_{k}'] = hit * math.log(2.0) / tf.math.log(rank + 2.0)
+    hits = tf.math.unsorted_segment_sum(hit, rel_users, num_users)
+    dcg = tf.math.unsorted_segment_sum(hit * math.log(2.0) / tf.math.log(rank + 2.0), rel_users, num_users)
+    ideal_positions = tf.range(k, dtype=tf.float32)
+    ideal = tf.reduce_sum(tf.cast(ideal_positions[None, :] < per_user[:, None], tf.float32) * math.log(2.0) /
+                          tf.math.log(ideal_positions[None, :] + 2.0), 1)
+    sums[f'recall_at_{k}'] = tf.reduce_sum(tf.math.divide_no_nan(hits, per_user))
+    sums[f'catalogue_ndcg_at_{k}'] = tf.reduce_sum(tf.math.divide_no_nan(dcg, ideal))
   return sums
 
 
@@ -75,23 +131,34 @@ def query_sums(bundle: ModelBundle, queries: tf.data.Dataset, kind: str) -> coll
   def add(totals, batch):
     x, y = batch
     predicted = scores(bundle.model(x, training=False))
-    if kind == RANKING:
-      new = ranking_sums(predicted)
-    else:
-      error = predicted - y[:, 0]
-      new = collections.OrderedDict(count=tf.cast(tf.size(error), tf.float32),
-                                    squared_error=tf.reduce_sum(tf.square(error)),
-                                    absolute_error=tf.reduce_sum(tf.abs(error)))
+    new = ranking_sums(predicted) if kind == RANKING else rating_sums(predicted, y[:, 0])
     return collections.OrderedDict((k, totals[k] + new[k]) for k in totals)
 
   return queries.reduce(zero_sums(kind), add)
 
 
-def evaluate_client(bundle: ModelBundle, support: tf.data.Dataset, queries: tf.data.Dataset, kind: str,
-                    loss: tf.keras.losses.Loss, *, learning_rate: float, epochs: int) -> collections.OrderedDict:
-  """Reconstruct on `support`, then the metric sums over `queries`."""
-  reconstruct(bundle, support, loss, learning_rate=learning_rate, epochs=epochs)
-  return query_sums(bundle, queries, kind)
+def client_catalogue_sums(bundle: ModelBundle, num_items: int, seen_items: tf.Tensor,
+                          relevant_items: tf.Tensor) -> collections.OrderedDict:
+  """`catalogue_sums` of one client, scoring every item with its reconstructed user."""
+  all_scores = scores(bundle.model(tf.range(num_items + 1, dtype=tf.int64), training=False))
+
+  def as_mask(indices):
+    return tf.reduce_any(tf.equal(tf.range(num_items + 1, dtype=tf.int64)[:, None], indices[None, :]), axis=1)
+  return catalogue_sums(all_scores[None, :], as_mask(seen_items)[None, :], as_mask(relevant_items)[None, :])
+
+
+def evaluate_client(bundle: ModelBundle, data: Mapping[str, Any], kind: str, loss: tf.keras.losses.Loss, *,
+                    num_items: int, learning_rate: float, epochs: int) -> collections.OrderedDict:
+  """Reconstruct on `data['support']`, then the metric sums over `data['queries']` and the catalogue.
+
+  `data` is one client's `OrderedDict(support, queries, seen, relevant)`:
+  datasets of (item indices, labels) batches, and item indices [n] of its
+  training items (excluded from the catalogue ranking) and held-out items.
+  """
+  reconstruct(bundle, data['support'], loss, learning_rate=learning_rate, epochs=epochs)
+  sums = query_sums(bundle, data['queries'], kind)
+  sums.update(client_catalogue_sums(bundle, num_items, data['seen'], data['relevant']))
+  return sums
 
 
 def finalize(totals: dict, kind: str, prefix: str = '') -> dict[str, float]:
@@ -107,5 +174,10 @@ def finalize(totals: dict, kind: str, prefix: str = '') -> dict[str, float]:
   else:
     metrics = {f'{prefix}rmse': math.sqrt(float(totals['squared_error']) / count),
                f'{prefix}mae': float(totals['absolute_error']) / count}
+  users = float(totals.get('catalogue_users', 0.0))
+  for k in CATALOGUE_KS:
+    if users:
+      metrics[f'{prefix}recall@{k}'] = float(totals[f'recall_at_{k}']) / users
+      metrics[f'{prefix}catalogue_ndcg@{k}'] = float(totals[f'catalogue_ndcg_at_{k}']) / users
   metrics[f'{prefix}count'] = count
   return metrics

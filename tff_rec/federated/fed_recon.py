@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -90,14 +91,16 @@ def batch_type() -> tff.Type:
 
 
 def build_evaluation(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], tf.keras.losses.Loss],
-                     weights_type: tff.Type, kind: str, *, learning_rate: float, epochs: int) -> tff.Computation:
+                     weights_type: tff.Type, kind: str, *, num_items: int, learning_rate: float,
+                     epochs: int) -> tff.Computation:
   """A federated computation (global weights@SERVER, client data@CLIENTS) -> metric sums@SERVER.
 
-  Client data is `OrderedDict(support=dataset, queries=dataset)` of
-  (item indices, labels) batches; see `client_eval.evaluate_client`.
+  Client data is `OrderedDict(support, queries, seen, relevant)`
+  (`tasks.RecommendationTask.eval_datasets`); see `client_eval.evaluate_client`.
   """
   data_type = tff.to_type(collections.OrderedDict(
-      support=tff.SequenceType(batch_type()), queries=tff.SequenceType(batch_type())))
+      support=tff.SequenceType(batch_type()), queries=tff.SequenceType(batch_type()),
+      seen=tff.TensorType(np.int64, [None]), relevant=tff.TensorType(np.int64, [None])))
 
   @tff.tensorflow.computation(weights_type, data_type)
   @tf.function  # Orders the stateful steps; graph mode alone would prune them (as in TFF's fed_recon).
@@ -107,7 +110,7 @@ def build_evaluation(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], 
       loss = loss_fn()
     model_weights = tff.learning.models.ReconstructionModel.get_global_variables(reconstruction_model(bundle))
     tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
-    return client_eval.evaluate_client(bundle, data['support'], data['queries'], kind, loss,
+    return client_eval.evaluate_client(bundle, data, kind, loss, num_items=num_items,
                                        learning_rate=learning_rate, epochs=epochs)
 
   @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS))
@@ -119,3 +122,44 @@ def build_evaluation(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], 
 
 def as_numpy(totals) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in totals.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutput:
+  state: Any
+  metrics: Mapping[str, Any]
+
+
+class TffEngine:
+  """Fed Recon run by TFF's runtime: `build_fed_recon` rounds and `build_evaluation`.
+
+  The reference engine: every client is a separate TFF client computation.
+  Shares its interface (initialize, next, evaluate, global_weights) with
+  `vectorized.VectorizedEngine`.
+  """
+
+  def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int):
+    self.task = task
+    self.process = build_training_process(task.model_fn, task.loss_fn, config)
+    self._evaluation = build_evaluation(
+        task.model_fn, task.loss_fn, self.process.get_model_weights.type_signature.result, task.eval_kind,
+        num_items=task.model_config.num_items, learning_rate=eval_learning_rate, epochs=eval_epochs)
+
+  def initialize(self):
+    return self.process.initialize()
+
+  def next(self, state, examples: list) -> RoundOutput:
+    """One round on the cohort's `examples` (one `preprocessing.Examples` per client)."""
+    kept = [e for e in examples if len(e[0])]  # An empty client is skipped, and counted.
+    empty = {'client_work/empty_clients': len(examples) - len(kept)}
+    if not kept:
+      return RoundOutput(state, empty)
+    output = self.process.next(state, [self.task.client_dataset(e) for e in kept])
+    return RoundOutput(output.state, {**output.metrics, **empty})
+
+  def evaluate(self, state, clients) -> dict[str, float]:
+    """Metric totals (sums and counts) over `clients` (`tasks.EvalClients`)."""
+    return as_numpy(self._evaluation(self.process.get_model_weights(state), self.task.eval_datasets(clients)))
+
+  def global_weights(self, state) -> list[np.ndarray]:
+    return [np.asarray(w) for w in self.process.get_model_weights(state).trainable]

@@ -108,6 +108,24 @@ def input_spec() -> tuple[tf.TensorSpec, tf.TensorSpec]:
   return (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 1], tf.float32))
 
 
+def predict(p_u: tf.Tensor, q_i: tf.Tensor, b_i: tf.Tensor, b_u: tf.Tensor | None = None,
+            mu: tf.Tensor | None = None) -> tf.Tensor:
+  """The MF score <p_u, q_i> + b_i (+ b_u + mu for ratings); embeddings [..., d], biases [..., 1] -> [..., 1].
+
+  Shared by the Keras model and the vectorised engine
+  (`tff_rec.federated.vectorized`), which broadcasts one user over a batch.
+  """
+  score = tf.reduce_sum(p_u * q_i, axis=-1, keepdims=True) + b_i
+  if b_u is not None:
+    score = score + b_u + mu
+  return score
+
+
+def l2_penalty(p_u: tf.Tensor, q_i: tf.Tensor, l2: float) -> tf.Tensor:
+  """Per-example lambda * (|p_u|^2 + |q_i|^2), [..., 1]."""
+  return l2 * (tf.reduce_sum(tf.square(p_u), -1, keepdims=True) + tf.reduce_sum(tf.square(q_i), -1, keepdims=True))
+
+
 def build_mf(config: MFConfig) -> ModelBundle:
   """Builds the functional MF model; output is [batch, 2] = (score, L2 penalty)."""
   config.validate()
@@ -122,16 +140,15 @@ def build_mf(config: MFConfig) -> ModelBundle:
   if rating:
     p_u, b_u = p_u
   q_i = item_embedding(items)
-  score = tf.reduce_sum(p_u * q_i, axis=-1, keepdims=True) + item_bias(items)
   global_layers = [item_embedding, item_bias]
   local_layers = [user]
   if rating:
     mean = GlobalMean(config.global_mean, name='global_mean')
-    score = score + b_u + mean(items)
+    score = predict(p_u, q_i, item_bias(items), b_u, mean(items))
     global_layers.append(mean)
-  penalty = config.l2 * (tf.reduce_sum(tf.square(p_u), -1, keepdims=True) +
-                         tf.reduce_sum(tf.square(q_i), -1, keepdims=True))
-  output = tf.concat([score, penalty], axis=-1)
+  else:
+    score = predict(p_u, q_i, item_bias(items))
+  output = tf.concat([score, l2_penalty(p_u, q_i, config.l2)], axis=-1)
   return ModelBundle(tf.keras.Model(items, output, name='mf'), global_layers, local_layers, input_spec())
 
 

@@ -1,0 +1,241 @@
+"""Cohort-vectorised Federated Reconstruction for MF: a whole round as one TensorFlow graph.
+
+Written by hand because no library does it: TFF runs every client as its own
+computation (one executor call and one serialised dataset per client), and for
+recommendation clients (a user, a few hundred examples) that fixed cost is
+most of the round. Here all clients of a cohort step together: client c's
+batch t is row [c, t] of padded [clients, batches, batch_size] tensors with a
+mask, every client keeps its own copy of the item table (only the rows it
+touches change), and a client with no batch at step t does nothing.
+
+The maths is exactly TFF's `build_fed_recon` (Singhal et al., NeurIPS 2021) as
+configured by `fed_recon.build_training_process` with `split_dataset=False`:
+per client, the local user starts at zero and takes plain SGD steps on the
+batch-mean loss for `reconstruction_epochs` passes with the items frozen, then
+the items take SGD steps for `local_epochs` passes with the user frozen; the
+update `initial - final` is zeroed (weight 0) if not finite, averaged weighted
+by the client's post-reconstruction examples, and applied by the same
+`tff.learning.optimizers` server optimizer, which skips a non-finite average.
+tests/federated/test_vectorized.py checks the result against the TFF process.
+Evaluation reconstructs every user the same way and computes the metric sums
+of `client_eval` over all of them at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tff_rec.evaluation import client_eval
+from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
+from tff_rec.models import mf
+from tff_rec.preprocessing import Examples
+
+
+def pad_examples(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Client examples -> (items, labels, mask), each [clients, batches, batch_size].
+
+  Client c's batch t is examples[c][t * B:(t + 1) * B], as `Dataset.batch(B)`
+  cuts it; the rest is padding (mask 0, item 0).
+  """
+  sizes = [len(items) for items, _ in examples]
+  batches = max(1, max((math.ceil(n / batch_size) for n in sizes), default=1))
+  shape = (len(examples), batches * batch_size)
+  items = np.zeros(shape, np.int64)
+  labels = np.zeros(shape, np.float32)
+  mask = np.zeros(shape, np.float32)
+  for c, ((x, y), n) in enumerate(zip(examples, sizes)):
+    items[c, :n], labels[c, :n], mask[c, :n] = x, y, 1.0
+  new_shape = (len(examples), batches, batch_size)
+  return items.reshape(new_shape), labels.reshape(new_shape), mask.reshape(new_shape)
+
+
+def pad_rows(rows: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged per-client rows [n_c, ...] -> padded [clients, max n, ...] and mask [clients, max n]."""
+  longest = max(1, max((len(r) for r in rows), default=1))
+  tail = rows[0].shape[1:] if rows else ()
+  out = np.zeros((len(rows), longest, *tail), dtype)
+  mask = np.zeros((len(rows), longest), np.float32)
+  for c, r in enumerate(rows):
+    out[c, :len(r)], mask[c, :len(r)] = r, 1.0
+  return out, mask
+
+
+class VectorizedEngine:
+  """Fed Recon MF rounds with the whole cohort in one graph; the interface of `fed_recon.TffEngine`."""
+
+  def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int):
+    config.validate()
+    if config.split_dataset:
+      raise ValueError('the vectorized engine implements --nosplit_dataset only; use --engine=tff for '
+                       '--split_dataset')
+    self.task = task
+    self.config = config
+    self.model_config: mf.MFConfig = task.model_config
+    self.rating = self.model_config.objective == mf.RATING
+    self.batch_size = task.data_config.batch_size
+    self.loss = task.loss_fn()
+    self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate)
+    self.eval_learning_rate, self.eval_epochs = eval_learning_rate, eval_epochs
+    self._round = tf.function(self._round_fn, reduce_retracing=True)
+    self._evaluate = tf.function(self._evaluate_fn, reduce_retracing=True)
+
+  # State.
+
+  def initialize(self) -> collections.OrderedDict:
+    """Global weights from the model's own initializers, and the server optimizer's state."""
+    bundle = self.task.model_fn()
+    weights = tuple(v.numpy() for layer in bundle.global_layers for v in layer.trainable_variables)
+    specs = tuple(tf.TensorSpec(w.shape, tf.float32) for w in weights)
+    return collections.OrderedDict(
+        weights=weights,
+        optimizer=tf.nest.map_structure(np.asarray, self.optimizer.initialize(specs)))
+
+  def global_weights(self, state) -> list[np.ndarray]:
+    return [np.asarray(w) for w in state['weights']]
+
+  # One round.
+
+  def next(self, state, examples: list[Examples]) -> RoundOutput:
+    items, labels, mask = pad_examples(examples, self.batch_size)
+    weights = tuple(tf.constant(w) for w in state['weights'])
+    new_weights, new_optimizer, metrics = self._round(weights, state['optimizer'], items, labels, mask)
+    new_state = collections.OrderedDict(
+        weights=tuple(w.numpy() for w in new_weights),
+        optimizer=tf.nest.map_structure(np.asarray, new_optimizer))
+    return RoundOutput(new_state, tf.nest.map_structure(np.asarray, metrics))
+
+  def _split(self, weights):
+    """(item embedding, item bias, global mean or None)."""
+    return weights[0], weights[1], (weights[2] if self.rating else None)
+
+  def _batch_losses(self, user, q, b, mu, labels, mask):
+    """Per-client batch-mean loss [C] (0 for an empty batch), and the batch sizes [C]."""
+    p_u, b_u = user if self.rating else (user[0], None)
+    score = mf.predict(p_u, q, b, b_u, mu)  # [C, B, 1]
+    predictions = tf.concat([score, mf.l2_penalty(p_u, q, self.model_config.l2)], axis=-1)
+    per_example = self.loss.call(tf.reshape(labels, [-1, 1]), tf.reshape(predictions, [-1, 2]))
+    per_example = tf.reshape(per_example, tf.shape(labels)) * mask
+    counts = tf.reduce_sum(mask, axis=1)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example, axis=1), counts), counts
+
+  def _reconstruct(self, weights, items, labels, mask, *, learning_rate: float, epochs: int):
+    """Every client's local user from zeros, SGD on its batches with the items frozen."""
+    embedding, bias, mean = self._split(weights)
+    clients = tf.shape(items)[0]
+    user = [tf.zeros([clients, 1, self.model_config.embedding_dim])]
+    if self.rating:
+      user.append(tf.zeros([clients, 1, 1]))
+    mu = None if mean is None else tf.fill([clients, 1, 1], mean)
+    for _ in range(epochs):
+      for t in tf.range(tf.shape(items)[1]):
+        with tf.GradientTape() as tape:
+          tape.watch(user)
+          losses, _ = self._batch_losses(user, tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]), mu,
+                                         labels[:, t], mask[:, t])
+          total = tf.reduce_sum(losses)  # Clients are independent: d total / d user_c = d loss_c / d user_c.
+        user = [u - learning_rate * g for u, g in zip(user, tape.gradient(total, user))]
+    return user
+
+  def _round_fn(self, weights, optimizer_state, items, labels, mask):
+    config = self.config
+    user = self._reconstruct(weights, items, labels, mask, learning_rate=config.reconstruction_learning_rate,
+                             epochs=config.reconstruction_epochs)
+    embedding, bias, mean = self._split(weights)
+    clients = tf.shape(items)[0]
+    rows = tf.shape(embedding)[0]
+    offsets = tf.cast(tf.range(clients) * rows, tf.int64)[:, None]
+    # Each client's copy of the trainable item-side weights, flattened to [clients * rows, ...].
+    local = [tf.tile(embedding, [clients, 1]), tf.tile(bias, [clients, 1])]
+    if self.rating:
+      local.append(tf.fill([clients, 1, 1], mean))
+    loss_sum = tf.constant(0.0)
+    loss_batches = tf.constant(0.0)
+    for _ in range(config.local_epochs):
+      for t in tf.range(tf.shape(items)[1]):
+        index = items[:, t] + offsets
+        with tf.GradientTape() as tape:
+          tape.watch(local)
+          losses, counts = self._batch_losses(user, tf.gather(local[0], index), tf.gather(local[1], index),
+                                              local[2] if self.rating else None, labels[:, t], mask[:, t])
+          total = tf.reduce_sum(losses)
+        grads = tape.gradient(total, local)
+        local = [self._sgd(v, g, config.client_learning_rate) for v, g in zip(local, grads)]
+        nonempty = tf.cast(counts > 0, tf.float32)
+        loss_sum += tf.reduce_sum(losses * nonempty)
+        loss_batches += tf.reduce_sum(nonempty)
+    finals = [tf.reshape(local[0], [clients, rows, -1]), tf.reshape(local[1], [clients, rows, 1])]
+    if self.rating:
+      finals.append(tf.reshape(local[2], [clients]))
+    deltas = [w[None] - f for w, f in zip(weights, finals)]  # TFF's convention: initial - final.
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [clients, -1])), axis=1)
+                                     for d in deltas]), axis=0)
+    examples = tf.reduce_sum(mask, axis=[1, 2]) * config.local_epochs
+    client_weight = tf.where(finite, examples, 0.0)
+    total_weight = tf.reduce_sum(client_weight)
+    update = tuple(
+        tf.math.divide(tf.tensordot(client_weight, tf.where(self._expand(finite, d), d, 0.0), axes=1), total_weight)
+        for d in deltas)  # Plain division, as TFF's MeanFactory: an all-zero-weight cohort gives NaN...
+    update_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
+    new_optimizer, new_weights = tf.cond(  # ... which the finalizer rejects, as TFF's does.
+        update_finite, lambda: self.optimizer.next(optimizer_state, weights, update),
+        lambda: (optimizer_state, weights))
+    metrics = collections.OrderedDict(
+        client_work=collections.OrderedDict(
+            train=collections.OrderedDict(loss=tf.math.divide_no_nan(loss_sum, loss_batches),
+                                          num_examples=tf.reduce_sum(examples)),
+            empty_clients=tf.reduce_sum(tf.cast(examples == 0, tf.int32)),
+            non_finite_clients=tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int32))),
+        finalizer=collections.OrderedDict(update_non_finite=tf.cast(tf.logical_not(update_finite), tf.int32)))
+    return tuple(new_weights), new_optimizer, metrics
+
+  @staticmethod
+  def _expand(flags, tensor):
+    return tf.reshape(flags, tf.concat([[-1], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))
+
+  @staticmethod
+  def _sgd(value, grad, learning_rate):
+    if isinstance(grad, tf.IndexedSlices):  # Embedding rows: touch only the rows a batch used.
+      return tf.tensor_scatter_nd_sub(value, grad.indices[:, None], learning_rate * grad.values)
+    return value - learning_rate * grad
+
+  # Evaluation.
+
+  def evaluate(self, state, clients) -> dict[str, float]:
+    """Metric totals over `clients` (`tasks.EvalClients`), as `fed_recon.TffEngine.evaluate`."""
+    items, labels, mask = pad_examples(clients.support, self.batch_size)
+    query_items, query_mask = pad_rows([q[0] for q in clients.queries], np.int64)
+    query_labels, _ = pad_rows([q[1] for q in clients.queries], np.float32)
+    rows = self.model_config.num_items + 1
+    seen = np.zeros((len(clients.client_ids), rows), bool)
+    relevant = np.zeros_like(seen)
+    for c, (s, r) in enumerate(zip(clients.seen, clients.relevant)):
+      seen[c, s], relevant[c, r] = True, True
+    weights = tuple(tf.constant(w) for w in state['weights'])
+    totals = self._evaluate(weights, items, labels, mask, query_items, query_labels, query_mask, seen, relevant)
+    return {k: float(v) for k, v in totals.items()}
+
+  def _evaluate_fn(self, weights, items, labels, mask, query_items, query_labels, query_mask, seen, relevant):
+    user = self._reconstruct(weights, items, labels, mask, learning_rate=self.eval_learning_rate,
+                             epochs=self.eval_epochs)
+    embedding, bias, mean = self._split(weights)
+    p_u = user[0]
+    b_u = user[1] if self.rating else None
+
+    def score(indices):  # indices [C, ...] -> scores [C, ...]
+      flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
+      mu = None if mean is None else mean
+      out = mf.predict(p_u, tf.gather(embedding, flat), tf.gather(bias, flat), b_u, mu)[..., 0]
+      return tf.reshape(out, tf.shape(indices))
+
+    if self.rating:
+      sums = client_eval.rating_sums(score(query_items), query_labels, query_mask)
+    else:
+      sums = client_eval.ranking_sums(score(query_items), query_mask)
+    all_items = tf.tile(tf.range(tf.shape(embedding)[0], dtype=tf.int64)[None], [tf.shape(items)[0], 1])
+    sums.update(client_eval.catalogue_sums(score(all_items), seen, relevant))
+    return sums
+
