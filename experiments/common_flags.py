@@ -1,0 +1,61 @@
+"""Flags every training binary shares (data, model, evaluation, output), defined once.
+
+Only the binaries in experiments/ read flags; each builds its frozen config
+from these and its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from tff_rec import tasks, training_loop
+from tff_rec.models import mf
+
+# Data.
+DATA_DIR = flags.DEFINE_string('data_dir', 'data/movielens_100k', 'A prepared dataset directory.')
+VIEW = flags.DEFINE_enum('view', 'cross_device', sorted(tasks.VIEWS), 'Client = user, or client = platform.')
+BATCH = flags.DEFINE_integer('batch_size', 64, 'Client batch size.')
+NEGATIVES = flags.DEFINE_integer('num_negatives', 4, 'Implicit objective: sampled negatives per positive.')
+# Model.
+OBJECTIVE = flags.DEFINE_enum('objective', mf.IMPLICIT, list(mf.OBJECTIVES),
+                               'implicit: ranking (HR/NDCG, LOO-99); rating: explicit ratings (RMSE/MAE).')
+DIM = flags.DEFINE_integer('embedding_dim', 32, 'Embedding dimension.')
+L2 = flags.DEFINE_float('l2', 0.0, 'L2 regularization of the embeddings a batch touches.')
+INIT = flags.DEFINE_float('init_stddev', 0.1, 'Stddev of the item-embedding initializer.')
+RECON_LR = flags.DEFINE_float('reconstruction_learning_rate', 1.0,
+                               'SGD learning rate of a client reconstructing its user (training and evaluation).')
+# Evaluation.
+EVAL_EVERY = flags.DEFINE_integer('eval_every', 10, 'Validate every this many rounds.')
+EVAL_RECON_EPOCHS = flags.DEFINE_integer('eval_reconstruction_epochs', 3, 'Reconstruction epochs at evaluation.')
+# Output.
+ROOT = flags.DEFINE_string('root_output_dir', 'runs', 'Root of all experiment outputs.')
+NAME = flags.DEFINE_string('experiment_name', None, 'Output subdirectory (required).')
+CHECKPOINT_EVERY = flags.DEFINE_integer('checkpoint_every', 10, 'Checkpoint every this many rounds.')
+PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+SEED = flags.DEFINE_integer('seed', 0, 'Seed of initialization, sampling, negatives and shuffling.')
+
+
+flags.mark_flag_as_required('experiment_name')
+# The progress bar and the results table are the output; TFF's per-checkpoint
+# INFO lines would interleave with the bar. --verbosity=0 brings them back.
+flags.FLAGS.set_default('verbosity', -1)
+
+
+def data_config() -> tasks.DataConfig:
+  return tasks.DataConfig(DATA_DIR.value, VIEW.value, BATCH.value, NEGATIVES.value)
+
+
+def model_kwargs() -> dict:
+  """Keyword arguments of `tasks.RecommendationTask` besides the data."""
+  return dict(objective=OBJECTIVE.value, embedding_dim=DIM.value, l2=L2.value, init_stddev=INIT.value,
+              seed=SEED.value)
+
+
+def loop_config(rounds: int) -> training_loop.LoopConfig:
+  return training_loop.LoopConfig(rounds, EVAL_EVERY.value, CHECKPOINT_EVERY.value, PROGRESS.value)
+
+
+def output_dir() -> str:
+  return os.path.join(ROOT.value, NAME.value)

@@ -1,0 +1,91 @@
+r"""Trains the same MF model centrally on the same splits: the baseline for federated runs.
+
+  python -m experiments.train_centralized --flagfile=configs/centralized_mf_implicit.flags
+
+All training users' examples are pooled and trained by minibatch gradient
+descent (`tff_rec.centralized`); one round of the shared loop is one epoch.
+Evaluation is the federated one (users reconstructed from their own data with
+the trained item side), so numbers compare directly with train_federated's.
+Writes the same outputs as train_federated, and resumes the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from absl import app, flags
+
+from experiments import common_flags
+from tff_rec import centralized, experiment, tasks, training_loop
+from tff_rec.federated import fed_recon
+
+# Training.
+_EPOCHS = flags.DEFINE_integer('epochs', 20, 'Passes over all training users\' examples (one loop round each).')
+_OPTIMIZER = flags.DEFINE_enum('optimizer', 'adam', list(fed_recon.SERVER_OPTIMIZERS), 'Optimizer.')
+_LR = flags.DEFINE_float('learning_rate', 0.01, 'Learning rate.')
+_CENTRAL_BATCH = flags.DEFINE_integer('central_batch_size', 256, 'Minibatch size of centralized training.')
+_USER_INIT = flags.DEFINE_float('user_init_stddev', 0.1, 'Stddev of the user-table initializer.')
+
+
+@dataclasses.dataclass(frozen=True)
+class CentralizedExperimentConfig:
+  """Everything a run does, parsed once from flags."""
+
+  data: tasks.DataConfig
+  objective: str
+  embedding_dim: int
+  l2: float
+  init_stddev: float
+  training: centralized.CentralizedConfig
+  loop: training_loop.LoopConfig
+  reconstruction_learning_rate: float
+  eval_reconstruction_epochs: int
+  output_dir: str
+  seed: int
+
+  def validate(self) -> None:
+    self.data.validate()
+    self.training.validate()
+    self.loop.validate()
+    if self.data.view != 'cross_device':
+      raise ValueError('--view must be cross_device: the centralized baseline pools users, not platforms')
+    if self.reconstruction_learning_rate <= 0 or self.eval_reconstruction_epochs < 1:
+      raise ValueError('--reconstruction_learning_rate must be > 0 and --eval_reconstruction_epochs >= 1')
+
+
+def config_from_flags() -> CentralizedExperimentConfig:
+  model = common_flags.model_kwargs()
+  return CentralizedExperimentConfig(
+      data=common_flags.data_config(), **model,
+      training=centralized.CentralizedConfig(_OPTIMIZER.value, _LR.value, _CENTRAL_BATCH.value, _USER_INIT.value,
+                                             model['seed']),
+      loop=common_flags.loop_config(_EPOCHS.value),
+      reconstruction_learning_rate=common_flags.RECON_LR.value,
+      eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
+      output_dir=common_flags.output_dir())
+
+
+def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
+  config.validate()
+  return tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
+                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed)
+
+
+def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
+  engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.reconstruction_learning_rate,
+                                         eval_epochs=config.eval_reconstruction_epochs)
+  return experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
+                        output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = config_from_flags()
+  return experiment.main('train_centralized', lambda: build_task(config), lambda task: run(config, task),
+                         config.output_dir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,85 @@
+"""What every experiment binary does around its engine: train with the shared loop, evaluate, write outputs.
+
+Writes to the output directory: hparams.json, metrics.csv, tensorboard/,
+checkpoints/ (through `training_loop.run`), final_metrics.json and
+learning_curve.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tff_rec import atomic, runtime, tasks, training_loop
+from tff_rec.data import schema
+from tff_rec.evaluation import client_eval
+from tff_rec.plotting import learning_curve
+
+# Keys final_metrics.json always has (null where the objective has no such metric).
+REQUIRED_KEYS = ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20')
+
+
+def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int], list[str]], seed: int,
+        loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str) -> dict[str, Any]:
+  """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
+
+  Args:
+    engine: `initialize`, `next(state, examples)`, `evaluate(state, clients)`.
+    task: Data and model.
+    cohort_fn: round -> the client ids whose examples that round trains on.
+    seed: Seed of the examples (negatives, shuffling) and evaluation support.
+    loop: Rounds and cadences.
+    output_dir: Where everything is written.
+    hparams: The run's configuration, written to hparams.json.
+    loss_key: The flattened metrics key of the training loss, for the plot.
+  """
+  began = time.monotonic()
+  os.makedirs(output_dir, exist_ok=True)
+  atomic.write_json(os.path.join(output_dir, 'hparams.json'), hparams)
+  eval_clients = {}
+
+  def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
+    if (part, heldout) not in eval_clients:
+      eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed)
+    return client_eval.finalize(engine.evaluate(state, eval_clients[part, heldout]), task.eval_kind, prefix)
+
+  state = training_loop.run(
+      engine, cohort_fn=cohort_fn, data_fn=lambda ids, r: task.train_examples(ids, r, seed),
+      evaluate_fn=lambda state: evaluate(state, schema.VAL, prefix='val/'), config=loop, output_dir=output_dir)
+  final = evaluate(state, schema.TEST)
+  final.update(evaluate(state, schema.TEST, heldout=True, prefix='heldout_users/'))
+  for key in REQUIRED_KEYS:
+    final.setdefault(key, None)
+  final.update(rounds=loop.rounds, wall_seconds=time.monotonic() - began)
+  atomic.write_json(os.path.join(output_dir, 'final_metrics.json'), final)
+  metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'
+  learning_curve(training_loop.read_history(output_dir), os.path.join(output_dir, 'learning_curve.png'),
+                 loss_key=loss_key, metric_key=metric_key)
+  return final
+
+
+def format_results(final: dict) -> str:
+  rows = [(k, v) for k, v in final.items() if v is not None and not k.endswith(('count', 'users'))]
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}' for k, v in rows)
+
+
+def main(program: str, build: Callable[[], Any], train: Callable[[Any], dict[str, Any]], output_dir: str) -> int:
+  """A binary's main: `build()` (errors -> exit 2 with the message), then `train(built)` and the results table."""
+  try:
+    built = build()
+  except (ValueError, FileNotFoundError) as e:
+    print(f'{program}: error: {e}', file=sys.stderr)
+    return 2
+  try:
+    final = train(built)
+  finally:
+    runtime.stop_all_workers()
+  logging.info('Wrote %s', output_dir)
+  print(f'Results ({output_dir}/final_metrics.json):')
+  print(format_results(final))
+  return 0
