@@ -17,19 +17,27 @@ from absl import app, flags
 
 from experiments import common_flags
 from tff_rec import experiment, tasks, training_loop
-from tff_rec.federated import fed_recon, sampling, vectorized
+from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
 
-ENGINES = {'vectorized': vectorized.VectorizedEngine, 'tff': fed_recon.TffEngine}
+ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
+ENGINES = ('auto', 'vectorized', 'tff')
 
 # Algorithm.
-_ALGORITHM = flags.DEFINE_enum('algorithm', 'fed_recon', ['fed_recon'], 'Federated algorithm.')
-_ENGINE = flags.DEFINE_enum('engine', 'vectorized', list(ENGINES),
-                            'vectorized: the whole cohort in one TF graph (fast; same model as tff, tested); '
-                            'tff: TFF\'s build_fed_recon, one TFF client computation per client (reference).')
+_ALGORITHM = flags.DEFINE_enum(
+    'algorithm', 'fed_recon', list(ALGORITHMS),
+    'fed_recon: Federated Reconstruction, user parameters stay on clients (cross-device: one user row; cross-silo: '
+    'the platform\'s user table). fed_avg / fed_prox: BASELINES with a global user table that every client '
+    'receives and updates (every user\'s embedding leaves its client).')
+_ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
+                            'vectorized: the whole cohort in one TF graph (Fed Recon cross-device, --nosplit_dataset; '
+                            'same model as tff, tested); tff: TFF\'s own processes on its runtime, one TFF client per '
+                            'client; auto: vectorized where it applies, else tff.')
+_PROX = flags.DEFINE_float('proximal_strength', 0.01, 'FedProx mu (--algorithm=fed_prox).')
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Training rounds.')
 _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling without replacement (0: use rate).')
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
-_LOCAL_EPOCHS = flags.DEFINE_integer('local_epochs', 1, 'Client epochs on the global (item) parameters.')
+_LOCAL_EPOCHS = flags.DEFINE_integer('local_epochs', 1, 'Client epochs on the global parameters (after '
+                                     'reconstruction for fed_recon; all of them for fed_avg / fed_prox).')
 _RECON_EPOCHS = flags.DEFINE_integer('reconstruction_epochs', 1, 'Client epochs reconstructing the local user.')
 _SPLIT = flags.DEFINE_bool('split_dataset', False, 'Alternate batches between reconstruction and training '
                            '(else both stages use all of a client\'s data).')
@@ -51,6 +59,7 @@ class ExperimentConfig:
   algorithm: str
   engine: str
   recon: fed_recon.ReconConfig
+  proximal_strength: float
   sampling: sampling.SamplingConfig
   loop: training_loop.LoopConfig
   eval_reconstruction_epochs: int
@@ -62,13 +71,32 @@ class ExperimentConfig:
     self.data.validate()
     self.recon.validate()
     self.loop.validate()
-    if self.data.view == 'cross_silo' and self.algorithm == 'fed_recon':
-      raise ValueError('--view=cross_silo with --algorithm=fed_recon: a platform client holds many users, but '
-                       "this MF model's local parameters are a single user's row; use --view=cross_device")
-    if self.engine == 'vectorized' and self.recon.split_dataset:
-      raise ValueError('--engine=vectorized implements --nosplit_dataset only; use --engine=tff for --split_dataset')
+    if self.engine == 'vectorized' and not self.vectorizable:
+      raise ValueError('--engine=vectorized runs Federated Reconstruction cross-device with --nosplit_dataset '
+                       f'only (got --algorithm={self.algorithm} --view={self.data.view} '
+                       f'--split_dataset={self.recon.split_dataset}); use --engine=tff')
+    if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
+      raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     if self.eval_reconstruction_epochs < 1:
       raise ValueError('--eval_reconstruction_epochs must be >= 1')
+
+
+  @property
+  def vectorizable(self) -> bool:
+    return self.algorithm == 'fed_recon' and self.data.view == 'cross_device' and not self.recon.split_dataset
+
+  @property
+  def resolved_engine(self) -> str:
+    if self.engine == 'auto':
+      return 'vectorized' if self.vectorizable else 'tff'
+    return self.engine
+
+  @property
+  def user_table(self) -> str | None:
+    """How the task holds users: one local row (None), a platform's local table, or FedAvg's global table."""
+    if self.algorithm != 'fed_recon':
+      return tasks.GLOBAL
+    return tasks.LOCAL if self.data.view == 'cross_silo' else None
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -78,6 +106,7 @@ def config_from_flags() -> ExperimentConfig:
       recon=fed_recon.ReconConfig(_SERVER_OPT.value, _SERVER_LR.value, _CLIENT_LR.value,
                                   common_flags.RECON_LR.value, _RECON_EPOCHS.value, _LOCAL_EPOCHS.value,
                                   _SPLIT.value),
+      proximal_strength=_PROX.value,
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
@@ -88,15 +117,28 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   """Validates `config` against the data and builds the task; raises before any training."""
   config.validate()
   task = tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
-                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed)
+                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
+                                  user_table=config.user_table)
   config.sampling.validate(len(task.train_data.client_ids))
   return task
 
 
+def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
+  evaluation = dict(eval_learning_rate=config.recon.reconstruction_learning_rate,
+                    eval_epochs=config.eval_reconstruction_epochs)
+  if config.algorithm in ('fed_avg', 'fed_prox'):
+    recon = config.recon
+    return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
+        recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
+        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0), **evaluation)
+  if config.resolved_engine == 'vectorized':
+    return vectorized.VectorizedEngine(task, config.recon, **evaluation)
+  return fed_recon.TffEngine(task, config.recon, **evaluation)
+
+
 def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   """Trains and evaluates; returns the final metrics (also in final_metrics.json)."""
-  engine = ENGINES[config.engine](task, config.recon, eval_learning_rate=config.recon.reconstruction_learning_rate,
-                                  eval_epochs=config.eval_reconstruction_epochs)
+  engine = build_engine(config, task)
   return experiment.run(
       engine, task,
       cohort_fn=lambda r: sampling.sample_clients(task.train_data.client_ids, r, config.seed, config.sampling),

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tensorflow as tf
+
 from tff_rec import atomic, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
@@ -38,6 +40,9 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     loss_key: The flattened metrics key of the training loss, for the plot.
   """
   began = time.monotonic()
+  # Same flags and seed, same metrics: without this, multi-threaded reductions
+  # (scatter-adds, segment sums) may add in a different order from run to run.
+  tf.config.experimental.enable_op_determinism()
   os.makedirs(output_dir, exist_ok=True)
   atomic.write_json(os.path.join(output_dir, 'hparams.json'), hparams)
   eval_clients = {}

@@ -29,13 +29,24 @@ def item_vocabulary(db_path: str) -> list[str]:
     con.close()
 
 
-def item_lookup(vocabulary: list[str]) -> tf.keras.layers.StringLookup:
-  """Maps item id strings to indices 1..N; unknown ids (and padding) to 0."""
+def user_vocabulary(db_path: str) -> list[str]:
+  """User ids of the database (training and held-out), sorted: index i+1 = vocabulary[i]."""
+  con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
+  try:
+    return [r[0] for r in con.execute('SELECT user_id FROM users ORDER BY user_id')]
+  finally:
+    con.close()
+
+
+def id_lookup(vocabulary: list[str]) -> tf.keras.layers.StringLookup:
+  """Maps id strings to indices 1..N; unknown ids (and padding) to 0."""
   return tf.keras.layers.StringLookup(vocabulary=vocabulary, num_oov_indices=1, mask_token=None)
 
 
+
+
 def training_examples(client: ClientArrays, *, objective: str, num_negatives: int, num_items: int, seed: int,
-                      shuffle: bool = True) -> Examples:
+                      shuffle: bool = True, with_users: bool = False) -> Examples:
   """A client's training examples, in the order its batches take them.
 
   Args:
@@ -47,17 +58,24 @@ def training_examples(client: ClientArrays, *, objective: str, num_negatives: in
     num_items: Catalogue size; negatives are indices 1..num_items.
     seed: Seed of the negatives and the shuffle.
     shuffle: Shuffle examples (training) or keep their order (evaluation).
+    with_users: Return (user index, item index) pairs [n, 2] as the items,
+      for models with a user table (`mf.build_mf_user_table`).
   """
   rng = np.random.default_rng(seed)
   if objective == RATING:
-    items, labels = client.items, client.ratings
+    items, labels, users = client.items, client.ratings, client.users
   elif objective == IMPLICIT:
     n = len(client)
     negatives = rng.integers(1, num_items + 1, size=(n, num_negatives), dtype=np.int64)
     items = np.concatenate([client.items[:, None], negatives], axis=1).reshape(-1)
     labels = np.tile(np.array([1.0] + [0.0] * num_negatives, np.float32), n)
+    users = None if client.users is None else np.repeat(client.users, 1 + num_negatives)
   else:
     raise ValueError(f'unknown objective {objective!r}')
+  if with_users:
+    if users is None:
+      raise ValueError('with_users needs ClientArrays read with a user lookup')
+    items = np.stack([users, items], axis=1)
   if shuffle:
     order = rng.permutation(len(items))
     items, labels = items[order], labels[order]

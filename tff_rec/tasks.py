@@ -20,6 +20,8 @@ from tff_rec.models import mf
 from tff_rec import preprocessing
 
 VIEWS = {'cross_device': schema.CLIENTS_DB, 'cross_silo': schema.PLATFORMS_DB}
+LOCAL, GLOBAL = 'local', 'global'
+USER_TABLES = (None, LOCAL, GLOBAL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,29 +53,44 @@ class RecommendationTask:
   """Client data of one view and one MF model configuration."""
 
   def __init__(self, data: DataConfig, *, objective: str = mf.IMPLICIT, embedding_dim: int = 32, l2: float = 0.0,
-               init_stddev: float = 0.1, seed: int = 0):
+               init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None):
+    """See the class docstring; `user_table`: None (a client is one user, `mf.build_mf`), or `local` /
+    `global` (a table of users, `mf.build_mf_user_table`: a platform's users, or FedAvg's global table)."""
     data.validate()
+    if user_table not in USER_TABLES:
+      raise ValueError(f'user_table must be one of {USER_TABLES}, got {user_table!r}')
     self.data_config = data
+    self.user_table = user_table
     self.db_path = os.path.join(data.data_dir, VIEWS[data.view])
-    if not os.path.exists(self.db_path):
-      raise FileNotFoundError(f'{self.db_path} does not exist; prepare it with '
-                              '`python -m experiments.prepare_data --dataset=movielens_100k`')
+    # Evaluation is per user whatever the training view: each user reconstructs itself from its own data.
+    self.eval_db_path = os.path.join(data.data_dir, schema.CLIENTS_DB)
+    for path in (self.db_path, self.eval_db_path):
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} does not exist; prepare it with '
+                                '`python -m experiments.prepare_data --dataset=movielens_100k`')
+    if data.view == 'cross_silo' and user_table is None:
+      raise ValueError('a cross-silo client holds many users: it needs a user table (user_table=local or global)')
     self.vocabulary = preprocessing.item_vocabulary(self.db_path)
+    self.user_vocabulary = preprocessing.user_vocabulary(self.db_path)
+    self.user_lookup = preprocessing.id_lookup(self.user_vocabulary) if user_table else None
     self.model_config = mf.MFConfig(num_items=len(self.vocabulary), embedding_dim=embedding_dim, l2=l2,
                                     init_stddev=init_stddev, objective=objective, seed=seed)
     self.model_config.validate()
     self.objective = self.model_config.objective
-    self.lookup = preprocessing.item_lookup(self.vocabulary)
+    self.lookup = preprocessing.id_lookup(self.vocabulary)
     self.family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
     self.train_split = schema.split_name(self.family, schema.TRAIN)
-    self.train_data = arrays.SplitArrays(self.db_path, self.train_split, self.lookup)
+    self.train_data = arrays.SplitArrays(self.db_path, self.train_split, self.lookup, user_lookup=self.user_lookup)
     if not self.train_data.client_ids:
       raise ValueError(f'{self.db_path} has no clients in split {self.train_split}')
     self.eval_kind = client_eval.RANKING if self.objective == mf.IMPLICIT else client_eval.RATING
     self._check_specs()
 
   def model_fn(self) -> mf.ModelBundle:
-    return mf.build_mf(self.model_config)
+    if self.user_table is None:
+      return mf.build_mf(self.model_config)
+    return mf.build_mf_user_table(self.model_config, len(self.user_vocabulary) + 1,
+                                  users_are_local=self.user_table == LOCAL)
 
   def loss_fn(self) -> tf.keras.losses.Loss:
     return mf.RegularizedLoss(self.objective)
@@ -81,7 +98,7 @@ class RecommendationTask:
   def _check_specs(self) -> None:
     first = self.train_examples(self.train_data.client_ids[:1], 0, seed=0)[0]
     spec = self.client_dataset(first).element_spec
-    expected = mf.input_spec()
+    expected = mf.input_spec() if self.user_table is None else mf.user_table_input_spec()
     try:
       tf.nest.assert_same_structure(expected, spec)
       compatible = all(e.is_compatible_with(s) for e, s in zip(tf.nest.flatten(expected), tf.nest.flatten(spec)))
@@ -90,10 +107,12 @@ class RecommendationTask:
     if not compatible:
       raise TypeError(f'preprocessed data {spec} does not match the model input spec {expected}')
 
-  def examples(self, client: arrays.ClientArrays, *, seed: int, shuffle: bool = True) -> preprocessing.Examples:
+  def examples(self, client: arrays.ClientArrays, *, seed: int, shuffle: bool = True,
+               with_users: bool | None = None) -> preprocessing.Examples:
     return preprocessing.training_examples(
         client, objective=self.objective, num_negatives=self.data_config.num_negatives,
-        num_items=self.model_config.num_items, seed=seed, shuffle=shuffle)
+        num_items=self.model_config.num_items, seed=seed, shuffle=shuffle,
+        with_users=self.user_table is not None if with_users is None else with_users)
 
   def client_dataset(self, examples: preprocessing.Examples) -> tf.data.Dataset:
     """A client's examples as the model's (item indices, labels) batches."""
@@ -118,9 +137,10 @@ class RecommendationTask:
     (LOO-99 for ranking, ratings for rating).
     """
     support_parts = [schema.TRAIN] + ([schema.VAL] if part == schema.TEST else [])
-    supports = [arrays.SplitArrays(self.db_path, schema.split_name(self.family, p, heldout=heldout), self.lookup)
-                for p in support_parts]
-    queries = arrays.SplitArrays(self.db_path, schema.split_name(self.family, part, heldout=heldout), self.lookup)
+    supports = [arrays.SplitArrays(self.eval_db_path, schema.split_name(self.family, p, heldout=heldout),
+                                   self.lookup) for p in support_parts]
+    queries = arrays.SplitArrays(self.eval_db_path, schema.split_name(self.family, part, heldout=heldout),
+                                 self.lookup)
     ids = sorted(set(supports[0].client_ids) & set(queries.client_ids))
     make_queries = preprocessing.ranking_queries if self.eval_kind == client_eval.RANKING else (
         preprocessing.rating_queries)
@@ -129,7 +149,7 @@ class RecommendationTask:
     return EvalClients(
         client_ids=ids,
         support=[self.examples(s, seed=preprocessing.client_seed(seed, 0, c, preprocessing.EVAL_PURPOSE),
-                               shuffle=False) for c, s in zip(ids, support_arrays)],
+                               shuffle=False, with_users=False) for c, s in zip(ids, support_arrays)],
         queries=[make_queries(q) for q in query_arrays],
         seen=[s.items for s in support_arrays],
         relevant=[q.items for q in query_arrays])

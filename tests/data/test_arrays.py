@@ -8,7 +8,7 @@ from tff_rec.data import arrays, client_data, schema
 
 def test_arrays_match_tff_loader_in_order(tiny_dataset):
   db = f'{tiny_dataset}/{schema.CLIENTS_DB}'
-  lookup = preprocessing.item_lookup(preprocessing.item_vocabulary(db))
+  lookup = preprocessing.id_lookup(preprocessing.item_vocabulary(db))
   for split in ('ranking_train', 'ranking_test', 'rating_val'):
     loaded = client_data.load(db, split)
     split_arrays = arrays.SplitArrays(db, split, lookup)
@@ -26,6 +26,6 @@ def test_arrays_match_tff_loader_in_order(tiny_dataset):
 
 def test_unknown_client_gets_empty_arrays(tiny_dataset):
   db = f'{tiny_dataset}/{schema.CLIENTS_DB}'
-  lookup = preprocessing.item_lookup(preprocessing.item_vocabulary(db))
+  lookup = preprocessing.id_lookup(preprocessing.item_vocabulary(db))
   got, = arrays.SplitArrays(db, 'rating_train', lookup).get(['no-such-client'])
   assert len(got) == 0 and got.items.dtype == np.int64

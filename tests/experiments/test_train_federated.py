@@ -31,9 +31,15 @@ def _run(tiny_dataset, out, name, **overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('engine', ['vectorized', 'tff'])
-def test_two_rounds_write_every_output(tiny_dataset, tmp_path, engine):
-  final = _run(tiny_dataset, tmp_path, 'smoke', engine=engine)
+@pytest.mark.parametrize('overrides', [
+    {'engine': 'vectorized'},
+    {'engine': 'tff'},
+    {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
+    {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01},
+    {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
+], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo'])
+def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
+  final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
   assert sorted(os.listdir(run_dir)) == ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png',
                                          'metrics.csv', 'tensorboard']
@@ -64,11 +70,12 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'view': 'cross_silo'}, '--view=cross_silo with --algorithm=fed_recon'),
+    ({'view': 'cross_silo', 'engine': 'vectorized'}, '--engine=vectorized runs Federated Reconstruction'),
+    ({'algorithm': 'fed_prox', 'proximal_strength': 0.0}, 'needs --proximal_strength > 0'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),
-    ({'split_dataset': True}, '--engine=vectorized implements --nosplit_dataset only'),
+    ({'split_dataset': True, 'engine': 'vectorized'}, '--engine=vectorized runs Federated Reconstruction'),
     ({'data_dir': '/nonexistent'}, 'does not exist; prepare it'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):

@@ -66,3 +66,29 @@ def test_same_seed_same_initialization():
 def test_bad_config(kwargs, message):
   with pytest.raises(ValueError, match=message):
     mf.build_mf(mf.MFConfig(num_items=3, **kwargs))
+
+
+@pytest.mark.parametrize('objective', [mf.IMPLICIT, mf.RATING])
+def test_user_table_model_scores_like_the_single_user_model(objective):
+  config = mf.MFConfig(num_items=5, embedding_dim=3, objective=objective, l2=0.1, seed=1)
+  single, table = mf.build_mf(config), mf.build_mf_user_table(config, num_users=4, users_are_local=True)
+  for a, b in zip(single.global_layers, table.global_layers):
+    for va, vb in zip(a.weights, b.weights):
+      vb.assign(va)
+  row = np.array([[0.5, -1.0, 2.0]], np.float32)
+  single.local_layers[0].embedding.assign(row)
+  table.local_layers[0].embeddings.assign(np.vstack([np.zeros((2, 3)), row, np.zeros((1, 3))]))
+  if objective == mf.RATING:
+    single.local_layers[0].bias.assign([[0.3]])
+    table.local_layers[1].embeddings.assign([[0.0], [0.0], [0.3], [0.0]])
+  items = np.array([1, 4, 2], np.int64)
+  np.testing.assert_allclose(table.model(np.stack([np.full(3, 2), items], 1)).numpy(), single.model(items).numpy(),
+                             rtol=1e-6)
+
+
+def test_global_user_table_is_a_global_layer():
+  config = mf.MFConfig(num_items=5, embedding_dim=3)
+  local = mf.build_mf_user_table(config, num_users=4, users_are_local=True)
+  shared = mf.build_mf_user_table(config, num_users=4, users_are_local=False)
+  assert [l.name for l in local.local_layers] == ['user_embedding']
+  assert not shared.local_layers and shared.global_layers[0].name == 'user_embedding'

@@ -28,6 +28,7 @@ class ClientArrays:
   items: np.ndarray  # int64 [n]: vocabulary indices, 0 = unknown item.
   ratings: np.ndarray  # float32 [n]
   negatives: np.ndarray | None = None  # int64 [n, 99]: ranking val/test splits only.
+  users: np.ndarray | None = None  # int64 [n]: user indices, when read with a user lookup.
 
   def __len__(self) -> int:
     return len(self.items)
@@ -44,16 +45,21 @@ class SplitArrays:
   Args:
     db_path: A prepared `clients.sqlite` or `platforms.sqlite`.
     split: A name from `schema.ALL_SPLITS`.
-    lookup: Item id -> index, from `preprocessing.item_lookup`.
+    lookup: Item id -> index, from `preprocessing.id_lookup`.
     cache: Keep parsed clients in memory (off for million-client populations).
+    user_lookup: User id -> index; if given, `ClientArrays.users` is filled
+      (a platform client holds many users).
   """
 
-  def __init__(self, db_path: str, split: str, lookup: tf.keras.layers.StringLookup, *, cache: bool = True):
+  def __init__(self, db_path: str, split: str, lookup: tf.keras.layers.StringLookup, *, cache: bool = True,
+               user_lookup: tf.keras.layers.StringLookup | None = None):
     schema.element_spec(split)  # Validates the name.
     self.db_path, self.split, self.lookup, self._cache_on = db_path, split, lookup, cache
+    self.user_lookup = user_lookup
     self._cache: dict[str, ClientArrays] = {}
     self._with_negatives = schema.has_negatives(split)
-    self._features = {'item_id': tf.io.FixedLenFeature([], tf.string),
+    self._features = {'user_id': tf.io.FixedLenFeature([], tf.string),
+                      'item_id': tf.io.FixedLenFeature([], tf.string),
                       'rating': tf.io.FixedLenFeature([], tf.float32)}
     if self._with_negatives:
       self._features['negative_item_ids'] = tf.io.FixedLenFeature([schema.NUM_NEGATIVES], tf.string)
@@ -87,7 +93,8 @@ class SplitArrays:
         owners.extend(r[0] for r in rows)
         protos.extend(r[1] for r in rows)
     empty = ClientArrays(np.zeros([0], np.int64), np.zeros([0], np.float32),
-                         np.zeros([0, schema.NUM_NEGATIVES], np.int64) if self._with_negatives else None)
+                         np.zeros([0, schema.NUM_NEGATIVES], np.int64) if self._with_negatives else None,
+                         np.zeros([0], np.int64) if self.user_lookup is not None else None)
     out = {c: empty for c in client_ids}
     if not protos:
       return out
@@ -95,6 +102,7 @@ class SplitArrays:
     items = self.lookup(parsed['item_id']).numpy()
     ratings = parsed['rating'].numpy()
     negatives = self.lookup(parsed['negative_item_ids']).numpy() if self._with_negatives else None
+    users = self.user_lookup(parsed['user_id']).numpy() if self.user_lookup is not None else None
     owners = np.asarray(owners)
     order = np.argsort(owners, kind='stable')  # Group by client, keeping each client's row order.
     sorted_owners = owners[order]
@@ -102,5 +110,6 @@ class SplitArrays:
     for begin, end in zip(starts, np.r_[starts[1:], len(order)]):
       rows = order[begin:end]
       out[str(sorted_owners[begin])] = ClientArrays(
-          items[rows], ratings[rows], negatives[rows] if negatives is not None else None)
+          items[rows], ratings[rows], negatives[rows] if negatives is not None else None,
+          users[rows] if users is not None else None)
     return out

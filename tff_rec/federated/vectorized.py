@@ -87,7 +87,7 @@ class VectorizedEngine:
 
   def initialize(self) -> collections.OrderedDict:
     """Global weights from the model's own initializers, and the server optimizer's state."""
-    bundle = self.task.model_fn()
+    bundle = mf.build_mf(self.model_config)
     weights = tuple(v.numpy() for layer in bundle.global_layers for v in layer.trainable_variables)
     specs = tuple(tf.TensorSpec(w.shape, tf.float32) for w in weights)
     return collections.OrderedDict(

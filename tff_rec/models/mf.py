@@ -152,6 +152,46 @@ def build_mf(config: MFConfig) -> ModelBundle:
   return ModelBundle(tf.keras.Model(items, output, name='mf'), global_layers, local_layers, input_spec())
 
 
+def user_table_input_spec() -> tuple[tf.TensorSpec, tf.TensorSpec]:
+  """((user index, item index) pairs [batch, 2], labels [batch, 1])."""
+  return (tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None, 1], tf.float32))
+
+
+def build_mf_user_table(config: MFConfig, num_users: int, *, users_are_local: bool) -> ModelBundle:
+  """MF over a table of users (a client holding many users), input (user, item) pairs.
+
+  Same scores as `build_mf`. Used where one client holds many users or the
+  user table itself is trained: cross-silo Federated Reconstruction (the
+  table is local: each platform reconstructs its own users' rows from zeros,
+  and they never leave it), and the FedAvg baseline (the table is global: every
+  user's embedding goes to every client; a baseline only, never a default).
+  """
+  config.validate()
+  pairs = tf.keras.Input(shape=(2,), dtype=tf.int64, name='user_item')
+  users, items = pairs[:, 0], pairs[:, 1]
+  init = tf.keras.initializers.RandomNormal(stddev=config.init_stddev, seed=config.seed)
+  item_embedding = tf.keras.layers.Embedding(config.num_items + 1, config.embedding_dim,
+                                             embeddings_initializer=init, name='item_embedding')
+  item_bias = tf.keras.layers.Embedding(config.num_items + 1, 1, embeddings_initializer='zeros', name='item_bias')
+  user_embedding = tf.keras.layers.Embedding(num_users, config.embedding_dim, embeddings_initializer='zeros',
+                                             name='user_embedding')
+  p_u, q_i = user_embedding(users), item_embedding(items)
+  global_layers, user_layers = [item_embedding, item_bias], [user_embedding]
+  if config.objective == RATING:
+    user_bias = tf.keras.layers.Embedding(num_users, 1, embeddings_initializer='zeros', name='user_bias')
+    mean = GlobalMean(config.global_mean, name='global_mean')
+    score = predict(p_u, q_i, item_bias(items), user_bias(users), mean(items))
+    global_layers.append(mean)
+    user_layers.append(user_bias)
+  else:
+    score = predict(p_u, q_i, item_bias(items))
+  output = tf.concat([score, l2_penalty(p_u, q_i, config.l2)], axis=-1)
+  model = tf.keras.Model(pairs, output, name='mf_user_table')
+  if users_are_local:
+    return ModelBundle(model, global_layers, user_layers, user_table_input_spec())
+  return ModelBundle(model, user_layers + global_layers, [], user_table_input_spec())
+
+
 class RegularizedLoss(tf.keras.losses.Loss):
   """Data loss on column 0 of the prediction plus the penalty in column 1."""
 

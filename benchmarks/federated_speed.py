@@ -1,0 +1,140 @@
+r"""Federated round speed, measured side by side in one run (issue 6: R1, R2, R6).
+
+  .venv/bin/python -m benchmarks.federated_speed [--rounds=12] [--headline_flagfile=...]
+
+R1: steady-state federated throughput (training examples per second over
+    rounds 3..N) / Keras `fit` throughput of the same MF model, batch size and
+    examples, centralized. For both engines: vectorized and TFF's own process.
+R2: per-client fixed cost: the slope of round time against clients per round
+    at a fixed total of examples (least squares over several cohort sizes).
+R6: wall time of the headline MovieLens-100K configuration to its final
+    metrics (the binary run as a user runs it).
+
+Ratios are what to read: this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+import numpy as np
+import tensorflow as tf
+
+from tff_rec import runtime, tasks
+from tff_rec.federated import fed_recon, sampling, vectorized
+from tff_rec.models import mf
+
+_DATA_DIR = flags.DEFINE_string('data_dir', 'data/movielens_100k', 'Prepared MovieLens-100K.')
+_ROUNDS = flags.DEFINE_integer('rounds', 12, 'Rounds per engine for R1 (the first two are warm-up).')
+_TFF_ROUNDS = flags.DEFINE_integer('tff_rounds', 5, 'Rounds of the TFF reference engine for R1.')
+_HEADLINE = flags.DEFINE_string('headline_flagfile', 'configs/demo_fedrecon_mf.flags', 'R6 configuration.')
+_SKIP_R6 = flags.DEFINE_bool('skip_r6', False, 'Skip the R6 end-to-end run.')
+
+BATCH = 64
+CLIENTS = 100
+CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=1.0,
+                               reconstruction_learning_rate=2.0, reconstruction_epochs=1, local_epochs=1,
+                               split_dataset=False)
+
+
+def federated_throughput(engine, task, rounds: int) -> float:
+  """Training examples per second over rounds 3..`rounds` (data preparation included)."""
+  state = engine.initialize()
+  examples, seconds = 0.0, 0.0
+  for r in range(1, rounds + 1):
+    began = time.perf_counter()
+    ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
+    output = engine.next(state, task.train_examples(ids, r, 0))
+    state = output.state
+    elapsed = time.perf_counter() - began
+    if r >= 3:
+      metrics = output.metrics['client_work']['train']
+      examples += float(np.asarray(metrics['num_examples'])) if 'num_examples' in metrics else sum(
+          len(x) for x, _ in task.train_examples(ids, r, 0))
+      seconds += elapsed
+  return examples / seconds
+
+
+def keras_fit_throughput(task) -> float:
+  """Keras `fit` of the same MF model (a user table instead of local rows) on the pooled examples, epoch 2."""
+  config = task.model_config
+  ids = task.train_data.client_ids
+  examples = task.train_examples(ids, 1, 0)
+  users = np.concatenate([np.full(len(x), u, np.int64) for u, (x, _) in enumerate(examples)])
+  items = np.concatenate([x for x, _ in examples])
+  labels = np.concatenate([y for _, y in examples])[:, None]
+  user_in = tf.keras.Input((), dtype=tf.int64)
+  item_in = tf.keras.Input((), dtype=tf.int64)
+  p_u = tf.keras.layers.Embedding(len(ids), config.embedding_dim)(user_in)
+  q_i = tf.keras.layers.Embedding(config.num_items + 1, config.embedding_dim)(item_in)
+  b_i = tf.keras.layers.Embedding(config.num_items + 1, 1)(item_in)
+  score = mf.predict(p_u, q_i, b_i)
+  model = tf.keras.Model([user_in, item_in], tf.concat([score, mf.l2_penalty(p_u, q_i, config.l2)], -1))
+  model.compile(tf.keras.optimizers.Adam(0.01), loss=mf.RegularizedLoss(config.objective))
+  model.fit([users, items], labels, batch_size=BATCH, epochs=1, verbose=0)  # Warm-up (tracing).
+  began = time.perf_counter()
+  model.fit([users, items], labels, batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
+  return len(items) / (time.perf_counter() - began)
+
+
+def per_client_cost(make_engine, task, sizes: list[int], total: int = 12_800) -> float:
+  """Slope (seconds per client) of round time against cohort size at `total` examples per round."""
+  rng = np.random.default_rng(0)
+  engine = make_engine()
+  state = engine.initialize()
+  times = []
+  for size in sizes:
+    per_client = total // size
+    cohort = [(rng.integers(1, task.model_config.num_items + 1, per_client),
+               rng.integers(0, 2, per_client).astype(np.float32)) for _ in range(size)]
+    engine.next(state, cohort)  # Warm-up for this shape.
+    began = time.perf_counter()
+    for _ in range(3):
+      engine.next(state, cohort)
+    times.append((time.perf_counter() - began) / 3)
+  slope, _ = np.polyfit(sizes, times, 1)
+  return float(slope)
+
+
+def headline_wall_seconds(flagfile: str) -> float:
+  began = time.perf_counter()
+  subprocess.run([sys.executable, '-m', 'experiments.train_federated', f'--flagfile={flagfile}',
+                  '--root_output_dir=/tmp/tff_rec_benchmark', '--noprogress'], check=True,
+                 stdout=subprocess.DEVNULL, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  return time.perf_counter() - began
+
+
+def main(argv):
+  del argv
+  task = tasks.RecommendationTask(tasks.DataConfig(_DATA_DIR.value, batch_size=BATCH), embedding_dim=32,
+                                  init_stddev=0.3, l2=0.003)
+  task.train_data.preload()
+
+  def make(kind):
+    cls = vectorized.VectorizedEngine if kind == 'vectorized' else fed_recon.TffEngine
+    return cls(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1)
+
+  try:
+    keras = keras_fit_throughput(task)
+    fast = federated_throughput(make('vectorized'), task, _ROUNDS.value)
+    reference = federated_throughput(make('tff'), task, _TFF_ROUNDS.value)
+    print(f'R1 Keras fit (centralized, batch {BATCH}): {keras:,.0f} examples/s')
+    print(f'R1 vectorized engine: {fast:,.0f} examples/s  ratio {fast / keras:.2f}  (target >= 1.0)')
+    print(f'R1 TFF build_fed_recon engine: {reference:,.0f} examples/s  ratio {reference / keras:.2f}')
+    print(f'   vectorized / TFF: {fast / reference:.1f}x')
+    print(f'R2 per-client cost, vectorized: {1000 * per_client_cost(lambda: make("vectorized"), task, [25, 50, 100, 200]):.2f} '
+          'ms/client (target <= 5)')
+    print(f'R2 per-client cost, TFF: {1000 * per_client_cost(lambda: make("tff"), task, [10, 20, 40]):.2f} ms/client')
+  finally:
+    runtime.stop_all_workers()
+  if not _SKIP_R6.value:
+    print(f'R6 {_HEADLINE.value}: {headline_wall_seconds(_HEADLINE.value):.0f} s wall to final metrics '
+          '(target <= 180)')
+
+
+if __name__ == '__main__':
+  app.run(main)
