@@ -7,6 +7,7 @@ R1: steady-state federated throughput (training examples per second over
     examples, centralized. For both engines: vectorized and TFF's own process.
 R2: per-client fixed cost: the slope of round time against clients per round
     at a fixed total of examples (least squares over several cohort sizes).
+R4: memory: RSS after round 500 / after round 10 of one long run (vectorized engine).
 R6: wall time of the headline MovieLens-100K configuration to its final
     metrics (the binary run as a user runs it).
 
@@ -22,6 +23,7 @@ import time
 
 from absl import app, flags
 import numpy as np
+import psutil
 import tensorflow as tf
 
 from tff_rec import runtime, tasks
@@ -33,6 +35,7 @@ _ROUNDS = flags.DEFINE_integer('rounds', 12, 'Rounds per engine for R1 (the firs
 _TFF_ROUNDS = flags.DEFINE_integer('tff_rounds', 5, 'Rounds of the TFF reference engine for R1.')
 _HEADLINE = flags.DEFINE_string('headline_flagfile', 'configs/demo_fedrecon_mf.flags', 'R6 configuration.')
 _SKIP_R6 = flags.DEFINE_bool('skip_r6', False, 'Skip the R6 end-to-end run.')
+_R4_ROUNDS = flags.DEFINE_integer('r4_rounds', 500, 'Rounds of the R4 memory run (0: skip).')
 
 BATCH = 64
 CLIENTS = 100
@@ -100,6 +103,20 @@ def per_client_cost(make_engine, task, sizes: list[int], total: int = 12_800) ->
   return float(slope)
 
 
+def memory_growth(engine, task, rounds: int) -> tuple[float, float]:
+  """RSS (MB) after round 10 and after round `rounds` of one long run."""
+  state = engine.initialize()
+  process = psutil.Process()
+  peaks = {}
+  for r in range(1, rounds + 1):
+    ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
+    state = engine.next(state, task.train_examples(ids, r, 0)).state
+    if r in (10, rounds):
+      # ru_maxrss would never go down; RSS now is what a leak would grow.
+      peaks[r] = process.memory_info().rss / 2**20
+  return peaks[10], peaks[rounds]
+
+
 def headline_wall_seconds(flagfile: str) -> float:
   began = time.perf_counter()
   subprocess.run([sys.executable, '-m', 'experiments.train_federated', f'--flagfile={flagfile}',
@@ -129,6 +146,10 @@ def main(argv):
     print(f'R2 per-client cost, vectorized: {1000 * per_client_cost(lambda: make("vectorized"), task, [25, 50, 100, 200]):.2f} '
           'ms/client (target <= 5)')
     print(f'R2 per-client cost, TFF: {1000 * per_client_cost(lambda: make("tff"), task, [10, 20, 40]):.2f} ms/client')
+    if _R4_ROUNDS.value:
+      at_10, at_end = memory_growth(make('vectorized'), task, _R4_ROUNDS.value)
+      print(f'R4 RSS after round 10: {at_10:,.0f} MB, after round {_R4_ROUNDS.value}: {at_end:,.0f} MB  '
+            f'ratio {at_end / at_10:.3f} (target <= 1.10)')
   finally:
     runtime.stop_all_workers()
   if not _SKIP_R6.value:
