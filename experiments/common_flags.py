@@ -21,6 +21,9 @@ NEGATIVES = flags.DEFINE_integer('num_negatives', 4, 'Implicit objective: sample
 # Model.
 OBJECTIVE = flags.DEFINE_enum('objective', mf.IMPLICIT, list(mf.OBJECTIVES),
                                'implicit: ranking (HR/NDCG, LOO-99); rating: explicit ratings (RMSE/MAE).')
+MODEL = flags.DEFINE_enum('model', tasks.MF, list(tasks.MODELS),
+                          'mf: matrix factorization; two_tower: TFRS retrieval towers with item genre/year features '
+                          '(implicit objective, cross-device Federated Reconstruction).')
 DIM = flags.DEFINE_integer('embedding_dim', 32, 'Embedding dimension.')
 L2 = flags.DEFINE_float('l2', 0.0, 'L2 regularization of the embeddings a batch touches.')
 INIT = flags.DEFINE_float('init_stddev', 0.1, 'Stddev of the item-embedding initializer.')
@@ -49,8 +52,8 @@ def data_config() -> tasks.DataConfig:
 
 def model_kwargs() -> dict:
   """Keyword arguments of `tasks.RecommendationTask` besides the data."""
-  return dict(objective=OBJECTIVE.value, embedding_dim=DIM.value, l2=L2.value, init_stddev=INIT.value,
-              seed=SEED.value)
+  return dict(model=MODEL.value, objective=OBJECTIVE.value, embedding_dim=DIM.value, l2=L2.value,
+              init_stddev=INIT.value, seed=SEED.value)
 
 
 def loop_config(rounds: int) -> training_loop.LoopConfig:

@@ -33,6 +33,7 @@ class CentralizedExperimentConfig:
   """Everything a run does, parsed once from flags."""
 
   data: tasks.DataConfig
+  model: str
   objective: str
   embedding_dim: int
   l2: float
@@ -48,6 +49,8 @@ class CentralizedExperimentConfig:
     self.data.validate()
     self.training.validate()
     self.loop.validate()
+    if self.model != tasks.MF:
+      raise ValueError('the centralized baseline trains --model=mf')
     if self.data.view != 'cross_device':
       raise ValueError('--view must be cross_device: the centralized baseline pools users, not platforms')
     if self.reconstruction_learning_rate <= 0 or self.eval_reconstruction_epochs < 1:
@@ -69,7 +72,8 @@ def config_from_flags() -> CentralizedExperimentConfig:
 def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
   config.validate()
   return tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
-                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed)
+                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
+                                  model=config.model)
 
 
 def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:

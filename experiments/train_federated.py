@@ -52,6 +52,7 @@ class ExperimentConfig:
   """Everything a run does, parsed once from flags."""
 
   data: tasks.DataConfig
+  model: str
   objective: str
   embedding_dim: int
   l2: float
@@ -72,9 +73,12 @@ class ExperimentConfig:
     self.recon.validate()
     self.loop.validate()
     if self.engine == 'vectorized' and not self.vectorizable:
-      raise ValueError('--engine=vectorized runs Federated Reconstruction cross-device with --nosplit_dataset '
-                       f'only (got --algorithm={self.algorithm} --view={self.data.view} '
+      raise ValueError('--engine=vectorized runs MF Federated Reconstruction cross-device with --nosplit_dataset '
+                       f'only (got --model={self.model} --algorithm={self.algorithm} --view={self.data.view} '
                        f'--split_dataset={self.recon.split_dataset}); use --engine=tff')
+    if self.model == tasks.TWO_TOWER and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'
+                                          or self.objective != 'implicit'):
+      raise ValueError('--model=two_tower trains with --algorithm=fed_recon --view=cross_device --objective=implicit')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     if self.eval_reconstruction_epochs < 1:
@@ -83,7 +87,8 @@ class ExperimentConfig:
 
   @property
   def vectorizable(self) -> bool:
-    return self.algorithm == 'fed_recon' and self.data.view == 'cross_device' and not self.recon.split_dataset
+    return (self.algorithm == 'fed_recon' and self.data.view == 'cross_device' and not self.recon.split_dataset
+            and self.model == tasks.MF)
 
   @property
   def resolved_engine(self) -> str:
@@ -118,6 +123,7 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   config.validate()
   task = tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
+                                  model=config.model,
                                   user_table=config.user_table)
   config.sampling.validate(len(task.train_data.client_ids))
   return task

@@ -16,12 +16,14 @@ import tensorflow as tf
 
 from tff_rec.data import arrays, schema
 from tff_rec.evaluation import client_eval
-from tff_rec.models import mf
+from tff_rec.models import mf, two_tower
 from tff_rec import preprocessing
 
 VIEWS = {'cross_device': schema.CLIENTS_DB, 'cross_silo': schema.PLATFORMS_DB}
 LOCAL, GLOBAL = 'local', 'global'
 USER_TABLES = (None, LOCAL, GLOBAL)
+MF, TWO_TOWER = 'mf', 'two_tower'
+MODELS = (MF, TWO_TOWER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +55,23 @@ class RecommendationTask:
   """Client data of one view and one MF model configuration."""
 
   def __init__(self, data: DataConfig, *, objective: str = mf.IMPLICIT, embedding_dim: int = 32, l2: float = 0.0,
-               init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None):
-    """See the class docstring; `user_table`: None (a client is one user, `mf.build_mf`), or `local` /
-    `global` (a table of users, `mf.build_mf_user_table`: a platform's users, or FedAvg's global table)."""
+               init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None, model: str = MF):
+    """See the class docstring.
+
+    `user_table`: None (a client is one user, `mf.build_mf`), or `local` /
+    `global` (a table of users, `mf.build_mf_user_table`: a platform's users,
+    or FedAvg's global table). `model`: `mf` or `two_tower`
+    (`two_tower.build_two_tower`: implicit feedback, one user per client).
+    """
     data.validate()
     if user_table not in USER_TABLES:
       raise ValueError(f'user_table must be one of {USER_TABLES}, got {user_table!r}')
+    if model not in MODELS:
+      raise ValueError(f'model must be one of {MODELS}, got {model!r}')
+    if model == TWO_TOWER and (objective != mf.IMPLICIT or user_table is not None):
+      raise ValueError('the two-tower model is a retrieval model for implicit feedback with one user per client '
+                       '(objective implicit, cross-device Federated Reconstruction)')
+    self.model_name = model
     self.data_config = data
     self.user_table = user_table
     self.db_path = os.path.join(data.data_dir, VIEWS[data.view])
@@ -77,6 +90,9 @@ class RecommendationTask:
                                     init_stddev=init_stddev, objective=objective, seed=seed)
     self.model_config.validate()
     self.objective = self.model_config.objective
+    if model == TWO_TOWER:
+      self.two_tower_config = two_tower.TwoTowerConfig(len(self.vocabulary), embedding_dim, init_stddev, seed)
+      self.item_features = two_tower.item_features(self.db_path, self.vocabulary)
     self.lookup = preprocessing.id_lookup(self.vocabulary)
     self.family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
     self.train_split = schema.split_name(self.family, schema.TRAIN)
@@ -87,12 +103,16 @@ class RecommendationTask:
     self._check_specs()
 
   def model_fn(self) -> mf.ModelBundle:
+    if self.model_name == TWO_TOWER:
+      return two_tower.build_two_tower(self.two_tower_config, self.item_features)
     if self.user_table is None:
       return mf.build_mf(self.model_config)
     return mf.build_mf_user_table(self.model_config, len(self.user_vocabulary) + 1,
                                   users_are_local=self.user_table == LOCAL)
 
   def loss_fn(self) -> tf.keras.losses.Loss:
+    if self.model_name == TWO_TOWER:
+      return two_tower.RetrievalLoss(self.two_tower_config.embedding_dim)
     return mf.RegularizedLoss(self.objective)
 
   def _check_specs(self) -> None:

@@ -37,7 +37,8 @@ def _run(tiny_dataset, out, name, **overrides):
     {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
-], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo'])
+    {'model': 'two_tower'},
+], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -70,12 +71,14 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'view': 'cross_silo', 'engine': 'vectorized'}, '--engine=vectorized runs Federated Reconstruction'),
+    ({'view': 'cross_silo', 'engine': 'vectorized'}, '--engine=vectorized runs MF Federated Reconstruction'),
     ({'algorithm': 'fed_prox', 'proximal_strength': 0.0}, 'needs --proximal_strength > 0'),
+    ({'model': 'two_tower', 'objective': 'rating'}, '--model=two_tower trains with'),
+    ({'model': 'two_tower', 'engine': 'vectorized'}, '--engine=vectorized runs MF'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),
-    ({'split_dataset': True, 'engine': 'vectorized'}, '--engine=vectorized runs Federated Reconstruction'),
+    ({'split_dataset': True, 'engine': 'vectorized'}, '--engine=vectorized runs MF Federated Reconstruction'),
     ({'data_dir': '/nonexistent'}, 'does not exist; prepare it'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):

@@ -20,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tff_rec.models.mf import ModelBundle, scores
+from tff_rec.models.mf import ModelBundle
 
 RANKING_KS = (5, 10, 20)
 CATALOGUE_KS = (10, 20)
@@ -130,7 +130,7 @@ def query_sums(bundle: ModelBundle, queries: tf.data.Dataset, kind: str) -> coll
   """Adds up metric sums over a client's queries with the current local variables."""
   def add(totals, batch):
     x, y = batch
-    predicted = scores(bundle.model(x, training=False))
+    predicted = bundle.score_fn(bundle.model(x, training=False))
     new = ranking_sums(predicted) if kind == RANKING else rating_sums(predicted, y[:, 0])
     return collections.OrderedDict((k, totals[k] + new[k]) for k in totals)
 
@@ -140,7 +140,7 @@ def query_sums(bundle: ModelBundle, queries: tf.data.Dataset, kind: str) -> coll
 def client_catalogue_sums(bundle: ModelBundle, num_items: int, seen_items: tf.Tensor,
                           relevant_items: tf.Tensor) -> collections.OrderedDict:
   """`catalogue_sums` of one client, scoring every item with its reconstructed user."""
-  all_scores = scores(bundle.model(tf.range(num_items + 1, dtype=tf.int64), training=False))
+  all_scores = bundle.score_fn(bundle.model(tf.range(num_items + 1, dtype=tf.int64), training=False))
 
   def as_mask(indices):
     return tf.reduce_any(tf.equal(tf.range(num_items + 1, dtype=tf.int64)[:, None], indices[None, :]), axis=1)

@@ -25,6 +25,7 @@ touches), and `RegularizedLoss` adds it to the data loss.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -101,6 +102,7 @@ class ModelBundle:
   global_layers: list[tf.keras.layers.Layer]
   local_layers: list[tf.keras.layers.Layer]
   input_spec: Any
+  score_fn: Callable[[tf.Tensor], tf.Tensor] = lambda y_pred: scores(y_pred)  # Model output -> scores [batch].
 
 
 def input_spec() -> tuple[tf.TensorSpec, tf.TensorSpec]:

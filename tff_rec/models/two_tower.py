@@ -1,0 +1,139 @@
+"""A two-tower retrieval model with a local query tower, trained with TFRS's retrieval task.
+
+Two-tower retrieval (Yi et al., "Sampling-Bias-Corrected Neural Modeling for
+Large Corpus Item Recommendations", RecSys 2019) as in TensorFlow Recommenders:
+a query tower and a candidate tower meet in a dot product, trained with
+`tfrs.tasks.Retrieval`'s softmax over the batch's candidates. Federated with
+Federated Reconstruction (Singhal et al., NeurIPS 2021): the query tower is the
+user's own embedding, local to the client (reconstructed each round, never
+sent); the candidate tower is global.
+
+The candidate tower sums an item-id embedding, a projection of the item's
+genres (multi-hot) and an embedding of its release-year bucket. The features
+are constant tables indexed by the item index, so the model's input stays
+item indices (the MF input spec, `mf.input_spec`) and the tower scores every
+item of the catalogue, also one no training batch ever held.
+
+TFRS models are subclassed `tfrs.Model`s, which `tff.learning` cannot wrap, so
+the towers here are functional Keras and the TFRS task lives in the loss
+(`RetrievalLoss`). The model outputs [batch, 2 * dim]: query then candidate
+embedding of each (user, item) example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tff_rec.data import schema
+from tff_rec.models import mf
+
+YEAR_BUCKET_START, YEAR_BUCKET_WIDTH, NUM_YEAR_BUCKETS = 1920, 5, 18  # Bucket 0: unknown or before 1920.
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFeatures:
+  """Per item index (0 = unknown item, all zeros): genre multi-hot and year bucket."""
+
+  genres: np.ndarray  # float32 [items + 1, NUM_GENRES]
+  year_buckets: np.ndarray  # int64 [items + 1]
+
+
+def year_bucket(year: int) -> int:
+  """0 for unknown (0) or pre-1920 years, else 1 + 5-year bins, the last open-ended."""
+  if year < YEAR_BUCKET_START:
+    return 0
+  return min(1 + (year - YEAR_BUCKET_START) // YEAR_BUCKET_WIDTH, NUM_YEAR_BUCKETS - 1)
+
+
+def item_features(db_path: str, vocabulary: list[str]) -> ItemFeatures:
+  """Reads the `items` table: features in vocabulary order (index i + 1 = vocabulary[i])."""
+  con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
+  try:
+    rows = {r[0]: (r[1] or 0, r[2] or '') for r in con.execute('SELECT item_id, year, genres FROM items')}
+  finally:
+    con.close()
+  genres = np.zeros((len(vocabulary) + 1, schema.NUM_GENRES), np.float32)
+  years = np.zeros(len(vocabulary) + 1, np.int64)
+  index = {g: i for i, g in enumerate(schema.GENRES)}
+  for i, item in enumerate(vocabulary, start=1):
+    year, names = rows[item]
+    years[i] = year_bucket(int(year))
+    for name in filter(None, names.split('|')):
+      genres[i, index[name]] = 1.0
+  return ItemFeatures(genres, years)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerConfig:
+  num_items: int
+  embedding_dim: int = 32
+  init_stddev: float = 0.1
+  seed: int = 0
+
+  def validate(self) -> None:
+    if self.num_items < 1 or self.embedding_dim < 1 or self.init_stddev <= 0:
+      raise ValueError(f'num_items and embedding_dim must be >= 1 and init_stddev > 0, got {self}')
+
+
+def build_two_tower(config: TwoTowerConfig, features: ItemFeatures) -> mf.ModelBundle:
+  """Query tower: the local user row; candidate tower: id + genres + year, global."""
+  config.validate()
+  if features.genres.shape[0] != config.num_items + 1:
+    raise ValueError(f'item features cover {features.genres.shape[0] - 1} items, the model {config.num_items}')
+  items = tf.keras.Input(shape=(), dtype=tf.int64, name='item_index')
+  init = tf.keras.initializers.RandomNormal(stddev=config.init_stddev, seed=config.seed)
+  id_embedding = tf.keras.layers.Embedding(config.num_items + 1, config.embedding_dim, embeddings_initializer=init,
+                                           name='item_embedding')
+  genre_projection = tf.keras.layers.Dense(config.embedding_dim, use_bias=False, name='genre_projection',
+                                           kernel_initializer=tf.keras.initializers.GlorotNormal(seed=config.seed))
+  year_embedding = tf.keras.layers.Embedding(NUM_YEAR_BUCKETS, config.embedding_dim, embeddings_initializer=init,
+                                             name='year_embedding')
+  genres = tf.gather(tf.constant(features.genres), items)
+  years = tf.gather(tf.constant(features.year_buckets), items)
+  candidate = id_embedding(items) + genre_projection(genres) + year_embedding(years)
+  user = mf.UserRow(config.embedding_dim, with_bias=False, name='user')
+  query = user(items)
+  model = tf.keras.Model(items, tf.concat([query, candidate], axis=-1), name='two_tower')
+  return mf.ModelBundle(model, [id_embedding, genre_projection, year_embedding], [user], mf.input_spec(),
+                        score_fn=lambda y: dot_scores(y, config.embedding_dim))
+
+
+def dot_scores(y_pred: tf.Tensor, dim: int) -> tf.Tensor:
+  """<query, candidate> of each example of the model's output."""
+  return tf.reduce_sum(y_pred[:, :dim] * y_pred[:, dim:], axis=-1)
+
+
+class RetrievalLoss(tf.keras.losses.Loss):
+  """`tfrs.tasks.Retrieval`'s softmax loss over a client's batch.
+
+  Each positive (label 1) is scored against every candidate of the batch: the
+  other examples' items, including the sampled negatives (label 0) that make
+  in-batch softmax informative when a batch holds one user's items. The
+  batch's other positives are the same user's items, not negatives: they are
+  removed as accidental hits (they share one candidate id). The loss is the
+  mean over the batch's positives.
+  """
+
+  def __init__(self, dim: int, name: str = 'retrieval_loss', **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.dim = dim
+    self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
+
+  def call(self, y_true, y_pred):
+    query, candidate = y_pred[:, :self.dim], y_pred[:, self.dim:]
+    positive = y_true[:, 0] > 0.5
+    positives = tf.boolean_mask(candidate, positive)
+    negatives = tf.boolean_mask(candidate, tf.logical_not(positive))
+    num_positives = tf.shape(positives)[0]
+    ids = tf.concat([tf.zeros([num_positives], tf.int32), tf.range(1, tf.shape(negatives)[0] + 1)], axis=0)
+    total = self.task(tf.boolean_mask(query, positive), tf.concat([positives, negatives], axis=0),
+                      candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
+    return tf.math.divide_no_nan(total, tf.cast(num_positives, total.dtype))
+
+  def get_config(self):
+    return {**super().get_config(), 'dim': self.dim}
