@@ -77,6 +77,7 @@ def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
 
 
 def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
+  experiment.configure_determinism(True)
   engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.reconstruction_learning_rate,
                                          eval_epochs=config.eval_reconstruction_epochs)
   return experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,

@@ -10,6 +10,7 @@ again with the same flags resumes after the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,7 @@ from absl import app, flags
 from experiments import common_flags
 from tff_rec import experiment, tasks, training_loop
 from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
+from tff_rec.privacy import dp
 
 ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
 ENGINES = ('auto', 'vectorized', 'tff')
@@ -44,6 +46,18 @@ _SPLIT = flags.DEFINE_bool('split_dataset', False, 'Alternate batches between re
 # Optimizers.
 _SERVER_OPT = flags.DEFINE_enum('server_optimizer', 'sgd', list(fed_recon.SERVER_OPTIMIZERS), 'Server optimizer.')
 _SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning rate.')
+# Privacy.
+_DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
+                        'User-level DP of the global update: gaussian_fixed (clip --clip_norm) or gaussian_adaptive '
+                        '(clip follows --target_quantile of update norms, Andrew et al. 2021).')
+_NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / clip (0 with --target_epsilon: '
+                            'calibrated for --rounds).')
+_CLIP = flags.DEFINE_float('clip_norm', 1.0, 'L2 clip of each client\'s update (adaptive: the initial clip).')
+_QUANTILE = flags.DEFINE_float('target_quantile', 0.5, 'Adaptive clipping: target unclipped quantile.')
+_CLIP_LR = flags.DEFINE_float('clip_learning_rate', 0.2, 'Adaptive clipping: learning rate of the clip.')
+_DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
+_EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
+                              'and the run stops before any round that would exceed it.')
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learning rate (global parameters).')
 
 
@@ -61,6 +75,7 @@ class ExperimentConfig:
   engine: str
   recon: fed_recon.ReconConfig
   proximal_strength: float
+  dp: dp.DPConfig
   sampling: sampling.SamplingConfig
   loop: training_loop.LoopConfig
   eval_reconstruction_epochs: int
@@ -79,6 +94,10 @@ class ExperimentConfig:
     if self.model == tasks.TWO_TOWER and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'
                                           or self.objective != 'implicit'):
       raise ValueError('--model=two_tower trains with --algorithm=fed_recon --view=cross_device --objective=implicit')
+    self.dp.validate()
+    if self.dp.enabled and self.data.view == 'cross_silo':
+      raise ValueError('--dp with --view=cross_silo is not supported yet: a platform would have to clip per user '
+                       'inside the platform for a user-level guarantee')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     if self.eval_reconstruction_epochs < 1:
@@ -92,6 +111,8 @@ class ExperimentConfig:
 
   @property
   def resolved_engine(self) -> str:
+    if self.algorithm != 'fed_recon':
+      return 'tff'
     if self.engine == 'auto':
       return 'vectorized' if self.vectorizable else 'tff'
     return self.engine
@@ -112,6 +133,8 @@ def config_from_flags() -> ExperimentConfig:
                                   common_flags.RECON_LR.value, _RECON_EPOCHS.value, _LOCAL_EPOCHS.value,
                                   _SPLIT.value),
       proximal_strength=_PROX.value,
+      dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
+                     _EPSILON.value),
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
@@ -129,27 +152,45 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   return task
 
 
+def resolve_privacy(config: ExperimentConfig, population: int) -> ExperimentConfig:
+  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, RDP)."""
+  if not config.dp.enabled or config.dp.noise_multiplier > 0:
+    return config
+  z = dp.calibrate_noise(config.dp.target_epsilon, config.sampling, population, config.loop.rounds,
+                         config.dp.target_delta)
+  logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s over %d rounds', z, config.dp.target_epsilon,
+               config.loop.rounds)
+  return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
+
+
 def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   evaluation = dict(eval_learning_rate=config.recon.reconstruction_learning_rate,
                     eval_epochs=config.eval_reconstruction_epochs)
+  clients = dp.expected_clients(config.sampling, len(task.train_data.client_ids))
+  aggregator = dp.aggregation_factory(config.dp, clients) if config.dp.enabled else None
   if config.algorithm in ('fed_avg', 'fed_prox'):
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
         recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
-        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0), **evaluation)
+        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0), aggregator=aggregator, **evaluation)
   if config.resolved_engine == 'vectorized':
-    return vectorized.VectorizedEngine(task, config.recon, **evaluation)
-  return fed_recon.TffEngine(task, config.recon, **evaluation)
+    return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients) if aggregator
+                                       else None, seed=config.seed, **evaluation)
+  return fed_recon.TffEngine(task, config.recon, aggregator=aggregator, **evaluation)
 
 
 def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   """Trains and evaluates; returns the final metrics (also in final_metrics.json)."""
+  population = len(task.train_data.client_ids)
+  config = resolve_privacy(config, population)
+  experiment.configure_determinism(not (config.dp.enabled and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
   return experiment.run(
       engine, task,
       cohort_fn=lambda r: sampling.sample_clients(task.train_data.client_ids, r, config.seed, config.sampling),
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
-      loss_key='client_work/train/loss')
+      loss_key='client_work/train/loss',
+      privacy=dp.PrivacyLedger(config.dp, config.sampling, population) if config.dp.enabled else None)
 
 
 def main(argv):

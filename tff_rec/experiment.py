@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from tff_rec import atomic, runtime, tasks, training_loop
 from tff_rec.data import schema
@@ -23,10 +24,27 @@ from tff_rec.plotting import learning_curve
 
 # Keys final_metrics.json always has (null where the objective has no such metric).
 REQUIRED_KEYS = ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20')
+PRIVACY_LEDGER = 'privacy_ledger.json'
+
+
+def configure_determinism(reproducible: bool) -> None:
+  """Call before building an engine (TF fixes op seeds when it traces).
+
+  Reproducible (same flags and seed, same metrics): without op determinism,
+  multi-threaded reductions (scatter-adds, segment sums) may add in a different
+  order from run to run. Not for DP on TFF's runtime: its aggregators draw noise
+  from unseeded random ops, which determinism forbids (and a fixed seed would
+  repeat the same noise every round).
+  """
+  if reproducible:
+    tf.config.experimental.enable_op_determinism()
+  else:
+    tf_config.disable_op_determinism()  # TF's own switch back (tf.config has no public one in 2.14).
 
 
 def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int], list[str]], seed: int,
-        loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str) -> dict[str, Any]:
+        loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str,
+        privacy: Any = None) -> dict[str, Any]:
   """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
 
   Args:
@@ -38,11 +56,10 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     output_dir: Where everything is written.
     hparams: The run's configuration, written to hparams.json.
     loss_key: The flattened metrics key of the training loss, for the plot.
+    privacy: A `dp.PrivacyLedger` for DP runs: epsilon per round, the budget
+      stop, privacy_ledger.json and the final epsilon.
   """
   began = time.monotonic()
-  # Same flags and seed, same metrics: without this, multi-threaded reductions
-  # (scatter-adds, segment sums) may add in a different order from run to run.
-  tf.config.experimental.enable_op_determinism()
   os.makedirs(output_dir, exist_ok=True)
   atomic.write_json(os.path.join(output_dir, 'hparams.json'), hparams)
   eval_clients = {}
@@ -52,14 +69,17 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
       eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed)
     return client_eval.finalize(engine.evaluate(state, eval_clients[part, heldout]), task.eval_kind, prefix)
 
-  state = training_loop.run(
+  state, rounds = training_loop.run(
       engine, cohort_fn=cohort_fn, data_fn=lambda ids, r: task.train_examples(ids, r, seed),
-      evaluate_fn=lambda state: evaluate(state, schema.VAL, prefix='val/'), config=loop, output_dir=output_dir)
+      evaluate_fn=lambda state: evaluate(state, schema.VAL, prefix='val/'), config=loop, output_dir=output_dir,
+      round_metrics_fn=privacy.round_metrics if privacy else None, budget_fn=privacy.budget if privacy else None)
   final = evaluate(state, schema.TEST)
   final.update(evaluate(state, schema.TEST, heldout=True, prefix='heldout_users/'))
   for key in REQUIRED_KEYS:
     final.setdefault(key, None)
-  final.update(rounds=loop.rounds, wall_seconds=time.monotonic() - began)
+  if privacy:
+    final.update(privacy.write(os.path.join(output_dir, PRIVACY_LEDGER), rounds))
+  final.update(rounds=rounds, wall_seconds=time.monotonic() - began)
   atomic.write_json(os.path.join(output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'
   learning_curve(training_loop.read_history(output_dir), os.path.join(output_dir, 'learning_curve.png'),

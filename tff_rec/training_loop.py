@@ -68,6 +68,8 @@ def run(
     evaluate_fn: Callable[[Any], dict[str, float]],
     config: LoopConfig,
     output_dir: str,
+    round_metrics_fn: Callable[[int], dict[str, float]] | None = None,
+    budget_fn: Callable[[int], str | None] | None = None,
 ) -> Any:
   """Runs rounds 1..config.rounds, resuming after the latest checkpoint in `output_dir`.
 
@@ -80,9 +82,12 @@ def run(
       and after the last one.
     config: Rounds and cadences.
     output_dir: Checkpoints, metrics CSV and TensorBoard events go here.
+    round_metrics_fn: round -> metrics recorded with that round (e.g. epsilon so far).
+    budget_fn: round -> None to run it, or why it must not run (a privacy budget
+      it would exceed): the loop stops before it, saying so, and checkpoints.
 
   Returns:
-    The server state after the last round.
+    The server state after the last round run, and that round's number.
   """
   config.validate()
   os.makedirs(output_dir, exist_ok=True)
@@ -98,7 +103,16 @@ def run(
     _LOG.info('Resuming from the checkpoint after round %d', start)
   bar = tqdm.tqdm(range(start + 1, config.rounds + 1), initial=start, total=config.rounds, unit='round',
                   disable=not config.progress, dynamic_ncols=True)
+  completed = start
   for round_num in bar:
+    refusal = budget_fn(round_num) if budget_fn else None
+    if refusal:
+      bar.close()
+      _LOG.warning('Stopping before round %d: %s', round_num, refusal)
+      print(f'Stopped before round {round_num}: {refusal}')
+      if completed > start and completed % config.checkpoint_every:
+        asyncio.run(state_manager.save(state, completed))
+      break
     began = time.monotonic()
     cohort = cohort_fn(round_num)
     if cohort:
@@ -108,12 +122,15 @@ def run(
     else:  # Poisson sampling can draw nobody: the round is a no-op, counted.
       metrics = {}
     metrics.update(round_seconds=time.monotonic() - began, clients=float(len(cohort)))
+    if round_metrics_fn:
+      metrics.update(round_metrics_fn(round_num))
     if round_num % config.eval_every == 0 or round_num == config.rounds:
       metrics.update(evaluate_fn(state))
     asyncio.run(csv.release(metrics, key=round_num))
     asyncio.run(tensorboard.release(metrics, key=round_num))
     if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
       asyncio.run(state_manager.save(state, round_num))
+    completed = round_num
     bar.set_postfix({k.split('/')[-1]: f'{v:.4f}' for k, v in metrics.items()
                      if k.endswith(('train/loss', 'hr@10', 'rmse'))}, refresh=False)
-  return state
+  return state, completed

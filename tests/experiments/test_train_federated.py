@@ -38,12 +38,14 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
     {'model': 'two_tower'},
-], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower'])
+    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
+    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
+], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
-  assert sorted(os.listdir(run_dir)) == ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png',
-                                         'metrics.csv', 'tensorboard']
+  expected = ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png', 'metrics.csv', 'tensorboard']
+  assert sorted(os.listdir(run_dir)) == sorted(expected + (['privacy_ledger.json'] if 'dp' in overrides else []))
   written = json.loads((run_dir / 'final_metrics.json').read_text())
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20', 'rounds', 'wall_seconds'):
     assert key in written
@@ -51,6 +53,22 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2'] and 'val/hr@10' in rows[0]
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
+  if 'dp' in overrides:
+    ledger = json.loads((run_dir / 'privacy_ledger.json').read_text())
+    assert ledger['rounds'] == 2 and ledger['sampling'] == 'uniform' and 'SampledWithoutReplacement' in ledger['dp_event']
+    assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
+
+
+@pytest.mark.slow
+def test_privacy_budget_calibrates_noise_and_stops_the_run(tiny_dataset, tmp_path):
+  final = _run(tiny_dataset, tmp_path, 'calibrated', dp='gaussian_fixed', target_epsilon=5.0, rounds=3)
+  hparams = json.loads((tmp_path / 'calibrated' / 'hparams.json').read_text())
+  assert hparams['dp']['noise_multiplier'] > 0 and final['rounds'] == 3
+  assert final['epsilon'] == pytest.approx(5.0, rel=1e-2)
+  # A fixed noise multiplier that cannot afford 3 rounds at epsilon 5: the run stops, and says how far it got.
+  stopped = _run(tiny_dataset, tmp_path, 'stopped', dp='gaussian_fixed', target_epsilon=5.0, rounds=3,
+                 noise_multiplier=hparams['dp']['noise_multiplier'] * 0.8)
+  assert stopped['rounds'] < 3 and stopped['epsilon'] <= 5.0
 
 
 @pytest.mark.slow
@@ -75,6 +93,8 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'algorithm': 'fed_prox', 'proximal_strength': 0.0}, 'needs --proximal_strength > 0'),
     ({'model': 'two_tower', 'objective': 'rating'}, '--model=two_tower trains with'),
     ({'model': 'two_tower', 'engine': 'vectorized'}, '--engine=vectorized runs MF'),
+    ({'dp': 'gaussian_fixed'}, 'needs --noise_multiplier > 0, or --target_epsilon'),
+    ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo'}, '--dp with --view=cross_silo'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),

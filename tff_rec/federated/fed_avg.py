@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import Any
 
 import numpy as np
 import tensorflow_federated as tff
@@ -48,7 +49,8 @@ class FedAvgConfig:
 class FedAvgEngine:
   """The interface of `fed_recon.TffEngine`, for FedAvg / FedProx on TFF's runtime."""
 
-  def __init__(self, task, config: FedAvgConfig, *, eval_learning_rate: float, eval_epochs: int):
+  def __init__(self, task, config: FedAvgConfig, *, eval_learning_rate: float, eval_epochs: int,
+               aggregator: Any = None):
     config.validate()
     if task.user_table != 'global':
       raise ValueError('FedAvg trains a global user table: build the task with user_table="global"')
@@ -60,13 +62,17 @@ class FedAvgEngine:
 
     client_optimizer = tff.learning.optimizers.build_sgdm(config.client_learning_rate)
     server = server_optimizer(config.server_optimizer, config.server_learning_rate)
+    # DP aggregators are unweighted: every client counts once (its update bounded by the clip).
+    weighting = (tff.learning.ClientWeighting.UNIFORM if aggregator is not None
+                 else tff.learning.ClientWeighting.NUM_EXAMPLES)
     if config.proximal_strength > 0:
       self.process = tff.learning.algorithms.build_weighted_fed_prox(
           model_fn, proximal_strength=config.proximal_strength, client_optimizer_fn=client_optimizer,
-          server_optimizer_fn=server)
+          server_optimizer_fn=server, model_aggregator=aggregator, client_weighting=weighting)
     else:
       self.process = tff.learning.algorithms.build_weighted_fed_avg(
-          model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server)
+          model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server, model_aggregator=aggregator,
+          client_weighting=weighting)
     layer_names = [v.name.split('/')[0] for v in task.model_fn().model.trainable_variables]
     self._item_positions = [layer_names.index(name) for name in ITEM_LAYERS if name in layer_names]
     self._evaluator = vectorized.VectorizedEngine(task, ReconConfig(split_dataset=False),

@@ -64,7 +64,7 @@ def reconstruction_model(bundle: ModelBundle) -> tff.learning.models.Reconstruct
 
 
 def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], tf.keras.losses.Loss],
-                           config: ReconConfig) -> tff.learning.templates.LearningProcess:
+                           config: ReconConfig, aggregator: Any = None) -> tff.learning.templates.LearningProcess:
   """Fed Recon: per round, each client reconstructs its user, then updates the items.
 
   With `split_dataset`, even batches reconstruct the local user and odd ones
@@ -81,6 +81,10 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(config.client_learning_rate),
       reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(config.reconstruction_learning_rate),
       dataset_split_fn=split_fn,
+      model_aggregator_factory=aggregator,  # None: TFF's example-weighted mean; a DP factory: clipped and noised.
+      # DP aggregators are unweighted: every client counts once (its update bounded by the clip).
+      client_weighting=(tff.learning.ClientWeighting.UNIFORM if aggregator is not None
+                        else tff.learning.ClientWeighting.NUM_EXAMPLES),
   )
 
 
@@ -138,9 +142,10 @@ class TffEngine:
   `vectorized.VectorizedEngine`.
   """
 
-  def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int):
+  def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int,
+               aggregator: Any = None):
     self.task = task
-    self.process = build_training_process(task.model_fn, task.loss_fn, config)
+    self.process = build_training_process(task.model_fn, task.loss_fn, config, aggregator)
     if task.user_table is None:
       self._evaluation = build_evaluation(
           task.model_fn, task.loss_fn, self.process.get_model_weights.type_signature.result, task.eval_kind,

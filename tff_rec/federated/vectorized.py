@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -33,6 +34,15 @@ from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
 from tff_rec.models import mf
 from tff_rec.preprocessing import Examples
+
+
+_NOISE_PURPOSE = 11
+
+
+def _clip_norm(dp_state) -> tf.Tensor:
+  """The current value clip of a query state: NormalizedQuery(GaussianSumQuery | QuantileAdaptiveClipSumQuery)."""
+  numerator = dp_state.numerator_state
+  return numerator.sum_state.l2_norm_clip if hasattr(numerator, 'sum_state') else numerator.l2_norm_clip
 
 
 def pad_examples(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +77,10 @@ def pad_rows(rows: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
 class VectorizedEngine:
   """Fed Recon MF rounds with the whole cohort in one graph; the interface of `fed_recon.TffEngine`."""
 
-  def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int):
+  def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int,
+               dp_query: Any = None, seed: int = 0):
+    """`dp_query`: a tensorflow-privacy query (`privacy.dp.dp_query`) replacing the weighted mean; `seed`
+    seeds its noise per round."""
     config.validate()
     if config.split_dataset:
       raise ValueError('the vectorized engine implements --nosplit_dataset only; use --engine=tff for '
@@ -80,7 +93,11 @@ class VectorizedEngine:
     self.loss = task.loss_fn()
     self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate)
     self.eval_learning_rate, self.eval_epochs = eval_learning_rate, eval_epochs
-    self._round = tf.function(self._round_fn, reduce_retracing=True)
+    self.dp_query, self.seed = dp_query, seed
+    self._client = tf.function(self._client_fn, reduce_retracing=True)
+    self._weighted_mean = tf.function(self._weighted_mean_fn, reduce_retracing=True)
+    self._dp_accumulate = tf.function(self._dp_accumulate_fn, reduce_retracing=True)
+    self._server = tf.function(self._server_fn, reduce_retracing=True)
     self._evaluate = tf.function(self._evaluate_fn, reduce_retracing=True)
 
   # State.
@@ -90,9 +107,12 @@ class VectorizedEngine:
     bundle = mf.build_mf(self.model_config)
     weights = tuple(v.numpy() for layer in bundle.global_layers for v in layer.trainable_variables)
     specs = tuple(tf.TensorSpec(w.shape, tf.float32) for w in weights)
-    return collections.OrderedDict(
-        weights=weights,
+    state = collections.OrderedDict(
+        round=np.int64(0), weights=weights,
         optimizer=tf.nest.map_structure(np.asarray, self.optimizer.initialize(specs)))
+    if self.dp_query is not None:
+      state['dp'] = [np.asarray(x) for x in tf.nest.flatten(self.dp_query.initial_global_state())]
+    return state
 
   def global_weights(self, state) -> list[np.ndarray]:
     return [np.asarray(w) for w in state['weights']]
@@ -102,10 +122,24 @@ class VectorizedEngine:
   def next(self, state, examples: list[Examples]) -> RoundOutput:
     items, labels, mask = pad_examples(examples, self.batch_size)
     weights = tuple(tf.constant(w) for w in state['weights'])
-    new_weights, new_optimizer, metrics = self._round(weights, state['optimizer'], items, labels, mask)
-    new_state = collections.OrderedDict(
-        weights=tuple(w.numpy() for w in new_weights),
-        optimizer=tf.nest.map_structure(np.asarray, new_optimizer))
+    deltas, client_weight, metrics = self._client(weights, items, labels, mask)
+    new_state = collections.OrderedDict(round=np.int64(state['round'] + 1))
+    if self.dp_query is None:
+      update = self._weighted_mean(deltas, client_weight)
+    else:
+      dp_state = tf.nest.pack_sequence_as(self.dp_query.initial_global_state(), list(state['dp']))
+      sample_state = self._dp_accumulate(dp_state, deltas, tf.reduce_sum(mask, axis=[1, 2]) > 0)
+      # The noise is drawn eagerly under a per-(seed, round) seed: a resumed run draws what an uninterrupted
+      # one would (tensorflow-privacy's queries use unseeded random ops).
+      tf.random.set_seed(int(np.random.default_rng([self.seed, _NOISE_PURPOSE, int(state['round'])]).integers(2**31)))
+      update, dp_state, _ = self.dp_query.get_noised_result(sample_state, dp_state)
+      update = tuple(update)
+      new_state['dp'] = [np.asarray(x) for x in tf.nest.flatten(dp_state)]
+      metrics['privacy'] = collections.OrderedDict(clip_norm=_clip_norm(dp_state))
+    new_weights, new_optimizer, rejected = self._server(weights, state['optimizer'], update)
+    metrics['finalizer'] = collections.OrderedDict(update_non_finite=rejected)
+    new_state['weights'] = tuple(w.numpy() for w in new_weights)
+    new_state['optimizer'] = tf.nest.map_structure(np.asarray, new_optimizer)
     return RoundOutput(new_state, tf.nest.map_structure(np.asarray, metrics))
 
   def _split(self, weights):
@@ -140,7 +174,8 @@ class VectorizedEngine:
         user = [u - learning_rate * g for u, g in zip(user, tape.gradient(total, user))]
     return user
 
-  def _round_fn(self, weights, optimizer_state, items, labels, mask):
+  def _client_fn(self, weights, items, labels, mask):
+    """Every client's update (initial - final, zeroed if not finite), its weight, and round metrics."""
     config = self.config
     user = self._reconstruct(weights, items, labels, mask, learning_rate=config.reconstruction_learning_rate,
                              epochs=config.reconstruction_epochs)
@@ -174,23 +209,38 @@ class VectorizedEngine:
     finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [clients, -1])), axis=1)
                                      for d in deltas]), axis=0)
     examples = tf.reduce_sum(mask, axis=[1, 2]) * config.local_epochs
-    client_weight = tf.where(finite, examples, 0.0)
-    total_weight = tf.reduce_sum(client_weight)
-    update = tuple(
-        tf.math.divide(tf.tensordot(client_weight, tf.where(self._expand(finite, d), d, 0.0), axes=1), total_weight)
-        for d in deltas)  # Plain division, as TFF's MeanFactory: an all-zero-weight cohort gives NaN...
-    update_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
-    new_optimizer, new_weights = tf.cond(  # ... which the finalizer rejects, as TFF's does.
-        update_finite, lambda: self.optimizer.next(optimizer_state, weights, update),
-        lambda: (optimizer_state, weights))
+    deltas = [tf.where(self._expand(finite, d), d, 0.0) for d in deltas]  # Non-finite: zeroed, weight 0.
     metrics = collections.OrderedDict(
         client_work=collections.OrderedDict(
             train=collections.OrderedDict(loss=tf.math.divide_no_nan(loss_sum, loss_batches),
                                           num_examples=tf.reduce_sum(examples)),
             empty_clients=tf.reduce_sum(tf.cast(examples == 0, tf.int32)),
-            non_finite_clients=tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int32))),
-        finalizer=collections.OrderedDict(update_non_finite=tf.cast(tf.logical_not(update_finite), tf.int32)))
-    return tuple(new_weights), new_optimizer, metrics
+            non_finite_clients=tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int32))))
+    return deltas, tf.where(finite, examples, 0.0), metrics
+
+  @staticmethod
+  def _weighted_mean_fn(deltas, client_weight):
+    # Plain division, as TFF's MeanFactory: an all-zero-weight cohort gives NaN, which the server step rejects.
+    return tuple(tf.math.divide(tf.tensordot(client_weight, d, axes=1), tf.reduce_sum(client_weight))
+                 for d in deltas)
+
+  def _dp_accumulate_fn(self, dp_state, deltas, participates):
+    """tensorflow-privacy's query over the cohort: each participating client's update clipped and summed."""
+    query = self.dp_query
+    params = query.derive_sample_params(dp_state)
+    sample_state = query.initial_sample_state(tuple(tf.TensorSpec(d.shape[1:], d.dtype) for d in deltas))
+    for c in tf.range(tf.shape(deltas[0])[0]):
+      if participates[c]:
+        record = query.preprocess_record(params, tuple(d[c] for d in deltas))
+        sample_state = query.accumulate_preprocessed_record(sample_state, record)
+    return sample_state
+
+  def _server_fn(self, weights, optimizer_state, update):
+    update_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
+    new_optimizer, new_weights = tf.cond(  # A non-finite update is rejected, as TFF's finalizer does.
+        update_finite, lambda: self.optimizer.next(optimizer_state, weights, update),
+        lambda: (optimizer_state, weights))
+    return tuple(new_weights), new_optimizer, tf.cast(tf.logical_not(update_finite), tf.int32)
 
   @staticmethod
   def _expand(flags, tensor):

@@ -1,0 +1,78 @@
+"""DP mechanism and accounting: events per sampler, hand-computed epsilons, per-user clipping."""
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from scipy import stats
+
+from tff_rec import tasks
+from tff_rec.federated import fed_recon, vectorized
+from tff_rec.federated.sampling import SamplingConfig
+from tff_rec.privacy import dp
+
+
+def test_event_matches_the_sampler():
+  uniform = dp.round_event(1.0, SamplingConfig(clients_per_round=10), population=100)
+  poisson = dp.round_event(1.0, SamplingConfig(client_sampling_rate=0.1), population=100)
+  assert uniform == dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(1.0))
+  assert poisson == dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
+
+
+def test_unsampled_gaussian_epsilon_matches_the_analytic_gaussian_mechanism():
+  # q = 1, one round: the Gaussian mechanism, whose exact delta(epsilon) is (Balle & Wang, ICML 2018)
+  # Phi(1/(2z) - eps z) - e^eps Phi(-1/(2z) - eps z) for sensitivity 1 and noise stddev z.
+  z, delta = 2.0, 1e-4
+  eps = dp.epsilons(z, SamplingConfig(client_sampling_rate=1.0), 100, 1, delta)['epsilon_pld']
+  exact = stats.norm.cdf(1 / (2 * z) - eps * z) - math.exp(eps) * stats.norm.cdf(-1 / (2 * z) - eps * z)
+  assert exact == pytest.approx(delta, rel=0.05)
+  # RDP is an upper bound on the same mechanism.
+  assert dp.epsilons(z, SamplingConfig(client_sampling_rate=1.0), 100, 1, delta)['epsilon_rdp'] >= eps
+
+
+def test_issue_example_and_composition():
+  # Issue 4: q = 100/943, 100 rounds, noise multiplier 1.0 gives epsilon ~7.3 at delta 1e-4 (RDP).
+  spent = dp.epsilons(1.0, SamplingConfig(client_sampling_rate=100 / 943), 943, 100, 1e-4)
+  assert spent['epsilon_rdp'] == pytest.approx(7.3, abs=0.1)
+  assert spent['epsilon_pld'] < spent['epsilon_rdp']  # PLD is the tighter analysis.
+  assert dp.epsilons(1.0, SamplingConfig(clients_per_round=100), 943, 100, 1e-4)['epsilon_pld'] is None
+  fewer = dp.epsilons(1.0, SamplingConfig(client_sampling_rate=100 / 943), 943, 50, 1e-4)['epsilon_rdp']
+  assert fewer < spent['epsilon_rdp']
+
+
+def test_calibration_hits_the_budget():
+  sampling = SamplingConfig(client_sampling_rate=0.1)
+  z = dp.calibrate_noise(4.0, sampling, 1000, 200, 1e-5)
+  assert dp.epsilons(z, sampling, 1000, 200, 1e-5)['epsilon_rdp'] == pytest.approx(4.0, rel=1e-3)
+  assert dp.epsilons(z * 0.95, sampling, 1000, 200, 1e-5)['epsilon_rdp'] > 4.0
+
+
+def test_vectorized_dp_clips_each_user_and_seeds_noise_per_round(tiny_dataset):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8), embedding_dim=4)
+  config = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, split_dataset=False)
+  clip, clients = 0.05, 10.0
+  almost_no_noise = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1e-9, clip), clients)
+  engine = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=1,
+                                       dp_query=almost_no_noise)
+  examples = task.train_examples(task.train_data.client_ids[:10], 0, seed=0)
+  state = engine.initialize()
+  new = engine.next(state, examples).state
+  update = [w - n for w, n in zip(state['weights'], new['weights'])]  # Server SGD, lr 1.
+  # By hand: each client's whole update clipped to `clip` in global L2 norm, summed, divided by `clients`.
+  items, labels, mask = vectorized.pad_examples(examples, 8)
+  deltas, _, _ = engine._client(tuple(state['weights']), items, labels, mask)
+  deltas = [d.numpy() for d in deltas]
+  norms = np.sqrt(sum(np.sum(d.reshape(len(examples), -1) ** 2, axis=1) for d in deltas))
+  assert (norms > clip).all()  # Every client is clipped here.
+  scale = np.minimum(1.0, clip / norms)
+  for got, d in zip(update, deltas):
+    np.testing.assert_allclose(got, np.tensordot(scale, d, axes=1) / clients, atol=1e-6)
+  # Real noise: the same (seed, round) draws the same noise; the next round other noise.
+  noisy = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=1,
+                                      dp_query=dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, clip), clients))
+  state = noisy.initialize()
+  first, again = noisy.next(state, examples).state, noisy.next(state, examples).state
+  np.testing.assert_array_equal(first['weights'][0], again['weights'][0])
+  later = dict(state, round=np.int64(1))
+  assert not np.allclose(noisy.next(later, examples).state['weights'][0], first['weights'][0])

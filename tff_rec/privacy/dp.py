@@ -1,0 +1,186 @@
+"""User-level differential privacy: the mechanism (TFF / tensorflow-privacy) and its accounting (dp_accounting).
+
+DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent
+Language Models", ICLR 2018): every client's model update is clipped to an L2
+norm and Gaussian noise is added to their sum, so one user's whole
+contribution to a round is bounded. The mechanisms are tensorflow-privacy's
+DP queries as TFF's `tff.aggregators.DifferentiallyPrivateFactory` builds them:
+
+* `gaussian_fixed`: a fixed clip norm, noise stddev = noise_multiplier * clip.
+* `gaussian_adaptive`: the clip norm follows a target quantile of the update
+  norms (Andrew et al., "Differentially Private Learning with Adaptive
+  Clipping", NeurIPS 2021); `noise_multiplier` is the effective total, which
+  TFF splits between the values and the clipped-count estimate.
+
+With Federated Reconstruction only the global (item-side) update is clipped,
+noised and sent; user embeddings never leave the client. The unit of privacy
+is one client: one user cross-device.
+
+Accounting composes the DpEvent of the sampler that ran, per round:
+Poisson sampling -> `PoissonSampledDpEvent`, a fixed-size cohort drawn without
+replacement -> `SampledWithoutReplacementDpEvent`, both of the Gaussian
+mechanism, and reports epsilon at `target_delta` by RDP (Mironov 2017) and by
+privacy loss distributions (PLD; only Poisson sampling has a PLD analysis in
+dp_accounting, so PLD is None for fixed-size cohorts). dp_accounting analyses
+fixed-size cohorts under replace-one adjacency (one user's data swapped for
+another's) and Poisson sampling under add-or-remove-one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import dp_accounting
+from dp_accounting import pld, rdp
+import tensorflow_federated as tff
+
+from tff_rec import atomic
+from tff_rec.federated.sampling import SamplingConfig
+
+NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE = 'none', 'gaussian_fixed', 'gaussian_adaptive'
+MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+  mechanism: str = NONE
+  noise_multiplier: float = 0.0  # 0 with target_epsilon > 0: calibrated before training.
+  clip_norm: float = 1.0  # The fixed clip, or the adaptive clip's initial value.
+  target_quantile: float = 0.5  # Adaptive clipping.
+  clip_learning_rate: float = 0.2  # Adaptive clipping.
+  target_delta: float = 1e-4
+  target_epsilon: float = 0.0  # > 0: a budget; calibrates a zero noise_multiplier, else stops the run at it.
+
+  @property
+  def enabled(self) -> bool:
+    return self.mechanism != NONE
+
+  def validate(self) -> None:
+    if self.mechanism not in MECHANISMS:
+      raise ValueError(f'dp must be one of {MECHANISMS}, got {self.mechanism!r}')
+    if not self.enabled:
+      return
+    if self.noise_multiplier < 0 or self.clip_norm <= 0:
+      raise ValueError(f'--noise_multiplier must be >= 0 and --clip_norm > 0, got {self.noise_multiplier}, '
+                       f'{self.clip_norm}')
+    if self.noise_multiplier == 0 and self.target_epsilon <= 0:
+      raise ValueError('--dp needs --noise_multiplier > 0, or --target_epsilon > 0 to calibrate it')
+    if not 0 < self.target_delta < 1:
+      raise ValueError(f'--target_delta must be in (0, 1), got {self.target_delta}')
+    if not 0 < self.target_quantile < 1 or self.clip_learning_rate < 0:
+      raise ValueError('--target_quantile must be in (0, 1) and --clip_learning_rate >= 0')
+
+
+def expected_clients(sampling: SamplingConfig, population: int) -> float:
+  """The cohort size the mean divides by (TFF's `clients_per_round`)."""
+  if sampling.clients_per_round > 0:
+    return float(sampling.clients_per_round)
+  return sampling.client_sampling_rate * population
+
+
+def aggregation_factory(config: DPConfig, clients: float) -> tff.aggregators.UnweightedAggregationFactory:
+  """TFF's DP aggregator for `config` (what the TFF engines plug in as the model aggregator)."""
+  if config.mechanism == GAUSSIAN_FIXED:
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+        config.noise_multiplier, clients, config.clip_norm)
+  if config.mechanism == GAUSSIAN_ADAPTIVE:
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+        config.noise_multiplier, clients, initial_l2_norm_clip=config.clip_norm,
+        target_unclipped_quantile=config.target_quantile, learning_rate=config.clip_learning_rate)
+  raise ValueError(f'no aggregator for mechanism {config.mechanism!r}')
+
+
+def dp_query(config: DPConfig, clients: float) -> Any:
+  """The tensorflow-privacy DPQuery inside `aggregation_factory` (the vectorized engine runs it directly).
+
+  Read from the factory rather than rebuilt, so both engines use exactly the
+  query (and the adaptive-clipping noise split) TFF builds.
+  """
+  return aggregation_factory(config, clients)._query  # pylint: disable=protected-access  (TFF 0.87 pinned)
+
+
+def round_event(noise_multiplier: float, sampling: SamplingConfig, population: int) -> dp_accounting.DpEvent:
+  """The DpEvent of one round, matching the sampler that ran."""
+  gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+  if sampling.clients_per_round > 0:
+    return dp_accounting.SampledWithoutReplacementDpEvent(population, sampling.clients_per_round, gaussian)
+  return dp_accounting.PoissonSampledDpEvent(sampling.client_sampling_rate, gaussian)
+
+
+def _rdp_accountant(sampling: SamplingConfig) -> rdp.RdpAccountant:
+  """dp_accounting analyses fixed-size cohorts under replace-one adjacency, Poisson under add-or-remove-one."""
+  if sampling.clients_per_round > 0:
+    return rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  return rdp.RdpAccountant()
+
+
+def epsilons(noise_multiplier: float, sampling: SamplingConfig, population: int, rounds: int,
+             delta: float) -> dict[str, float | None]:
+  """Epsilon at `delta` after `rounds` rounds, by RDP and by PLD (None where dp_accounting has no analysis)."""
+  if rounds == 0:
+    return {'epsilon_rdp': 0.0, 'epsilon_pld': 0.0}
+  event = dp_accounting.SelfComposedDpEvent(round_event(noise_multiplier, sampling, population), rounds)
+  out = {'epsilon_rdp': _rdp_accountant(sampling).compose(event).get_epsilon(delta), 'epsilon_pld': None}
+  accountant = pld.PLDAccountant()
+  if accountant.supports(event):
+    out['epsilon_pld'] = accountant.compose(event).get_epsilon(delta)
+  return out
+
+
+def calibrate_noise(target_epsilon: float, sampling: SamplingConfig, population: int, rounds: int,
+                    delta: float) -> float:
+  """The smallest noise multiplier whose RDP epsilon after `rounds` rounds is <= `target_epsilon`."""
+  return dp_accounting.calibrate_dp_mechanism(
+      lambda: _rdp_accountant(sampling),
+      lambda z: dp_accounting.SelfComposedDpEvent(round_event(z, sampling, population), rounds),
+      target_epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3), tol=1e-4)
+
+
+class PrivacyLedger:
+  """What a DP run spends: epsilon after every round, the budget stop, and privacy_ledger.json."""
+
+  def __init__(self, config: DPConfig, sampling: SamplingConfig, population: int):
+    if not config.enabled or config.noise_multiplier <= 0:
+      raise ValueError('a privacy ledger needs a DP mechanism with a noise multiplier (calibrate it first)')
+    self.config, self.sampling, self.population = config, sampling, population
+
+  def epsilons(self, rounds: int) -> dict[str, float | None]:
+    return epsilons(self.config.noise_multiplier, self.sampling, self.population, rounds, self.config.target_delta)
+
+  def round_metrics(self, round_num: int) -> dict[str, float]:
+    """Epsilon spent once `round_num` has run (metrics.csv and TensorBoard; PLD only where defined)."""
+    return {f'privacy/{k}': v for k, v in self.epsilons(round_num).items() if v is not None}
+
+  def budget(self, round_num: int) -> str | None:
+    """Why `round_num` must not run (it would exceed --target_epsilon), or None."""
+    if self.config.target_epsilon <= 0:
+      return None
+    spent = self.epsilons(round_num)['epsilon_rdp']
+    if spent > self.config.target_epsilon * (1 + 1e-3):  # Calibration is to a tolerance.
+      return (f'the privacy budget epsilon={self.config.target_epsilon} (delta={self.config.target_delta}) would be '
+              f'exceeded: epsilon after round {round_num} would be {spent:.3f}')
+    return None
+
+  def write(self, path: str, rounds: int) -> dict[str, Any]:
+    """Writes the ledger; returns the final epsilons for final_metrics.json."""
+    spent = self.epsilons(rounds)
+    ledger = {
+        'mechanism': self.config.mechanism,
+        'unit_of_privacy': 'one client (cross-device: one user)',
+        'sampling': self.sampling.method,
+        'sampling_rate': (self.sampling.clients_per_round / self.population if self.sampling.clients_per_round
+                          else self.sampling.client_sampling_rate),
+        'clients_per_round': expected_clients(self.sampling, self.population),
+        'population': self.population,
+        'dp_event': str(round_event(self.config.noise_multiplier, self.sampling, self.population)),
+        'noise_multiplier': self.config.noise_multiplier,
+        'clip_norm': self.config.clip_norm,
+        'adaptive_clipping': self.config.mechanism == GAUSSIAN_ADAPTIVE,
+        'rounds': rounds,
+        'delta': self.config.target_delta,
+        'target_epsilon': self.config.target_epsilon or None,
+        **spent,
+    }
+    atomic.write_json(path, ledger)
+    return {'epsilon': spent['epsilon_rdp'], 'epsilon_pld': spent['epsilon_pld'], 'delta': self.config.target_delta}
