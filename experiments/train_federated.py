@@ -46,6 +46,9 @@ _SPLIT = flags.DEFINE_bool('split_dataset', False, 'Alternate batches between re
 # Optimizers.
 _SERVER_OPT = flags.DEFINE_enum('server_optimizer', 'sgd', list(fed_recon.SERVER_OPTIMIZERS), 'Server optimizer.')
 _SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning rate.')
+_SERVER_EPS = flags.DEFINE_float('server_epsilon', 1e-7, 'Server Adam/Yogi epsilon (a floor on the per-coordinate '
+                                 'step normalisation; raise it under DP noise).')
+_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learning rate (global parameters).')
 # Privacy.
 _DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
                         'User-level DP of the global update: gaussian_fixed (clip --clip_norm) or gaussian_adaptive '
@@ -58,7 +61,6 @@ _CLIP_LR = flags.DEFINE_float('clip_learning_rate', 0.2, 'Adaptive clipping: lea
 _DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
 _EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
                               'and the run stops before any round that would exceed it.')
-_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learning rate (global parameters).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +133,7 @@ def config_from_flags() -> ExperimentConfig:
       algorithm=_ALGORITHM.value, engine=_ENGINE.value,
       recon=fed_recon.ReconConfig(_SERVER_OPT.value, _SERVER_LR.value, _CLIENT_LR.value,
                                   common_flags.RECON_LR.value, _RECON_EPOCHS.value, _LOCAL_EPOCHS.value,
-                                  _SPLIT.value),
+                                  _SPLIT.value, _SERVER_EPS.value),
       proximal_strength=_PROX.value,
       dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
                      _EPSILON.value),

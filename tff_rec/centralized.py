@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tff_rec.federated import fed_recon, vectorized
+from tff_rec.federated import fed_recon
 from tff_rec.federated.fed_recon import RoundOutput
 from tff_rec.models import mf
 from tff_rec.preprocessing import Examples
@@ -52,9 +52,7 @@ class CentralizedEngine:
     self.loss = task.loss_fn()
     self.optimizer = fed_recon.server_optimizer(config.optimizer, config.learning_rate)
     # Evaluation is exactly the federated one, on the trained item side.
-    self._evaluator = vectorized.VectorizedEngine(
-        task, fed_recon.ReconConfig(split_dataset=False), eval_learning_rate=eval_learning_rate,
-        eval_epochs=eval_epochs)
+    self._evaluator = fed_recon.item_side_evaluator(task, eval_learning_rate, eval_epochs)
     self._step = tf.function(self._step_fn, reduce_retracing=True)
 
   def initialize(self) -> collections.OrderedDict:

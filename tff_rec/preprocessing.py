@@ -20,22 +20,22 @@ from tff_rec.models.mf import IMPLICIT, RATING
 Examples = tuple[np.ndarray, np.ndarray]  # (item indices int64 [n], labels float32 [n])
 
 
-def item_vocabulary(db_path: str) -> list[str]:
-  """Item ids of the catalogue, in increasing numeric order (index i+1 = vocabulary[i])."""
+def _ids(db_path: str, query: str) -> list[str]:
   con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
   try:
-    return [r[0] for r in con.execute('SELECT item_id FROM items ORDER BY CAST(item_id AS INTEGER)')]
+    return [r[0] for r in con.execute(query)]
   finally:
     con.close()
+
+
+def item_vocabulary(db_path: str) -> list[str]:
+  """Item ids of the catalogue, in increasing numeric order (index i+1 = vocabulary[i])."""
+  return _ids(db_path, 'SELECT item_id FROM items ORDER BY CAST(item_id AS INTEGER)')
 
 
 def user_vocabulary(db_path: str) -> list[str]:
   """User ids of the database (training and held-out), sorted: index i+1 = vocabulary[i]."""
-  con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
-  try:
-    return [r[0] for r in con.execute('SELECT user_id FROM users ORDER BY user_id')]
-  finally:
-    con.close()
+  return _ids(db_path, 'SELECT user_id FROM users ORDER BY user_id')
 
 
 def id_lookup(vocabulary: list[str]) -> tf.keras.layers.StringLookup:

@@ -55,7 +55,8 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
   if 'dp' in overrides:
     ledger = json.loads((run_dir / 'privacy_ledger.json').read_text())
-    assert ledger['rounds'] == 2 and ledger['sampling'] == 'uniform' and 'SampledWithoutReplacement' in ledger['dp_event']
+    assert ledger['rounds'] == 2 and ledger['sampling'] == 'uniform'
+    assert 'SampledWithoutReplacement' in ledger['dp_event']
     assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
 
 

@@ -15,7 +15,6 @@ reconstruction evaluation on the trained item side, as for every engine.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from typing import Any
 
@@ -23,8 +22,8 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
-from tff_rec.federated import vectorized
-from tff_rec.federated.fed_recon import SERVER_OPTIMIZERS, ReconConfig, RoundOutput, server_optimizer
+from tff_rec.federated.fed_recon import (SERVER_OPTIMIZERS, TffEngine, item_side_evaluator,
+                                         server_optimizer)
 
 ITEM_LAYERS = ('item_embedding', 'item_bias', 'global_mean')  # The evaluator's weight order.
 
@@ -46,11 +45,11 @@ class FedAvgConfig:
       raise ValueError('local_epochs must be >= 1 and proximal_strength >= 0')
 
 
-class FedAvgEngine:
-  """The interface of `fed_recon.TffEngine`, for FedAvg / FedProx on TFF's runtime."""
+class FedAvgEngine(TffEngine):
+  """`fed_recon.TffEngine` with FedAvg / FedProx's process (and the item side of its weights)."""
 
-  def __init__(self, task, config: FedAvgConfig, *, eval_learning_rate: float, eval_epochs: int,
-               aggregator: Any = None):
+  def __init__(self, task, config: FedAvgConfig, *, eval_learning_rate: float,  # pylint: disable=super-init-not-called
+               eval_epochs: int, aggregator: Any = None):
     config.validate()
     if task.user_table != 'global':
       raise ValueError('FedAvg trains a global user table: build the task with user_table="global"')
@@ -75,25 +74,12 @@ class FedAvgEngine:
           client_weighting=weighting)
     layer_names = [v.name.split('/')[0] for v in task.model_fn().model.trainable_variables]
     self._item_positions = [layer_names.index(name) for name in ITEM_LAYERS if name in layer_names]
-    self._evaluator = vectorized.VectorizedEngine(task, ReconConfig(split_dataset=False),
-                                                  eval_learning_rate=eval_learning_rate, eval_epochs=eval_epochs)
+    self._evaluator = item_side_evaluator(task, eval_learning_rate, eval_epochs)
 
-  def initialize(self):
-    return self.process.initialize()
-
-  def next(self, state, examples: list) -> RoundOutput:
-    kept = [e for e in examples if len(e[0])]  # An empty client is skipped, and counted.
-    empty = {'client_work/empty_clients': len(examples) - len(kept)}
-    if not kept:
-      return RoundOutput(state, empty)
-    datasets = [self.task.client_dataset(e).repeat(self.config.local_epochs) for e in kept]
-    output = self.process.next(state, datasets)
-    return RoundOutput(output.state, {**output.metrics, **empty})
+  def _dataset(self, examples):
+    return self.task.client_dataset(examples).repeat(self.config.local_epochs)
 
   def global_weights(self, state) -> list[np.ndarray]:
     """The item side (what evaluation and export use)."""
     trainable = self.process.get_model_weights(state).trainable
     return [np.asarray(trainable[i]) for i in self._item_positions]
-
-  def evaluate(self, state, clients) -> dict[str, float]:
-    return self._evaluator.evaluate(collections.OrderedDict(weights=tuple(self.global_weights(state))), clients)

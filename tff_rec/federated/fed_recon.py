@@ -36,24 +36,27 @@ class ReconConfig:
   # True: alternate batches between reconstruction and training; False: both
   # stages see all of the client's data (reconstruction first).
   split_dataset: bool = True
+  # Adam / Yogi epsilon: the floor of the per-coordinate step normalisation. Under DP noise a larger value keeps
+  # coordinates that carry only noise from taking full-size steps.
+  server_epsilon: float = 1e-7
 
   def validate(self) -> None:
     if self.server_optimizer not in SERVER_OPTIMIZERS:
       raise ValueError(f'server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}')
-    for name in ('server_learning_rate', 'client_learning_rate', 'reconstruction_learning_rate'):
+    for name in ('server_learning_rate', 'client_learning_rate', 'reconstruction_learning_rate', 'server_epsilon'):
       if getattr(self, name) <= 0:
         raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
     if self.reconstruction_epochs < 1 or self.local_epochs < 1:
       raise ValueError('reconstruction_epochs and local_epochs must be >= 1')
 
 
-def server_optimizer(name: str, learning_rate: float) -> tff.learning.optimizers.Optimizer:
+def server_optimizer(name: str, learning_rate: float, epsilon: float = 1e-7) -> tff.learning.optimizers.Optimizer:
   if name == 'sgd':
     return tff.learning.optimizers.build_sgdm(learning_rate)
   if name == 'adam':
-    return tff.learning.optimizers.build_adam(learning_rate)
+    return tff.learning.optimizers.build_adam(learning_rate, epsilon=epsilon)
   if name == 'yogi':
-    return tff.learning.optimizers.build_yogi(learning_rate)
+    return tff.learning.optimizers.build_yogi(learning_rate, epsilon=epsilon)
   raise ValueError(f'unknown server optimizer {name!r}')
 
 
@@ -77,7 +80,8 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
   return tff.learning.algorithms.build_fed_recon(
       lambda: reconstruction_model(model_fn()),
       loss_fn=loss_fn,
-      server_optimizer_fn=server_optimizer(config.server_optimizer, config.server_learning_rate),
+      server_optimizer_fn=server_optimizer(config.server_optimizer, config.server_learning_rate,
+                                           config.server_epsilon),
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(config.client_learning_rate),
       reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(config.reconstruction_learning_rate),
       dataset_split_fn=split_fn,
@@ -128,6 +132,17 @@ def as_numpy(totals) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in totals.items()}
 
 
+def item_side_evaluator(task, learning_rate: float, epochs: int):
+  """The per-user evaluation of any engine's item side: `vectorized.VectorizedEngine.evaluate`.
+
+  It is tested equal to `build_evaluation`, and evaluates users one by one
+  whatever the training clients were (platforms, a global user table).
+  """
+  from tff_rec.federated import vectorized  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return vectorized.VectorizedEngine(task, ReconConfig(split_dataset=False), eval_learning_rate=learning_rate,
+                                     eval_epochs=epochs)
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundOutput:
   state: Any
@@ -151,10 +166,8 @@ class TffEngine:
           task.model_fn, task.loss_fn, self.process.get_model_weights.type_signature.result, task.eval_kind,
           num_items=task.model_config.num_items, learning_rate=eval_learning_rate, epochs=eval_epochs)
       self._evaluator = None
-    else:  # A platform's users: evaluated per user, by the (tested-equal) vectorized evaluation.
-      from tff_rec.federated import vectorized  # pylint: disable=g-import-not-at-top  (imports this module)
-      self._evaluator = vectorized.VectorizedEngine(task, ReconConfig(split_dataset=False),
-                                                    eval_learning_rate=eval_learning_rate, eval_epochs=eval_epochs)
+    else:  # A platform's users: evaluated per user, on the item side.
+      self._evaluator = item_side_evaluator(task, eval_learning_rate, eval_epochs)
 
   def initialize(self):
     return self.process.initialize()
@@ -165,8 +178,11 @@ class TffEngine:
     empty = {'client_work/empty_clients': len(examples) - len(kept)}
     if not kept:
       return RoundOutput(state, empty)
-    output = self.process.next(state, [self.task.client_dataset(e) for e in kept])
+    output = self.process.next(state, [self._dataset(e) for e in kept])
     return RoundOutput(output.state, {**output.metrics, **empty})
+
+  def _dataset(self, examples) -> tf.data.Dataset:
+    return self.task.client_dataset(examples)
 
   def evaluate(self, state, clients) -> dict[str, float]:
     """Metric totals (sums and counts) over `clients` (`tasks.EvalClients`)."""

@@ -91,7 +91,7 @@ class VectorizedEngine:
     self.rating = self.model_config.objective == mf.RATING
     self.batch_size = task.data_config.batch_size
     self.loss = task.loss_fn()
-    self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate)
+    self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon)
     self.eval_learning_rate, self.eval_epochs = eval_learning_rate, eval_epochs
     self.dp_query, self.seed = dp_query, seed
     self._client = tf.function(self._client_fn, reduce_retracing=True)
