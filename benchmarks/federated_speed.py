@@ -7,6 +7,7 @@ R1: steady-state federated throughput (training examples per second over
     examples, centralized. For both engines: vectorized and TFF's own process.
 R2: per-client fixed cost: the slope of round time against clients per round
     at a fixed total of examples (least squares over several cohort sizes).
+R3: DP round time / non-private round time (vectorized engine, Gaussian fixed clip, same cohorts).
 R4: memory: RSS after round 500 / after round 10 of one long run (vectorized engine).
 R6: wall time of the headline MovieLens-100K configuration to its final
     metrics (the binary run as a user runs it).
@@ -30,6 +31,7 @@ import tensorflow as tf
 from tff_rec import runtime, tasks
 from tff_rec.federated import fed_recon, sampling, vectorized
 from tff_rec.models import mf
+from tff_rec.privacy import dp
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/movielens_100k', 'Prepared MovieLens-100K.')
 _ROUNDS = flags.DEFINE_integer('rounds', 12, 'Rounds per engine for R1 (the first two are warm-up).')
@@ -104,6 +106,19 @@ def per_client_cost(make_engine, task, sizes: list[int], total: int = 12_800) ->
   return float(slope)
 
 
+def round_seconds(engine, task, rounds: int) -> float:
+  """Mean time of rounds 3..`rounds` (data preparation included)."""
+  state = engine.initialize()
+  total = 0.0
+  for r in range(1, rounds + 1):
+    began = time.perf_counter()
+    ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
+    state = engine.next(state, task.train_examples(ids, r, 0)).state
+    if r >= 3:
+      total += time.perf_counter() - began
+  return total / (rounds - 2)
+
+
 def memory_growth(engine, task, rounds: int) -> tuple[float, float]:
   """RSS (MB) after round 10 and after round `rounds` of one long run."""
   state = engine.initialize()
@@ -148,6 +163,12 @@ def main(argv):
     slope = per_client_cost(lambda: make('vectorized'), task, [25, 50, 100, 200])
     print(f'R2 per-client cost, vectorized: {1000 * slope:.2f} ms/client (target <= 5)')
     print(f'R2 per-client cost, TFF: {1000 * per_client_cost(lambda: make("tff"), task, [10, 20, 40]):.2f} ms/client')
+    query = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, 0.5), CLIENTS)
+    private = round_seconds(vectorized.VectorizedEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1,
+                                                        dp_query=query), task, _ROUNDS.value)
+    plain = round_seconds(make('vectorized'), task, _ROUNDS.value)
+    print(f'R3 DP round {1000 * private:.0f} ms, non-private {1000 * plain:.0f} ms  ratio {private / plain:.2f} '
+          '(target <= 1.10)')
     if _R4_ROUNDS.value:
       at_10, at_end = memory_growth(make('vectorized'), task, _R4_ROUNDS.value)
       print(f'R4 RSS after round 10: {at_10:,.0f} MB, after round {_R4_ROUNDS.value}: {at_end:,.0f} MB  '
