@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_privacy as tfp
 
 from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
@@ -93,6 +94,8 @@ class VectorizedEngine:
     self.loss = task.loss_fn()
     self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon)
     self.eval_learning_rate, self.eval_epochs = eval_learning_rate, eval_epochs
+    if dp_query is not None and not isinstance(dp_query, tfp.SumAggregationDPQuery):
+      raise TypeError(f'the vectorized engine sums preprocessed records: needs a SumAggregationDPQuery, got {dp_query}')
     self.dp_query, self.seed = dp_query, seed
     self._client = tf.function(self._client_fn, reduce_retracing=True)
     self._weighted_mean = tf.function(self._weighted_mean_fn, reduce_retracing=True)
@@ -229,11 +232,13 @@ class VectorizedEngine:
     query = self.dp_query
     params = query.derive_sample_params(dp_state)
     sample_state = query.initial_sample_state(tuple(tf.TensorSpec(d.shape[1:], d.dtype) for d in deltas))
-    for c in tf.range(tf.shape(deltas[0])[0]):
-      if participates[c]:
-        record = query.preprocess_record(params, tuple(d[c] for d in deltas))
-        sample_state = query.accumulate_preprocessed_record(sample_state, record)
-    return sample_state
+    # The query's own per-record preprocessing (clipping, clipped-count bit), vectorised over clients; its
+    # accumulation is a sum (a SumAggregationDPQuery), taken over the clients that took part.
+    records = tf.vectorized_map(lambda record: query.preprocess_record(params, record), tuple(deltas))
+    weight = tf.cast(participates, deltas[0].dtype)
+    return tf.nest.map_structure(
+        lambda total, per_client: total + tf.tensordot(tf.cast(weight, per_client.dtype), per_client, axes=1),
+        sample_state, records)
 
   def _server_fn(self, weights, optimizer_state, update):
     update_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
