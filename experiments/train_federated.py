@@ -198,6 +198,7 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  common_flags.configure_logging()
   config = config_from_flags()
   return experiment.main('train_federated', lambda: build_task(config), lambda task: run(config, task),
                          config.output_dir)

@@ -42,6 +42,12 @@ def test_rounds_match_the_tff_process(engines):
     ref_state, fast_state = ref_out.state, fast_out.state
     assert float(fast_out.metrics['client_work']['train']['loss']) == pytest.approx(
         float(ref_out.metrics['client_work']['train']['loss']), rel=1e-5)
+    fast_flat = flatten_metrics(fast_out.metrics)
+    for key in ('communication/download_bytes_per_client', 'communication/upload_bytes_per_client'):
+      assert fast_flat[key] == flatten_metrics(ref_out.metrics)[key]  # Vectorized: from arrays; TFF: from types.
+    rows = task.model_config.num_items + 1  # float32 item table (dim 4) and biases, plus mu for ratings.
+    expected = 4 * (rows * 4 + rows + (1 if task.objective == mf.RATING else 0))
+    assert fast_flat['communication/download_bytes_per_client'] == expected
   for a, b in zip(reference.global_weights(ref_state), fast.global_weights(fast_state)):
     np.testing.assert_allclose(a, b, atol=5e-5)
   assert not np.allclose(fast.global_weights(fast_state)[0], fast.global_weights(fast.initialize())[0])

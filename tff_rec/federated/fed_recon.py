@@ -132,6 +132,19 @@ def as_numpy(totals) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in totals.items()}
 
 
+def type_bytes(type_spec: tff.Type) -> int:
+  """Bytes of a fixed-shape TFF type's tensors (what a value of it costs on the wire, uncompressed)."""
+  tensors = tf.nest.flatten(tff.types.structure_from_tensor_type_tree(lambda t: t, type_spec))
+  return sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in tensors)
+
+
+def communication(process) -> dict[str, float]:
+  """Bytes per client per round: the broadcast model weights down; the trainable update and its weight up."""
+  weights = process.get_model_weights.type_signature.result
+  return {'communication/download_bytes_per_client': float(type_bytes(weights)),
+          'communication/upload_bytes_per_client': float(type_bytes(weights.trainable) + 4)}
+
+
 def item_side_evaluator(task, learning_rate: float, epochs: int):
   """The per-user evaluation of any engine's item side: `vectorized.VectorizedEngine.evaluate`.
 
@@ -179,7 +192,7 @@ class TffEngine:
     if not kept:
       return RoundOutput(state, empty)
     output = self.process.next(state, [self._dataset(e) for e in kept])
-    return RoundOutput(output.state, {**output.metrics, **empty})
+    return RoundOutput(output.state, {**output.metrics, **empty, **communication(self.process)})
 
   def _dataset(self, examples) -> tf.data.Dataset:
     return self.task.client_dataset(examples)

@@ -141,6 +141,9 @@ class VectorizedEngine:
       metrics['privacy'] = collections.OrderedDict(clip_norm=_clip_norm(dp_state))
     new_weights, new_optimizer, rejected = self._server(weights, state['optimizer'], update)
     metrics['finalizer'] = collections.OrderedDict(update_non_finite=rejected)
+    size = float(sum(w.nbytes for w in state['weights']))  # The same as fed_recon.communication's TFF types.
+    metrics['communication'] = collections.OrderedDict(download_bytes_per_client=size,
+                                                       upload_bytes_per_client=size + 4)
     new_state['weights'] = tuple(w.numpy() for w in new_weights)
     new_state['optimizer'] = tf.nest.map_structure(np.asarray, new_optimizer)
     return RoundOutput(new_state, tf.nest.map_structure(np.asarray, metrics))
