@@ -8,7 +8,10 @@ server can add up across clients; `finalize` turns totals into metrics.
 Ranking (LOO-99, He et al. WWW 2017): a query is the held-out item followed by
 its 99 negatives. rank = number of negatives scoring >= the held-out item, so
 ties never favour it (a constant model scores HR@K = 0). HR@K = [rank < K],
-NDCG@K = [rank < K] / log2(rank + 2).
+NDCG@K = [rank < K] / log2(rank + 2). Full-catalogue Recall@K and NDCG@K
+(`catalogue_sums`) rank the held-out items among every item the user did not
+train on. The metric maths takes leading (client, query) dimensions, so the
+per-client TFF evaluation and the vectorized one share it.
 """
 
 from __future__ import annotations
