@@ -19,7 +19,7 @@ from absl import app, flags
 from experiments import common_flags
 from tff_rec import experiment, tasks, training_loop
 from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
-from tff_rec.privacy import dp
+from tff_rec.privacy import dp, secure
 
 ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
 ENGINES = ('auto', 'vectorized', 'tff')
@@ -58,6 +58,9 @@ _NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / cl
 _CLIP = flags.DEFINE_float('clip_norm', 1.0, 'L2 clip of each client\'s update (adaptive: the initial clip).')
 _QUANTILE = flags.DEFINE_float('target_quantile', 0.5, 'Adaptive clipping: target unclipped quantile.')
 _CLIP_LR = flags.DEFINE_float('clip_learning_rate', 0.2, 'Adaptive clipping: learning rate of the clip.')
+_SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum client updates with TFF\'s secure sum '
+                            '(tff.learning.secure_aggregator: bounded, quantised values; an unweighted mean). TFF\'s '
+                            'local runtime simulates the protocol. TFF engines only.')
 _DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
 _EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
                               'and the run stops before any round that would exceed it.')
@@ -78,6 +81,7 @@ class ExperimentConfig:
   recon: fed_recon.ReconConfig
   proximal_strength: float
   dp: dp.DPConfig
+  secure_aggregation: bool
   sampling: sampling.SamplingConfig
   loop: training_loop.LoopConfig
   eval_reconstruction_epochs: int
@@ -100,6 +104,10 @@ class ExperimentConfig:
     if self.dp.enabled and self.data.view == 'cross_silo':
       raise ValueError('--dp with --view=cross_silo is not supported yet: a platform would have to clip per user '
                        'inside the platform for a user-level guarantee')
+    if self.secure_aggregation and self.dp.enabled:
+      raise ValueError('--secure_aggregation with --dp (distributed DP) is not implemented yet; use one of them')
+    if self.secure_aggregation and self.engine == 'vectorized':
+      raise ValueError('--secure_aggregation runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     if self.eval_reconstruction_epochs < 1:
@@ -113,7 +121,7 @@ class ExperimentConfig:
 
   @property
   def resolved_engine(self) -> str:
-    if self.algorithm != 'fed_recon':
+    if self.algorithm != 'fed_recon' or self.secure_aggregation:
       return 'tff'
     if self.engine == 'auto':
       return 'vectorized' if self.vectorizable else 'tff'
@@ -137,6 +145,7 @@ def config_from_flags() -> ExperimentConfig:
       proximal_strength=_PROX.value,
       dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
                      _EPSILON.value),
+      secure_aggregation=_SECURE.value,
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
@@ -170,6 +179,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
                     eval_epochs=config.eval_reconstruction_epochs)
   clients = dp.expected_clients(config.sampling, len(task.train_data.client_ids))
   aggregator = dp.aggregation_factory(config.dp, clients) if config.dp.enabled else None
+  if config.secure_aggregation:
+    aggregator = secure.secure_mean()
   if config.algorithm in ('fed_avg', 'fed_prox'):
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(

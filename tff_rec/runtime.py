@@ -38,6 +38,7 @@ import grpc
 import portpicker
 import psutil
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.test import compiler as test_compiler  # TFF 0.87 (pinned)
 
 _LOG = logging.getLogger(__name__)
 
@@ -230,10 +231,21 @@ def create_local_context(
   factory = tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
   return tff.framework.SyncExecutionContext(
       executor_fn=factory,
-      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      compiler_fn=_compile,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result,
   )
+
+
+def _compile(comp):
+  """TFF's native compilation, after simulating secure intrinsics as TFF's own test contexts do.
+
+  The C++ runtime does not implement `federated_secure_sum_bitwidth` & co.;
+  they become their insecure TensorFlow equivalents (same bounds, same
+  quantisation), as in `tff.backends.test.create_sync_test_cpp_execution_context`.
+  """
+  comp = test_compiler.replace_secure_intrinsics_with_bodies(comp)
+  return tff.backends.native.desugar_and_transform_to_native(comp)
 
 
 def install_local_context(**kwargs) -> tff.framework.SyncExecutionContext:

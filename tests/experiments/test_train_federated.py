@@ -40,7 +40,9 @@ def _run(tiny_dataset, out, name, **overrides):
     {'model': 'two_tower'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
-], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff'])
+    {'secure_aggregation': True},
+], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
+        'secure_aggregation'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -95,6 +97,8 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'model': 'two_tower', 'objective': 'rating'}, '--model=two_tower trains with'),
     ({'model': 'two_tower', 'engine': 'vectorized'}, '--engine=vectorized runs MF'),
     ({'dp': 'gaussian_fixed'}, 'needs --noise_multiplier > 0, or --target_epsilon'),
+    ({'secure_aggregation': True, 'engine': 'vectorized'}, '--secure_aggregation runs on TFF'),
+    ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'distributed DP'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo'}, '--dp with --view=cross_silo'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
