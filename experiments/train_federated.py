@@ -200,7 +200,7 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
   engine = build_engine(config, task)
   return experiment.run(
       engine, task,
-      cohort_fn=lambda r: sampling.sample_clients(task.train_data.client_ids, r, config.seed, config.sampling),
+      cohort_fn=lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling),
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
       privacy=dp.PrivacyLedger(config.dp, config.sampling, population) if config.dp.enabled else None)

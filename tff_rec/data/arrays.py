@@ -66,6 +66,7 @@ class SplitArrays:
     with self._connect() as con:
       self.client_ids = [r[0] for r in con.execute(
           'SELECT client_id FROM client_metadata WHERE split_name = ? ORDER BY client_id', (split,))]
+    self.id_array = np.sort(np.asarray(self.client_ids))  # For per-round sampling over large populations.
 
   def _connect(self) -> sqlite3.Connection:
     return sqlite3.connect(f'file:{self.db_path}?mode=ro', uri=True)
