@@ -7,6 +7,7 @@ learning_curve.png.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from tff_rec import atomic, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
 from tff_rec.plotting import learning_curve
+from tff_rec.privacy import audit
 
 # Keys final_metrics.json always has (null where the objective has no such metric).
 REQUIRED_KEYS = ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20')
@@ -64,10 +66,13 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   atomic.write_json(os.path.join(output_dir, 'hparams.json'), hparams)
   eval_clients = {}
 
-  def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
+  def eval_clients_for(part: str, heldout: bool):
     if (part, heldout) not in eval_clients:
       eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed)
-    return client_eval.finalize(engine.evaluate(state, eval_clients[part, heldout]), task.eval_kind, prefix)
+    return eval_clients[part, heldout]
+
+  def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
+    return client_eval.finalize(engine.evaluate(state, eval_clients_for(part, heldout)), task.eval_kind, prefix)
 
   state, rounds = training_loop.run(
       engine, cohort_fn=cohort_fn, data_fn=lambda ids, r: task.train_examples(ids, r, seed),
@@ -77,6 +82,10 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   final.update(evaluate(state, schema.TEST, heldout=True, prefix='heldout_users/'))
   for key in REQUIRED_KEYS:
     final.setdefault(key, None)
+  if hasattr(engine, 'client_losses'):  # Membership inference: training users vs held-out users.
+    members = engine.client_losses(state, eval_clients_for(schema.VAL, False))
+    nonmembers = engine.client_losses(state, eval_clients_for(schema.VAL, True))
+    final.update(audit.loss_threshold_attack(members, nonmembers))
   if privacy:
     final.update(privacy.write(os.path.join(output_dir, PRIVACY_LEDGER), rounds))
   final.update(rounds=rounds, wall_seconds=time.monotonic() - began)
@@ -85,6 +94,12 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   learning_curve(training_loop.read_history(output_dir), os.path.join(output_dir, 'learning_curve.png'),
                  loss_key=loss_key, metric_key=metric_key)
   return final
+
+
+def read_hparams(output_dir: str) -> dict[str, Any]:
+  """The configuration a run wrote (hparams.json), e.g. its calibrated noise multiplier."""
+  with open(os.path.join(output_dir, 'hparams.json')) as f:
+    return json.load(f)
 
 
 def format_results(final: dict) -> str:

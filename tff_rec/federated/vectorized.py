@@ -102,6 +102,7 @@ class VectorizedEngine:
     self._dp_accumulate = tf.function(self._dp_accumulate_fn, reduce_retracing=True)
     self._server = tf.function(self._server_fn, reduce_retracing=True)
     self._evaluate = tf.function(self._evaluate_fn, reduce_retracing=True)
+    self._client_losses = tf.function(self._client_losses_fn, reduce_retracing=True)
 
   # State.
 
@@ -275,6 +276,24 @@ class VectorizedEngine:
     weights = tuple(tf.constant(w) for w in state['weights'])
     totals = self._evaluate(weights, items, labels, mask, query_items, query_labels, query_mask, seen, relevant)
     return {k: float(v) for k, v in totals.items()}
+
+  def client_losses(self, state, clients) -> np.ndarray:
+    """Each client's mean training loss on its support data after reconstruction (membership-inference signal)."""
+    items, labels, mask = pad_examples(clients.support, self.batch_size)
+    weights = tuple(tf.constant(w) for w in state['weights'])
+    return self._client_losses(weights, items, labels, mask).numpy()
+
+  def _client_losses_fn(self, weights, items, labels, mask):
+    user = self._reconstruct(weights, items, labels, mask, learning_rate=self.eval_learning_rate,
+                             epochs=self.eval_epochs)
+    embedding, bias, mean = self._split(weights)
+    mu = None if mean is None else tf.fill([tf.shape(items)[0], 1, 1], mean)
+    total = tf.zeros([tf.shape(items)[0]])
+    for t in tf.range(tf.shape(items)[1]):
+      losses, counts = self._batch_losses(user, tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]), mu,
+                                          labels[:, t], mask[:, t])
+      total += losses * counts
+    return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=[1, 2]))
 
   def _evaluate_fn(self, weights, items, labels, mask, query_items, query_labels, query_mask, seen, relevant):
     user = self._reconstruct(weights, items, labels, mask, learning_rate=self.eval_learning_rate,
