@@ -19,6 +19,13 @@ def pytest_sessionfinish(session, exitstatus):
   runtime.stop_all_workers()
 
 
+@pytest.fixture(autouse=True)
+def no_op_determinism_left_over():
+  """Experiment runs switch TF op determinism on process-wide; each test starts with it off, as a process does."""
+  from tff_rec import experiment  # pylint: disable=g-import-not-at-top
+  experiment.configure_determinism(False)
+
+
 @pytest.fixture(scope='session')
 def movielens_archive() -> str:
   """The real MovieLens-100K archive, fetched once into the project's raw cache."""
