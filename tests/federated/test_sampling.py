@@ -1,5 +1,6 @@
 """Seeded client sampling."""
 
+import numpy as np
 import pytest
 
 from tff_rec.federated import sampling
@@ -32,3 +33,11 @@ def test_poisson_rate():
 def test_bad_sampling(config, message):
   with pytest.raises(ValueError, match=message):
     config.validate(len(IDS))
+
+
+def test_sorted_array_and_any_list_order_give_the_same_cohort():
+  ids = [f'u{i:03d}' for i in range(50)]
+  config = sampling.SamplingConfig(clients_per_round=7)
+  from_array = sampling.sample_clients(np.array(ids), 3, 0, config)
+  assert from_array == sampling.sample_clients(list(reversed(ids)), 3, 0, config)
+  assert all(isinstance(c, str) for c in from_array)

@@ -41,13 +41,15 @@ class SamplingConfig:
 def sample_clients(client_ids: Sequence[str], round_num: int, seed: int, config: SamplingConfig) -> list[str]:
   """The cohort of `round_num` (sorted ids; Poisson may give an empty cohort).
 
-  The cohort depends on the set of `client_ids`, not their order. Sampling
-  and sorting cost O(population) numpy work per round, no Python loop over it.
+  The cohort depends on the set of `client_ids`, not their order: a list is
+  sorted first; a numpy array must already be sorted (large populations pass
+  `SplitArrays.id_array`, so a round costs what its cohort costs).
   """
   rng = np.random.default_rng([seed, _SAMPLING_PURPOSE, round_num])
-  ids = np.asarray(client_ids)  # Free for a numpy array: pass one for large populations (`SplitArrays.id_array`).
-  if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
-    ids = np.sort(ids)
+  if isinstance(client_ids, np.ndarray):  # Taken as sorted (`SplitArrays.id_array`): O(cohort) per round.
+    ids = client_ids
+  else:
+    ids = np.sort(np.asarray(client_ids))
   if config.clients_per_round > 0:
     chosen = rng.choice(len(ids), size=config.clients_per_round, replace=False)
   else:
