@@ -52,7 +52,7 @@ class EvalClients:
 
 
 class RecommendationTask:
-  """Client data of one view and one MF model configuration."""
+  """Client data of one view and one model (MF or two-tower) configuration."""
 
   def __init__(self, data: DataConfig, *, objective: str = mf.IMPLICIT, embedding_dim: int = 32, l2: float = 0.0,
                init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None, model: str = MF):
