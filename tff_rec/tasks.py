@@ -84,7 +84,8 @@ class RecommendationTask:
     if data.view == 'cross_silo' and user_table is None:
       raise ValueError('a cross-silo client holds many users: it needs a user table (user_table=local or global)')
     self.vocabulary = preprocessing.item_vocabulary(self.db_path)
-    self.user_vocabulary = preprocessing.user_vocabulary(self.db_path)
+    # Only a user table needs user indices (a million-user population's ids are not read otherwise).
+    self.user_vocabulary = preprocessing.user_vocabulary(self.db_path) if user_table else None
     self.user_lookup = preprocessing.id_lookup(self.user_vocabulary) if user_table else None
     self.model_config = mf.MFConfig(num_items=len(self.vocabulary), embedding_dim=embedding_dim, l2=l2,
                                     init_stddev=init_stddev, objective=objective, seed=seed)
