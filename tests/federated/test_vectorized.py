@@ -85,18 +85,21 @@ def test_empty_client_is_skipped_and_counted(engines):
 
 
 def test_non_finite_client_update_is_zeroed_and_counted(engines):
-  task, _, fast = engines
+  task, reference, fast = engines
   ids = task.train_data.client_ids[:4]
   examples = task.train_examples(ids, 0, seed=0)
   items, labels = examples[1]
   poisoned = examples[:1] + [(items, np.full_like(labels, np.nan))] + examples[1:]  # NaN labels -> NaN update.
-  state = fast.initialize()
-  out = fast.next(state, poisoned)
-  flat = flatten_metrics(out.metrics)
-  assert flat['client_work/non_finite_clients'] == 1 and flat['finalizer/update_non_finite'] == 0
-  for a, b in zip(fast.global_weights(out.state), fast.global_weights(fast.next(state, examples).state)):
-    np.testing.assert_allclose(a, b, atol=1e-6)  # The poisoned client counted for nothing.
-    assert np.isfinite(a).all()
+  for engine in (fast, reference):
+    state = engine.initialize()
+    out = engine.next(state, poisoned)
+    flat = flatten_metrics(out.metrics)
+    assert flat['client_work/train/non_finite_clients'] == 1 and flat['finalizer/update_non_finite'] == 0
+    clean = engine.next(state, examples)
+    assert flatten_metrics(clean.metrics)['client_work/train/non_finite_clients'] == 0
+    for a, b in zip(engine.global_weights(out.state), engine.global_weights(clean.state)):
+      np.testing.assert_allclose(a, b, atol=1e-6)  # The poisoned client counted for nothing.
+      assert np.isfinite(a).all()
 
 
 def test_split_dataset_is_refused(tiny_dataset):

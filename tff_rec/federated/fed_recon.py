@@ -66,6 +66,29 @@ def reconstruction_model(bundle: ModelBundle) -> tff.learning.models.Reconstruct
       input_spec=bundle.input_spec)
 
 
+class NonFiniteClients(tf.keras.metrics.Metric):
+  """1 if any of a client's training batches had non-finite labels or predictions; summed by TFF, a count.
+
+  TFF's client work zeroes a non-finite update (and gives it weight 0) without
+  reporting it; this metric makes the count visible in the round metrics
+  (`client_work/train/non_finite_clients`), like the vectorized engine's. A
+  non-finite loss needs a non-finite label or prediction (the losses here are
+  finite on finite inputs).
+  """
+
+  def __init__(self, name: str = 'non_finite_clients', **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.flag = self.add_weight(name='flag', initializer='zeros')
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del sample_weight
+    finite = tf.reduce_all(tf.math.is_finite(y_pred)) & tf.reduce_all(tf.math.is_finite(tf.cast(y_true, tf.float32)))
+    self.flag.assign(tf.maximum(self.flag, 1.0 - tf.cast(finite, self.flag.dtype)))
+
+  def result(self):
+    return self.flag
+
+
 def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], tf.keras.losses.Loss],
                            config: ReconConfig, aggregator: Any = None) -> tff.learning.templates.LearningProcess:
   """Fed Recon: per round, each client reconstructs its user, then updates the items.
@@ -85,6 +108,7 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(config.client_learning_rate),
       reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(config.reconstruction_learning_rate),
       dataset_split_fn=split_fn,
+      metrics_fn=lambda: [NonFiniteClients()],
       model_aggregator_factory=aggregator,  # None: TFF's example-weighted mean; a DP factory: clipped and noised.
       # DP aggregators are unweighted: every client counts once (its update bounded by the clip).
       client_weighting=(tff.learning.ClientWeighting.UNIFORM if aggregator is not None

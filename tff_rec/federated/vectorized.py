@@ -219,10 +219,10 @@ class VectorizedEngine:
     deltas = [tf.where(self._expand(finite, d), d, 0.0) for d in deltas]  # Non-finite: zeroed, weight 0.
     metrics = collections.OrderedDict(
         client_work=collections.OrderedDict(
-            train=collections.OrderedDict(loss=tf.math.divide_no_nan(loss_sum, loss_batches),
-                                          num_examples=tf.reduce_sum(examples)),
-            empty_clients=tf.reduce_sum(tf.cast(examples == 0, tf.int32)),
-            non_finite_clients=tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int32))))
+            train=collections.OrderedDict(
+                loss=tf.math.divide_no_nan(loss_sum, loss_batches), num_examples=tf.reduce_sum(examples),
+                non_finite_clients=tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float32))),
+            empty_clients=tf.reduce_sum(tf.cast(examples == 0, tf.int32))))
     return deltas, tf.where(finite, examples, 0.0), metrics
 
   @staticmethod
