@@ -194,6 +194,8 @@ class TffEngine:
   `vectorized.VectorizedEngine`.
   """
 
+  _communication: dict[str, float] | None = None  # Bytes per client; set on the first round.
+
   def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int,
                aggregator: Any = None):
     self.task = task
@@ -216,7 +218,9 @@ class TffEngine:
     if not kept:
       return RoundOutput(state, empty)
     output = self.process.next(state, [self._dataset(e) for e in kept])
-    return RoundOutput(output.state, {**output.metrics, **empty, **communication(self.process)})
+    if self._communication is None:  # Fixed by the process's types: computed once.
+      self._communication = communication(self.process)
+    return RoundOutput(output.state, {**output.metrics, **empty, **self._communication})
 
   def _dataset(self, examples) -> tf.data.Dataset:
     return self.task.client_dataset(examples)

@@ -144,9 +144,14 @@ class PrivacyLedger:
     if not config.enabled or config.noise_multiplier <= 0:
       raise ValueError('a privacy ledger needs a DP mechanism with a noise multiplier (calibrate it first)')
     self.config, self.sampling, self.population = config, sampling, population
+    self._spent: dict[int, dict[str, float | None]] = {}
 
   def epsilons(self, rounds: int) -> dict[str, float | None]:
-    return epsilons(self.config.noise_multiplier, self.sampling, self.population, rounds, self.config.target_delta)
+    # The loop asks twice per round (the budget check before it, the metrics after it): compose once.
+    if rounds not in self._spent:
+      self._spent[rounds] = epsilons(self.config.noise_multiplier, self.sampling, self.population, rounds,
+                                     self.config.target_delta)
+    return self._spent[rounds]
 
   def round_metrics(self, round_num: int) -> dict[str, float]:
     """Epsilon spent once `round_num` has run (metrics.csv and TensorBoard; PLD only where defined)."""
