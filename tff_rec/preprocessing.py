@@ -43,8 +43,6 @@ def id_lookup(vocabulary: list[str]) -> tf.keras.layers.StringLookup:
   return tf.keras.layers.StringLookup(vocabulary=vocabulary, num_oov_indices=1, mask_token=None)
 
 
-
-
 def training_examples(client: ClientArrays, *, objective: str, num_negatives: int, num_items: int, seed: int,
                       shuffle: bool = True, with_users: bool = False) -> Examples:
   """A client's training examples, in the order its batches take them.
@@ -109,7 +107,18 @@ def query_dataset(queries: Examples, kind_is_ranking: bool, batch_size: int) -> 
   return tf.data.Dataset.from_tensor_slices((items, labels[:, None])).batch(batch_size)
 
 
-TRAIN_PURPOSE, EVAL_PURPOSE = 0, 1
+def pad_rows(rows: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged per-client rows [n_c, ...] -> padded [clients, max n, ...] and mask [clients, max n]."""
+  longest = max(1, max((len(r) for r in rows), default=1))
+  tail = rows[0].shape[1:] if rows else ()
+  out = np.zeros((len(rows), longest, *tail), dtype)
+  mask = np.zeros((len(rows), longest), np.float32)
+  for c, r in enumerate(rows):
+    out[c, :len(r)], mask[c, :len(r)] = r, 1.0
+  return out, mask
+
+
+TRAIN_PURPOSE = 0
 
 
 def client_seed(seed: int, round_num: int, client_id: str, purpose: int = TRAIN_PURPOSE) -> int:

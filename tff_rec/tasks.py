@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tff_rec.data import arrays, schema
 from tff_rec.evaluation import client_eval
-from tff_rec.models import mf, two_tower
+from tff_rec.models import mf, reconstruction, two_tower
 from tff_rec import preprocessing
 
 VIEWS = {'cross_device': schema.CLIENTS_DB, 'cross_silo': schema.PLATFORMS_DB}
@@ -45,7 +45,7 @@ class EvalClients:
   """What federated evaluation gives each client: support examples to reconstruct from, and queries."""
 
   client_ids: list[str]
-  support: list[preprocessing.Examples]  # Training examples, unshuffled, fixed seed.
+  support: list[preprocessing.Examples]  # `support_examples` of the history before the queries.
   queries: list[preprocessing.Examples]  # Ranking: ([n, 100], [n, 100]); rating: ([n], [n]).
   seen: list[np.ndarray]  # Item indices the client trained on: excluded from full-catalogue ranking.
   relevant: list[np.ndarray]  # Its held-out item indices: the targets of full-catalogue ranking.
@@ -169,11 +169,29 @@ class RecommendationTask:
     query_arrays = queries.get(ids)
     return EvalClients(
         client_ids=ids,
-        support=[self.examples(s, seed=preprocessing.client_seed(seed, 0, c, preprocessing.EVAL_PURPOSE),
-                               shuffle=False, with_users=False) for c, s in zip(ids, support_arrays)],
+        support=self.support_examples([s.items for s in support_arrays], [s.ratings for s in support_arrays], seed),
         queries=[make_queries(q) for q in query_arrays],
         seen=[s.items for s in support_arrays],
         relevant=[q.items for q in query_arrays])
+
+  def negative_table(self, seed: int) -> np.ndarray:
+    """The fixed negatives of evaluation and serving support (`reconstruction.negative_table`)."""
+    return reconstruction.negative_table(seed, self.model_config.num_items, self.data_config.num_negatives)
+
+  def support_examples(self, items: list[np.ndarray], ratings: list[np.ndarray],
+                       seed: int) -> list[preprocessing.Examples]:
+    """Each user's support examples from its history (item indices, ratings), as the exported model makes them.
+
+    `reconstruction.support_examples`: a function of the history and `seed`
+    only, so a served request reconstructs exactly the evaluated user.
+    """
+    if not items:
+      return []
+    history, _ = preprocessing.pad_rows(items, np.int64)
+    history_ratings, _ = preprocessing.pad_rows(ratings, np.float32)
+    out_items, out_labels, counts = reconstruction.support_examples(
+        history, history_ratings, objective=self.objective, negatives=self.negative_table(seed))
+    return [(i[:n], y[:n]) for i, y, n in zip(out_items.numpy(), out_labels.numpy(), counts.numpy())]
 
   def eval_datasets(self, clients: EvalClients) -> list[collections.OrderedDict]:
     """`OrderedDict(support, queries)` datasets per client, for `fed_recon.build_evaluation`."""

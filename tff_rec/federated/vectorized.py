@@ -33,8 +33,8 @@ import tensorflow_privacy as tfp
 
 from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
-from tff_rec.models import mf
-from tff_rec.preprocessing import Examples
+from tff_rec.models import mf, reconstruction
+from tff_rec.preprocessing import Examples, pad_rows
 
 
 _NOISE_PURPOSE = 11
@@ -64,17 +64,6 @@ def pad_examples(examples: list[Examples], batch_size: int) -> tuple[np.ndarray,
   return items.reshape(new_shape), labels.reshape(new_shape), mask.reshape(new_shape)
 
 
-def pad_rows(rows: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
-  """Ragged per-client rows [n_c, ...] -> padded [clients, max n, ...] and mask [clients, max n]."""
-  longest = max(1, max((len(r) for r in rows), default=1))
-  tail = rows[0].shape[1:] if rows else ()
-  out = np.zeros((len(rows), longest, *tail), dtype)
-  mask = np.zeros((len(rows), longest), np.float32)
-  for c, r in enumerate(rows):
-    out[c, :len(r)], mask[c, :len(r)] = r, 1.0
-  return out, mask
-
-
 class VectorizedEngine:
   """Fed Recon MF rounds with the whole cohort in one graph; the interface of `fed_recon.TffEngine`."""
 
@@ -91,7 +80,6 @@ class VectorizedEngine:
     self.model_config: mf.MFConfig = task.model_config
     self.rating = self.model_config.objective == mf.RATING
     self.batch_size = task.data_config.batch_size
-    self.loss = task.loss_fn()
     self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon)
     self.eval_learning_rate, self.eval_epochs = eval_learning_rate, eval_epochs
     if dp_query is not None and not isinstance(dp_query, tfp.SumAggregationDPQuery):
@@ -155,31 +143,15 @@ class VectorizedEngine:
 
   def _batch_losses(self, user, q, b, mu, labels, mask):
     """Per-client batch-mean loss [C] (0 for an empty batch), and the batch sizes [C]."""
-    p_u, b_u = user if self.rating else (user[0], None)
-    score = mf.predict(p_u, q, b, b_u, mu)  # [C, B, 1]
-    predictions = tf.concat([score, mf.l2_penalty(p_u, q, self.model_config.l2)], axis=-1)
-    per_example = self.loss.call(tf.reshape(labels, [-1, 1]), tf.reshape(predictions, [-1, 2]))
-    per_example = tf.reshape(per_example, tf.shape(labels)) * mask
-    counts = tf.reduce_sum(mask, axis=1)
-    return tf.math.divide_no_nan(tf.reduce_sum(per_example, axis=1), counts), counts
+    return reconstruction.batch_losses(user, q, b, mu, labels, mask, objective=self.model_config.objective,
+                                       l2=self.model_config.l2)
 
   def _reconstruct(self, weights, items, labels, mask, *, learning_rate: float, epochs: int):
     """Every client's local user from zeros, SGD on its batches with the items frozen."""
     embedding, bias, mean = self._split(weights)
-    clients = tf.shape(items)[0]
-    user = [tf.zeros([clients, 1, self.model_config.embedding_dim])]
-    if self.rating:
-      user.append(tf.zeros([clients, 1, 1]))
-    mu = None if mean is None else tf.fill([clients, 1, 1], mean)
-    for _ in range(epochs):
-      for t in tf.range(tf.shape(items)[1]):
-        with tf.GradientTape() as tape:
-          tape.watch(user)
-          losses, _ = self._batch_losses(user, tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]), mu,
-                                         labels[:, t], mask[:, t])
-          total = tf.reduce_sum(losses)  # Clients are independent: d total / d user_c = d loss_c / d user_c.
-        user = [u - learning_rate * g for u, g in zip(user, tape.gradient(total, user))]
-    return user
+    return reconstruction.reconstruct(embedding, bias, mean, items, labels, mask,
+                                      objective=self.model_config.objective, l2=self.model_config.l2,
+                                      learning_rate=learning_rate, epochs=epochs)
 
   def _client_fn(self, weights, items, labels, mask):
     """Every client's update (initial - final, zeroed if not finite), its weight, and round metrics."""

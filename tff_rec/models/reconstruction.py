@@ -1,0 +1,149 @@
+"""Reconstructing users' local MF parameters from their histories, many users at once (plain TF).
+
+Federated Reconstruction (Singhal et al., NeurIPS 2021) never stores a user's
+embedding: whoever scores for a user first solves for it from the user's own
+data with the global item side frozen. This module is that solve for MF
+(`tff_rec.models.mf`), batched over users, and is the one implementation
+used by the vectorized engine's training and evaluation and by the exported
+SavedModel (`tff_rec.serving.export`), so served scores are evaluated scores.
+
+Reconstruction is plain SGD from zeros: for `epochs` passes over the user's
+support examples in batches of `batch_size`, w <- w - lr * grad of the
+batch-mean loss (`mf.RegularizedLoss`), exactly TFF's reconstruction stage
+with `tff.learning.optimizers.build_sgdm(lr)`.
+
+Support examples at evaluation and serving (`support_examples`) must be a
+function of the history alone, since a served request carries nothing else:
+for the implicit objective every history item is a positive followed by
+`num_negatives` negatives read from a fixed pseudo-random table
+(`negative_table`, drawn once from the run's seed) at row
+(position + item index) mod rows. Training keeps its fresh per-round
+negatives (`preprocessing.training_examples`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tff_rec.models import mf
+
+NEGATIVE_TABLE_ROWS = 4096
+_NEGATIVE_PURPOSE = 1  # Keeps the table's stream apart from training's (purpose 0 of `preprocessing.client_seed`).
+
+
+def negative_table(seed: int, num_items: int, num_negatives: int, rows: int = NEGATIVE_TABLE_ROWS) -> np.ndarray:
+  """[rows, num_negatives] item indices drawn uniformly from 1..num_items, fixed by `seed`."""
+  rng = np.random.default_rng([seed, _NEGATIVE_PURPOSE])
+  return rng.integers(1, num_items + 1, size=(rows, num_negatives), dtype=np.int64)
+
+
+def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str,
+                     negatives: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Users' histories -> their support examples, in the order reconstruction takes them.
+
+  Args:
+    history: [users, H] item indices in the user's order; 0 (unknown item or
+      padding) is dropped, and the remaining items close up.
+    ratings: [users, H] the ratings (labels of the rating objective).
+    objective: `mf.RATING` (example = (item, rating)) or `mf.IMPLICIT`
+      (item k at position t -> (item, 1) then (n, 0) for each n in
+      negatives[(t + item) mod rows]).
+    negatives: `negative_table`, [rows, num_negatives] int64.
+
+  Returns:
+    items [users, L] int64, labels [users, L] float32 (padding: item 0,
+    label 0) and the number of examples per user [users].
+  """
+  history = tf.convert_to_tensor(history, tf.int64)
+  ratings = tf.convert_to_tensor(ratings, tf.float32)
+  valid = history > 0
+  items = tf.ragged.boolean_mask(history, valid)  # [users, (n)]
+  if objective == mf.RATING:
+    labels = tf.ragged.boolean_mask(ratings, valid)
+  else:
+    negatives = tf.convert_to_tensor(negatives, tf.int64)
+    per_item = 1 + tf.shape(negatives, out_type=tf.int64)[1]
+    position = tf.ragged.range(items.row_lengths())
+    rows = tf.math.floormod(position + items, tf.shape(negatives, out_type=tf.int64)[0])
+    block = tf.concat([items.flat_values[:, None], tf.gather(negatives, rows.flat_values)], axis=1)
+    block_labels = tf.one_hot(tf.zeros_like(items.flat_values, tf.int32), tf.cast(per_item, tf.int32))
+    lengths = items.row_lengths() * per_item
+    items = tf.RaggedTensor.from_row_lengths(tf.reshape(block, [-1]), lengths)
+    labels = tf.RaggedTensor.from_row_lengths(tf.reshape(block_labels, [-1]), lengths)
+  return items.to_tensor(0), labels.to_tensor(0.0), items.row_lengths()
+
+
+def batched(items: tf.Tensor, labels: tf.Tensor, counts: tf.Tensor,
+            batch_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """[users, L] examples -> [users, batches, batch_size] items, labels and mask (`Dataset.batch` cuts)."""
+  length = tf.shape(items, out_type=tf.int64)[1]
+  batches = tf.maximum(tf.constant(1, tf.int64), (length + batch_size - 1) // batch_size)
+  pad = [[0, 0], [0, batches * batch_size - length]]
+  mask = tf.sequence_mask(counts, batches * batch_size, tf.float32)
+  shape = tf.stack([tf.shape(items, out_type=tf.int64)[0], batches, batch_size])
+  return (tf.reshape(tf.pad(items, pad), shape), tf.reshape(tf.pad(labels, pad), shape),
+          tf.reshape(mask, shape))
+
+
+def batch_losses(user: list[tf.Tensor], item_embeddings: tf.Tensor, item_biases: tf.Tensor, mean: tf.Tensor | None,
+                 labels: tf.Tensor, mask: tf.Tensor, *, objective: str, l2: float) -> tuple[tf.Tensor, tf.Tensor]:
+  """Each user's batch-mean `mf.RegularizedLoss` [users] (0 for an empty batch) and batch sizes [users].
+
+  Args:
+    user: [p_u [users, 1, d]] (+ [b_u [users, 1, 1]] for ratings).
+    item_embeddings: [users, B, d] rows of the batch's items.
+    item_biases: [users, B, 1].
+    mean: The global mean mu broadcastable to [users, B, 1] (ratings), else None.
+    labels, mask: [users, B].
+    objective: `mf.RATING` or `mf.IMPLICIT`.
+    l2: The model's L2 strength.
+  """
+  p_u, b_u = (user[0], user[1]) if objective == mf.RATING else (user[0], None)
+  score = mf.predict(p_u, item_embeddings, item_biases, b_u, mean)  # [users, B, 1]
+  predictions = tf.concat([score, mf.l2_penalty(p_u, item_embeddings, l2)], axis=-1)
+  per_example = mf.RegularizedLoss(objective).call(tf.reshape(labels, [-1, 1]), tf.reshape(predictions, [-1, 2]))
+  per_example = tf.reshape(per_example, tf.shape(labels)) * mask
+  counts = tf.reduce_sum(mask, axis=1)
+  return tf.math.divide_no_nan(tf.reduce_sum(per_example, axis=1), counts), counts
+
+
+def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor | None, items: tf.Tensor,
+                labels: tf.Tensor, mask: tf.Tensor, *, objective: str, l2: float, learning_rate: float,
+                epochs: int) -> list[tf.Tensor]:
+  """Every user's local parameters from zeros: SGD on its [users, batches, B] batches, items frozen.
+
+  The gradient of the batch-mean `mf.RegularizedLoss` is written out (by hand:
+  a handful of ops per step instead of a tape's, for serving latency;
+  `tests/models/test_reconstruction.py` checks it against the tape):
+  d/dp_u = mean_b[g_b q_b] + 2 lambda p_u and d/db_u = mean_b[g_b], where
+  g = sigmoid(s) - y (implicit) or 2 (s - r) (rating).
+
+  Returns [p_u [users, 1, d]] (+ [b_u [users, 1, 1]] for ratings).
+  """
+  rating = objective == mf.RATING
+  users, batches = tf.shape(items)[0], tf.shape(items)[1]
+  p_u = tf.zeros([users, 1, tf.shape(item_embedding)[1]], item_embedding.dtype)
+  b_u = tf.zeros([users, 1, 1])
+  counts = tf.reduce_sum(mask, axis=2, keepdims=True)  # [users, batches, 1]
+  weights = tf.math.divide_no_nan(mask, counts)  # The batch mean's weight of each example.
+  nonempty = tf.cast(counts > 0, p_u.dtype)
+
+  def step(s, p_u, b_u):
+    t = s % batches
+    q = tf.gather(item_embedding, items[:, t])  # [users, B, d]
+    score = tf.reduce_sum(p_u * q, -1) + tf.gather(item_bias, items[:, t])[..., 0]  # [users, B]
+    if rating:
+      score = score + (b_u + mean)[:, :, 0]
+      g = 2.0 * (score - labels[:, t])
+    else:
+      g = tf.sigmoid(score) - labels[:, t]
+    g = g * weights[:, t]
+    p_u = p_u - learning_rate * (tf.reduce_sum(g[..., None] * q, 1, keepdims=True) + 2.0 * l2 * p_u *
+                                 nonempty[:, t, None])
+    if rating:
+      b_u = b_u - learning_rate * tf.reduce_sum(g, 1)[:, None, None]
+    return s + 1, p_u, b_u
+
+  _, p_u, b_u = tf.while_loop(lambda s, *_: s < epochs * batches, step, (tf.constant(0), p_u, b_u))
+  return [p_u, b_u] if rating else [p_u]
