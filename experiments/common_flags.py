@@ -6,11 +6,9 @@ from these and its own.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from absl import flags
-from absl import logging as absl_logging
 
 from tff_rec import tasks, training_loop
 from tff_rec.models import mf
@@ -43,18 +41,6 @@ SEED = flags.DEFINE_integer('seed', 0, 'Seed of initialization, sampling, negati
 
 
 flags.mark_flag_as_required('experiment_name')
-
-
-def configure_logging() -> None:
-  """Warnings only unless --verbosity is given: the progress bar and the results table are the output.
-
-  (absl applies a changed default of --verbosity only when the flag is parsed
-  from the command line, and TF's SavedModel writer, which checkpoints use,
-  logs at INFO through the `tensorflow` logger.)
-  """
-  if not flags.FLAGS['verbosity'].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger('tensorflow').setLevel(logging.WARNING)
 
 
 def data_config() -> tasks.DataConfig:

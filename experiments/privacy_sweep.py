@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from experiments import common_flags, train_federated
+from experiments import common_flags, logs, train_federated
 from tff_rec import atomic, experiment, runtime
 from tff_rec.privacy import dp
 
@@ -86,7 +86,7 @@ def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  common_flags.configure_logging()
+  logs.configure_logging()
   base = train_federated.config_from_flags()
   try:
     epsilons = parse_epsilons(_EPSILONS.value)

@@ -16,9 +16,10 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import common_flags
+from experiments import common_flags, export_flags, logs
 from tff_rec import centralized, experiment, tasks, training_loop
 from tff_rec.federated import fed_recon
+from tff_rec.serving import export
 
 # Training.
 _EPOCHS = flags.DEFINE_integer('epochs', 20, 'Passes over all training users\' examples (one loop round each).')
@@ -44,6 +45,8 @@ class CentralizedExperimentConfig:
   eval_reconstruction_epochs: int
   output_dir: str
   seed: int
+  export_dir: str | None = None
+  top_k: int = 10
 
   def validate(self) -> None:
     self.data.validate()
@@ -55,6 +58,8 @@ class CentralizedExperimentConfig:
       raise ValueError('--view must be cross_device: the centralized baseline pools users, not platforms')
     if self.reconstruction_learning_rate <= 0 or self.eval_reconstruction_epochs < 1:
       raise ValueError('--reconstruction_learning_rate must be > 0 and --eval_reconstruction_epochs >= 1')
+    if self.top_k < 1:
+      raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
 
 
 def config_from_flags() -> CentralizedExperimentConfig:
@@ -66,7 +71,7 @@ def config_from_flags() -> CentralizedExperimentConfig:
       loop=common_flags.loop_config(_EPOCHS.value),
       reconstruction_learning_rate=common_flags.RECON_LR.value,
       eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
-      output_dir=common_flags.output_dir())
+      output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value)
 
 
 def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
@@ -80,14 +85,18 @@ def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> 
   experiment.configure_determinism(True)
   engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.reconstruction_learning_rate,
                                          eval_epochs=config.eval_reconstruction_epochs)
-  return experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
-                        output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss')
+  final = experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
+                        output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss',
+                        eval_reconstruction=(config.reconstruction_learning_rate, config.eval_reconstruction_epochs))
+  if config.export_dir:
+    print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
+  return final
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  common_flags.configure_logging()
+  logs.configure_logging()
   config = config_from_flags()
   return experiment.main('train_centralized', lambda: build_task(config), lambda task: run(config, task),
                          config.output_dir)

@@ -3,8 +3,9 @@ r"""Trains a federated recommender and evaluates it.
   python -m experiments.train_federated --flagfile=configs/fedrecon_mf_movielens.flags
 
 Writes to `<root_output_dir>/<experiment_name>/`: hparams.json, metrics.csv,
-tensorboard/, checkpoints/, final_metrics.json and learning_curve.png. Running
-again with the same flags resumes after the last checkpoint.
+tensorboard/, checkpoints/, final_metrics.json, learning_curve.png and (MF)
+model_state.npz; with --export_dir, also the SavedModel (experiments.export).
+Running again with the same flags resumes after the last checkpoint.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import common_flags
+from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, tasks, training_loop
 from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
 from tff_rec.privacy import dp, secure
+from tff_rec.serving import export
 
 ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
 ENGINES = ('auto', 'vectorized', 'tff')
@@ -86,6 +88,8 @@ class ExperimentConfig:
   eval_reconstruction_epochs: int
   output_dir: str
   seed: int
+  export_dir: str | None = None
+  top_k: int = 10
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
@@ -111,6 +115,10 @@ class ExperimentConfig:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     if self.eval_reconstruction_epochs < 1:
       raise ValueError('--eval_reconstruction_epochs must be >= 1')
+    if self.export_dir and self.model != tasks.MF:
+      raise ValueError('--export_dir exports MF models; two-tower export is not implemented')
+    if self.top_k < 1:
+      raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
 
 
   @property
@@ -148,7 +156,7 @@ def config_from_flags() -> ExperimentConfig:
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
-      output_dir=common_flags.output_dir())
+      output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value)
 
 
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
@@ -197,18 +205,22 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
   config = resolve_privacy(config, population)
   experiment.configure_determinism(not (config.dp.enabled and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
-  return experiment.run(
+  final = experiment.run(
       engine, task,
       cohort_fn=lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling),
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
+      eval_reconstruction=(config.recon.reconstruction_learning_rate, config.eval_reconstruction_epochs),
       privacy=dp.PrivacyLedger(config.dp, config.sampling, population) if config.dp.enabled else None)
+  if config.export_dir:
+    print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
+  return final
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  common_flags.configure_logging()
+  logs.configure_logging()
   config = config_from_flags()
   return experiment.main('train_federated', lambda: build_task(config), lambda task: run(config, task),
                          config.output_dir)

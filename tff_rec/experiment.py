@@ -1,8 +1,8 @@
 """What every experiment binary does around its engine: train with the shared loop, evaluate, write outputs.
 
 Writes to the output directory: hparams.json, metrics.csv, tensorboard/,
-checkpoints/ (through `training_loop.run`), final_metrics.json and
-learning_curve.png.
+checkpoints/ (through `training_loop.run`), final_metrics.json,
+learning_curve.png and, for MF models, model_state.npz (what export needs).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
 from tff_rec.plotting import learning_curve
 from tff_rec.privacy import audit
+from tff_rec.serving import export
 
 # Keys final_metrics.json always has (null where the objective has no such metric).
 REQUIRED_KEYS = ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20')
@@ -46,7 +47,7 @@ def configure_determinism(reproducible: bool) -> None:
 
 def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int], list[str]], seed: int,
         loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str,
-        privacy: Any = None) -> dict[str, Any]:
+        eval_reconstruction: tuple[float, int], privacy: Any = None) -> dict[str, Any]:
   """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
 
   Args:
@@ -58,6 +59,9 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     output_dir: Where everything is written.
     hparams: The run's configuration, written to hparams.json.
     loss_key: The flattened metrics key of the training loss, for the plot.
+    eval_reconstruction: (learning rate, epochs) of evaluation's
+      reconstruction; recorded in model_state.npz (MF models), from which
+      `tff_rec.serving.export` builds the served model.
     privacy: A `dp.PrivacyLedger` for DP runs: epsilon per round, the budget
       stop, privacy_ledger.json and the final epsilon.
   """
@@ -88,6 +92,12 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     final.update(audit.loss_threshold_attack(members, nonmembers))
   if privacy:
     final.update(privacy.write(os.path.join(output_dir, PRIVACY_LEDGER), rounds))
+  if task.model_name == tasks.MF:
+    learning_rate, epochs = eval_reconstruction
+    config = export.ServingConfig(task.objective, task.model_config.l2, task.data_config.batch_size,
+                                  task.data_config.num_negatives, learning_rate, epochs, seed)
+    export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary,
+                            engine.global_weights(state))
   final.update(rounds=rounds, wall_seconds=time.monotonic() - began)
   atomic.write_json(os.path.join(output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'

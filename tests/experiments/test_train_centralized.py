@@ -34,7 +34,7 @@ def test_two_epochs_write_every_output_and_learn(tiny_dataset, tmp_path):
   final = _run(tiny_dataset, tmp_path, 'smoke', epochs=4)
   run_dir = tmp_path / 'smoke'
   assert sorted(os.listdir(run_dir)) == ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png',
-                                         'metrics.csv', 'tensorboard']
+                                         'metrics.csv', 'model_state.npz', 'tensorboard']
   written = json.loads((run_dir / 'final_metrics.json').read_text())
   assert written == pytest.approx(final) and written['rounds'] == 4 and written['recall@20'] is not None
   losses = [row['train/loss'] for row in training_loop.read_history(str(run_dir))]

@@ -1,0 +1,43 @@
+r"""Exports a finished training run's model as a SavedModel that serves recommendations.
+
+  python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo [--top_k=10]
+
+The model reconstructs each user from the history a request carries (user
+embeddings never leave clients, so the server has none): see
+`tff_rec.serving.export` for the signatures. Serve it with
+`python -m experiments.serve --export_dir=...` or TF Serving.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from experiments import export_flags, logs
+from tff_rec import runtime
+from tff_rec.serving import export
+
+_RUN_DIR = flags.DEFINE_string('run_dir', None, 'A finished run: <root_output_dir>/<experiment_name>.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.configure_logging()
+  if not _RUN_DIR.value or not export_flags.EXPORT_DIR.value:
+    print('export: error: --run_dir and --export_dir are required', file=sys.stderr)
+    return 2
+  try:
+    metadata = export.export_run(_RUN_DIR.value, export_flags.EXPORT_DIR.value, export_flags.TOP_K.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'export: error: {e}', file=sys.stderr)
+    return 2
+  finally:
+    runtime.stop_all_workers()
+  print(export.describe(export_flags.EXPORT_DIR.value, metadata))
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,220 @@
+"""Export: a trained MF recommender as a SavedModel that reconstructs the user from the request's history.
+
+The server never holds per-user state (Federated Reconstruction, Singhal et
+al., NeurIPS 2021): the model carries the global item side, and each request
+carries a user's history, from which the signatures reconstruct the user
+exactly as evaluation does (`tff_rec.models.reconstruction`, same support
+examples, same SGD), so served scores are the evaluated ones.
+
+Signatures (a contract; names and dtypes fixed):
+
+- `serving_default` = `recommend`: `history_item_ids` (string [batch, H], "" =
+  padding) and `history_ratings` (float32 [batch, H]) -> `item_ids` (string
+  [batch, K]) and `scores` (float32 [batch, K]): the top K of the catalogue,
+  history items excluded.
+- `score`: the same history inputs and `candidate_item_ids` (string [batch, C])
+  -> `scores` (float32 [batch, C]); predicted ratings for the rating objective.
+
+Unknown item ids are dropped from a history and score `UNKNOWN_SCORE` as
+candidates. A training run leaves what export needs in its output directory
+(`MODEL_STATE`, written by `tff_rec.experiment.run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tff_rec import atomic
+from tff_rec.models import mf, reconstruction
+
+MODEL_STATE = 'model_state.npz'
+METADATA = 'metadata.json'
+UNKNOWN_SCORE = float(np.finfo(np.float32).min)  # Unknown candidates, and slots left when K > unseen items.
+SIGNATURES = ('serving_default', 'recommend', 'score')
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  """How the served model reconstructs a user: the training run's evaluation settings."""
+
+  objective: str
+  l2: float
+  batch_size: int
+  num_negatives: int
+  learning_rate: float
+  epochs: int
+  seed: int
+
+  def validate(self) -> None:
+    if self.objective not in mf.OBJECTIVES:
+      raise ValueError(f'objective must be one of {mf.OBJECTIVES}, got {self.objective!r}')
+    if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0 or self.num_negatives < 0:
+      raise ValueError(f'invalid reconstruction settings {self}')
+
+
+def save_model_state(path: str, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray]) -> None:
+  """Writes what export needs (settings, item vocabulary, global weights) to one .npz, atomically."""
+  buffer = io.BytesIO()
+  np.savez(buffer, config=json.dumps(dataclasses.asdict(config)), vocabulary=np.array(vocabulary, dtype=object),
+           **{f'weight_{i}': np.asarray(w) for i, w in enumerate(weights)})
+  atomic.write_bytes(path, buffer.getvalue())
+
+
+def load_model_state(path: str) -> tuple[ServingConfig, list[str], list[np.ndarray]]:
+  with np.load(path, allow_pickle=True) as data:
+    config = ServingConfig(**json.loads(str(data['config'])))
+    vocabulary = [str(v) for v in data['vocabulary']]
+    weights = [data[f'weight_{i}'] for i in range(sum(k.startswith('weight_') for k in data.files))]
+  return config, vocabulary, weights
+
+
+class Recommender(tf.Module):
+  """The exported module: item side, vocabulary and the reconstruction settings."""
+
+  def __init__(self, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray], top_k: int):
+    super().__init__(name='recommender')
+    config.validate()
+    rating = config.objective == mf.RATING
+    expected = 3 if rating else 2
+    if len(weights) != expected:
+      raise ValueError(f'an MF {config.objective} model has {expected} global weights (item embedding, item bias'
+                       f'{", global mean" if rating else ""}), got {len(weights)}')
+    if weights[0].shape[0] != len(vocabulary) + 1:
+      raise ValueError(f'item embedding has {weights[0].shape[0]} rows for {len(vocabulary)} items (+1 unknown)')
+    if top_k < 1:
+      raise ValueError(f'top_k must be >= 1, got {top_k}')
+    self.config = config
+    self.top_k = min(top_k, len(vocabulary))
+    self.num_items = len(vocabulary)
+    self.vocabulary = tf.constant(vocabulary, tf.string)
+    self.lookup = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(self.vocabulary, tf.range(1, self.num_items + 1, dtype=tf.int64)),
+        default_value=0)
+    self.item_embedding = tf.Variable(weights[0], trainable=False, name='item_embedding')
+    self.item_bias = tf.Variable(weights[1], trainable=False, name='item_bias')
+    self.global_mean = tf.Variable(weights[2], trainable=False, name='global_mean') if rating else None
+    self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives))
+
+  def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u), and the history's item indices."""
+    tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_ratings),
+                              message='history_item_ids and history_ratings must have the same shape')
+    tf.debugging.assert_all_finite(history_ratings, 'history_ratings must be finite')
+    history = self.lookup.lookup(history_item_ids)
+    c = self.config
+    items, labels, counts = reconstruction.support_examples(history, history_ratings, objective=c.objective,
+                                                            negatives=self.negatives)
+    items, labels, mask = reconstruction.batched(items, labels, counts, c.batch_size)
+    user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
+                                      objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
+                                      epochs=c.epochs)
+    return user, history
+
+  def _offset(self, user: list[tf.Tensor]) -> tf.Tensor:
+    """b_u + mu [batch, 1] for ratings, else 0."""
+    return user[1][:, 0] + self.global_mean if self.global_mean is not None else tf.zeros([tf.shape(user[0])[0], 1])
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
+                                tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
+  def recommend(self, history_item_ids, history_ratings):
+    user, history = self.user(history_item_ids, history_ratings)
+    scores = (tf.matmul(user[0][:, 0], self.item_embedding[1:], transpose_b=True) + self.item_bias[1:, 0][None]
+              + self._offset(user))  # [batch, items]
+    seen = tf.where(history > 0)
+    seen = tf.scatter_nd(tf.stack([seen[:, 0], tf.gather_nd(history, seen) - 1], 1),
+                         tf.ones([tf.shape(seen)[0]], tf.int32), tf.shape(scores, out_type=tf.int64))
+    scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
+    top, indices = tf.math.top_k(scores, self.top_k)
+    ids = tf.where(top > UNKNOWN_SCORE, tf.gather(self.vocabulary, indices), '')
+    return {'item_ids': ids, 'scores': top}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
+                                tf.TensorSpec([None, None], tf.float32, name='history_ratings'),
+                                tf.TensorSpec([None, None], tf.string, name='candidate_item_ids')])
+  def score(self, history_item_ids, history_ratings, candidate_item_ids):
+    tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(history_item_ids)[0],
+                              message='candidate_item_ids and history_item_ids must have the same batch size')
+    user, _ = self.user(history_item_ids, history_ratings)
+    candidates = self.lookup.lookup(candidate_item_ids)
+    q = tf.gather(self.item_embedding, candidates)  # [batch, C, d]
+    scores = (tf.reduce_sum(user[0] * q, -1) + tf.gather(self.item_bias, candidates)[..., 0] + self._offset(user))
+    return {'scores': tf.where(candidates > 0, scores, UNKNOWN_SCORE)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string), tf.TensorSpec([None, None], tf.float32)])
+  def user_embedding(self, history_item_ids, history_ratings):
+    """The reconstructed user embedding [batch, d] (not a serving signature; for tests and tools)."""
+    return self.user(history_item_ids, history_ratings)[0][0][:, 0]
+
+
+def save(module: Recommender, export_dir: str, metadata: dict[str, Any]) -> None:
+  """Saves `module` and `metadata.json` to `export_dir`, replacing what was there only once both are written."""
+  parent = os.path.dirname(os.path.abspath(export_dir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  try:
+    signatures = {'serving_default': module.recommend, 'recommend': module.recommend, 'score': module.score}
+    tf.saved_model.save(module, staging, signatures=signatures)
+    atomic.write_json(os.path.join(staging, METADATA), metadata)
+    old = None
+    if os.path.exists(export_dir):
+      if not os.path.isdir(export_dir):
+        raise ValueError(f'--export_dir {export_dir} exists and is not a directory')
+      old = tempfile.mkdtemp(prefix='.replaced-', dir=parent)
+      os.rmdir(old)
+      os.replace(export_dir, old)
+    os.replace(staging, export_dir)
+    if old:
+      shutil.rmtree(old)
+  finally:
+    if os.path.exists(staging):
+      shutil.rmtree(staging)
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def export_run(run_dir: str, export_dir: str, top_k: int = 10) -> dict[str, Any]:
+  """Exports the trained model of the run in `run_dir`; returns the metadata written beside it."""
+  state_path = os.path.join(run_dir, MODEL_STATE)
+  for name in (MODEL_STATE, 'final_metrics.json', 'hparams.json'):
+    if not os.path.exists(os.path.join(run_dir, name)):
+      raise FileNotFoundError(
+          f'{os.path.join(run_dir, name)} does not exist: --run_dir must be a finished training run of an MF model '
+          '(<root_output_dir>/<experiment_name>; two-tower export is not implemented)')
+  config, vocabulary, weights = load_model_state(state_path)
+  module = Recommender(config, vocabulary, weights, top_k)
+  final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
+  ledger_path = os.path.join(run_dir, 'privacy_ledger.json')
+  ledger = _read_json(ledger_path) if os.path.exists(ledger_path) else None
+  metadata = {
+      'experiment_flags': _read_json(os.path.join(run_dir, 'hparams.json')),
+      'rounds': final.get('rounds'),
+      'final_metrics': final,
+      'privacy': ledger if ledger is not None else {'mechanism': 'none', 'epsilon': None, 'delta': None},
+      'item_vocabulary_size': len(vocabulary),
+      'top_k': module.top_k,
+      'reconstruction': dataclasses.asdict(config),
+      'signatures': list(SIGNATURES),
+      'source_run_dir': os.path.abspath(run_dir),
+      'export_time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  }
+  save(module, export_dir, metadata)
+  return metadata
+
+
+def describe(export_dir: str, metadata: dict[str, Any]) -> str:
+  """A summary of an export for the binaries to print."""
+  return (f'Exported SavedModel to {export_dir}/ (signatures {", ".join(SIGNATURES)}; '
+          f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}; metadata.json beside it)')
