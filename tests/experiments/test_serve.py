@@ -1,0 +1,42 @@
+"""The serve binary: starts on an exported model, answers TF Serving's status call, stops on SIGTERM/SIGINT."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+
+from tff_rec.models import mf
+from tff_rec.serving import export
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_serve_binary_serves_and_stops(tmp_path):
+  rng = np.random.default_rng(0)
+  weights = [rng.normal(size=(4, 2)).astype(np.float32), np.zeros((4, 1), np.float32)]
+  config = export.ServingConfig(mf.IMPLICIT, 0.0, 4, 1, 0.5, 1, 0)
+  export.save(export.Recommender(config, ['a', 'b', 'c'], weights, top_k=2), str(tmp_path / 'model'), {})
+  process = subprocess.Popen([sys.executable, '-m', 'experiments.serve', f'--export_dir={tmp_path / "model"}',
+                              '--port=0', '--model_name=m'], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    line = process.stdout.readline()
+    port = int(re.search(r':(\d+)/v1/models/m ', line).group(1))
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+    connection.request('POST', '/v1/models/m:predict',
+                       body=json.dumps({'instances': [{'history_item_ids': ['a'], 'history_ratings': [1.0]}]}))
+    answer = json.loads(connection.getresponse().read())
+    assert len(answer['predictions'][0]['item_ids']) == 2 and 'a' not in answer['predictions'][0]['item_ids']
+  finally:
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+
+
+def test_serve_binary_rejects_a_missing_model(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'experiments.serve', f'--export_dir={tmp_path}'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and 'is not a SavedModel directory' in result.stderr
