@@ -13,6 +13,7 @@ directory: see the README.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from absl import app, flags
@@ -32,6 +33,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.configure_logging()
+  # waitress warns each time a request waits for a free thread: routine under load, not worth a line each.
+  logging.getLogger('waitress.queue').setLevel(logging.ERROR)
   import waitress  # pylint: disable=g-import-not-at-top
   try:
     if not _EXPORT_DIR.value:
