@@ -11,7 +11,7 @@ import os
 from absl import flags
 
 from tff_rec import tasks, training_loop
-from tff_rec.models import mf
+from tff_rec.models import mf, reconstruction
 
 # Data.
 DATA_DIR = flags.DEFINE_string('data_dir', 'data/movielens_100k', 'A prepared dataset directory.')
@@ -32,6 +32,10 @@ RECON_LR = flags.DEFINE_float('reconstruction_learning_rate', 1.0,
 # Evaluation.
 EVAL_EVERY = flags.DEFINE_integer('eval_every', 10, 'Validate every this many rounds.')
 EVAL_RECON_EPOCHS = flags.DEFINE_integer('eval_reconstruction_epochs', 3, 'Reconstruction epochs at evaluation.')
+EVAL_RECENT_ITEMS = flags.DEFINE_integer('eval_recent_items', 0, 'Recency emphasis of evaluation (and serving): the '
+                                         'user\'s last this many items are revisited at the end of reconstruction.')
+EVAL_RECENT_REPEATS = flags.DEFINE_integer('eval_recent_repeats', 0, 'Recency emphasis: how many more times '
+                                           '(0: none).')
 # Output.
 ROOT = flags.DEFINE_string('root_output_dir', 'runs', 'Root of all experiment outputs.')
 NAME = flags.DEFINE_string('experiment_name', None, 'Output subdirectory (required).')
@@ -55,6 +59,12 @@ def model_kwargs() -> dict:
 
 def loop_config(rounds: int) -> training_loop.LoopConfig:
   return training_loop.LoopConfig(rounds, EVAL_EVERY.value, CHECKPOINT_EVERY.value, PROGRESS.value)
+
+
+def eval_settings(learning_rate: float) -> reconstruction.EvalSettings:
+  """How evaluation reconstructs users (with the training's reconstruction learning rate)."""
+  return reconstruction.EvalSettings(learning_rate, EVAL_RECON_EPOCHS.value, EVAL_RECENT_ITEMS.value,
+                                     EVAL_RECENT_REPEATS.value)
 
 
 def output_dir() -> str:

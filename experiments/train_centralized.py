@@ -19,6 +19,7 @@ from absl import app, flags
 from experiments import common_flags, export_flags, logs
 from tff_rec import centralized, experiment, tasks, training_loop
 from tff_rec.federated import fed_recon
+from tff_rec.models import reconstruction
 from tff_rec.serving import export
 
 # Training.
@@ -41,8 +42,7 @@ class CentralizedExperimentConfig:
   init_stddev: float
   training: centralized.CentralizedConfig
   loop: training_loop.LoopConfig
-  reconstruction_learning_rate: float
-  eval_reconstruction_epochs: int
+  evaluation: reconstruction.EvalSettings
   output_dir: str
   seed: int
   export_dir: str | None = None
@@ -56,8 +56,7 @@ class CentralizedExperimentConfig:
       raise ValueError('the centralized baseline trains --model=mf')
     if self.data.view != 'cross_device':
       raise ValueError('--view must be cross_device: the centralized baseline pools users, not platforms')
-    if self.reconstruction_learning_rate <= 0 or self.eval_reconstruction_epochs < 1:
-      raise ValueError('--reconstruction_learning_rate must be > 0 and --eval_reconstruction_epochs >= 1')
+    self.evaluation.validate()
     if self.top_k < 1:
       raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
 
@@ -69,8 +68,7 @@ def config_from_flags() -> CentralizedExperimentConfig:
       training=centralized.CentralizedConfig(_OPTIMIZER.value, _LR.value, _CENTRAL_BATCH.value, _USER_INIT.value,
                                              model['seed']),
       loop=common_flags.loop_config(_EPOCHS.value),
-      reconstruction_learning_rate=common_flags.RECON_LR.value,
-      eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
+      evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value)
 
 
@@ -83,11 +81,11 @@ def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
 
 def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   experiment.configure_determinism(True)
-  engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.reconstruction_learning_rate,
-                                         eval_epochs=config.eval_reconstruction_epochs)
+  engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.evaluation.learning_rate,
+                                         eval_epochs=config.evaluation.epochs)
   final = experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
                         output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss',
-                        eval_reconstruction=(config.reconstruction_learning_rate, config.eval_reconstruction_epochs))
+                        eval_reconstruction=config.evaluation)
   if config.export_dir:
     print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
   return final

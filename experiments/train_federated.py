@@ -19,6 +19,7 @@ from absl import app, flags
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, tasks, training_loop
 from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
+from tff_rec.models import reconstruction
 from tff_rec.privacy import dp, secure
 from tff_rec.serving import export
 
@@ -85,7 +86,7 @@ class ExperimentConfig:
   secure_aggregation: bool
   sampling: sampling.SamplingConfig
   loop: training_loop.LoopConfig
-  eval_reconstruction_epochs: int
+  evaluation: reconstruction.EvalSettings
   output_dir: str
   seed: int
   export_dir: str | None = None
@@ -113,8 +114,7 @@ class ExperimentConfig:
       raise ValueError('--secure_aggregation runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
-    if self.eval_reconstruction_epochs < 1:
-      raise ValueError('--eval_reconstruction_epochs must be >= 1')
+    self.evaluation.validate()
     if self.export_dir and self.model != tasks.MF:
       raise ValueError('--export_dir exports MF models; two-tower export is not implemented')
     if self.top_k < 1:
@@ -155,7 +155,7 @@ def config_from_flags() -> ExperimentConfig:
       secure_aggregation=_SECURE.value,
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
-      eval_reconstruction_epochs=common_flags.EVAL_RECON_EPOCHS.value,
+      evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value)
 
 
@@ -182,8 +182,7 @@ def resolve_privacy(config: ExperimentConfig, population: int) -> ExperimentConf
 
 
 def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
-  evaluation = dict(eval_learning_rate=config.recon.reconstruction_learning_rate,
-                    eval_epochs=config.eval_reconstruction_epochs)
+  evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
   clients = dp.expected_clients(config.sampling, len(task.train_data.client_ids))
   aggregator = dp.aggregation_factory(config.dp, clients) if config.dp.enabled else None
   if config.secure_aggregation:
@@ -210,7 +209,7 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
       cohort_fn=lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling),
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
-      eval_reconstruction=(config.recon.reconstruction_learning_rate, config.eval_reconstruction_epochs),
+      eval_reconstruction=config.evaluation,
       privacy=dp.PrivacyLedger(config.dp, config.sampling, population) if config.dp.enabled else None)
   if config.export_dir:
     print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))

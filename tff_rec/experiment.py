@@ -21,6 +21,7 @@ from tensorflow.python.framework import config as tf_config  # pylint: disable=g
 from tff_rec import atomic, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
+from tff_rec.models import reconstruction
 from tff_rec.plotting import learning_curve
 from tff_rec.privacy import audit
 from tff_rec.serving import export
@@ -47,7 +48,7 @@ def configure_determinism(reproducible: bool) -> None:
 
 def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int], list[str]], seed: int,
         loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str,
-        eval_reconstruction: tuple[float, int], privacy: Any = None) -> dict[str, Any]:
+        eval_reconstruction: reconstruction.EvalSettings, privacy: Any = None) -> dict[str, Any]:
   """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
 
   Args:
@@ -59,8 +60,9 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     output_dir: Where everything is written.
     hparams: The run's configuration, written to hparams.json.
     loss_key: The flattened metrics key of the training loss, for the plot.
-    eval_reconstruction: (learning rate, epochs) of evaluation's
-      reconstruction; recorded in model_state.npz (MF models), from which
+    eval_reconstruction: How evaluation reconstructs users (the engine's
+      learning rate and epochs, and the support's recency emphasis);
+      recorded in model_state.npz (MF models), from which
       `tff_rec.serving.export` builds the served model.
     privacy: A `dp.PrivacyLedger` for DP runs: epsilon per round, the budget
       stop, privacy_ledger.json and the final epsilon.
@@ -72,7 +74,9 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
 
   def eval_clients_for(part: str, heldout: bool):
     if (part, heldout) not in eval_clients:
-      eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed)
+      eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed,
+                                                      recent_items=eval_reconstruction.recent_items,
+                                                      recent_repeats=eval_reconstruction.recent_repeats)
     return eval_clients[part, heldout]
 
   def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
@@ -93,9 +97,10 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   if privacy:
     final.update(privacy.write(os.path.join(output_dir, PRIVACY_LEDGER), rounds))
   if task.model_name == tasks.MF:
-    learning_rate, epochs = eval_reconstruction
+    e = eval_reconstruction
     config = export.ServingConfig(task.objective, task.model_config.l2, task.data_config.batch_size,
-                                  task.data_config.num_negatives, learning_rate, epochs, seed)
+                                  task.data_config.num_negatives, e.learning_rate, e.epochs, seed, e.recent_items,
+                                  e.recent_repeats)
     export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary,
                             engine.global_weights(state))
   final.update(rounds=rounds, wall_seconds=time.monotonic() - began)

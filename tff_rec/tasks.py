@@ -147,7 +147,8 @@ class RecommendationTask:
   def train_datasets(self, client_ids: Sequence[str], round_num: int, seed: int) -> list[tf.data.Dataset]:
     return [self.client_dataset(e) for e in self.train_examples(client_ids, round_num, seed)]
 
-  def eval_clients(self, part: str = schema.TEST, *, heldout: bool = False, seed: int = 0) -> EvalClients:
+  def eval_clients(self, part: str = schema.TEST, *, heldout: bool = False, seed: int = 0, recent_items: int = 0,
+                   recent_repeats: int = 0) -> EvalClients:
     """The clients of a federated evaluation on split `part`.
 
     Support is the data a client holds before its `part` examples: its
@@ -155,7 +156,8 @@ class RecommendationTask:
     validation examples when `part` is test (in the temporal leave-one-out
     split they come right before the test item). It is preprocessed as in
     training but unshuffled with a fixed seed. Queries are the `part` split
-    (LOO-99 for ranking, ratings for rating).
+    (LOO-99 for ranking, ratings for rating). `recent_items`, `recent_repeats`:
+    the support's recency emphasis (`reconstruction.support_examples`).
     """
     support_parts = [schema.TRAIN] + ([schema.VAL] if part == schema.TEST else [])
     supports = [arrays.SplitArrays(self.eval_db_path, schema.split_name(self.family, p, heldout=heldout),
@@ -169,7 +171,8 @@ class RecommendationTask:
     query_arrays = queries.get(ids)
     return EvalClients(
         client_ids=ids,
-        support=self.support_examples([s.items for s in support_arrays], [s.ratings for s in support_arrays], seed),
+        support=self.support_examples([s.items for s in support_arrays], [s.ratings for s in support_arrays], seed,
+                                      recent_items, recent_repeats),
         queries=[make_queries(q) for q in query_arrays],
         seen=[s.items for s in support_arrays],
         relevant=[q.items for q in query_arrays])
@@ -178,8 +181,8 @@ class RecommendationTask:
     """The fixed negatives of evaluation and serving support (`reconstruction.negative_table`)."""
     return reconstruction.negative_table(seed, self.model_config.num_items, self.data_config.num_negatives)
 
-  def support_examples(self, items: list[np.ndarray], ratings: list[np.ndarray],
-                       seed: int) -> list[preprocessing.Examples]:
+  def support_examples(self, items: list[np.ndarray], ratings: list[np.ndarray], seed: int, recent_items: int = 0,
+                       recent_repeats: int = 0) -> list[preprocessing.Examples]:
     """Each user's support examples from its history (item indices, ratings), as the exported model makes them.
 
     `reconstruction.support_examples`: a function of the history and `seed`
@@ -190,7 +193,8 @@ class RecommendationTask:
     history, _ = preprocessing.pad_rows(items, np.int64)
     history_ratings, _ = preprocessing.pad_rows(ratings, np.float32)
     out_items, out_labels, counts = reconstruction.support_examples(
-        history, history_ratings, objective=self.objective, negatives=self.negative_table(seed))
+        history, history_ratings, objective=self.objective, negatives=self.negative_table(seed),
+        recent_items=recent_items, recent_repeats=recent_repeats)
     return [(i[:n], y[:n]) for i, y, n in zip(out_items.numpy(), out_labels.numpy(), counts.numpy())]
 
   def eval_datasets(self, clients: EvalClients) -> list[collections.OrderedDict]:

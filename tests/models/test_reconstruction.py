@@ -22,6 +22,20 @@ def test_implicit_support_drops_unknown_items_and_reads_the_negative_table():
   assert counts.numpy().tolist() == [4, 0, 4]
 
 
+def test_recency_emphasis_appends_the_last_items_blocks_again():
+  items, labels, counts = reconstruction.support_examples([[3, 0, 5, 6], [2, 0, 0, 0]], np.ones((2, 4), np.float32),
+                                                          objective=mf.IMPLICIT, negatives=TABLE, recent_items=2,
+                                                          recent_repeats=2)
+  # User 0: 3 -> row 3 (10), 5 -> row 2 (9), 6 at position 2 -> row 0 (7); then (5, 6)'s blocks twice more.
+  assert items.numpy()[0].tolist() == [3, 10, 5, 9, 6, 7] + [5, 9, 6, 7] * 2
+  # User 1 has one item: its block three times.
+  assert items.numpy()[1].tolist() == [2, 9] * 3 + [0] * 8
+  assert labels.numpy()[1].tolist() == [1, 0] * 3 + [0] * 8 and counts.numpy().tolist() == [14, 6]
+  rated, _, rated_counts = reconstruction.support_examples([[4, 2]], [[1.0, 2.0]], objective=mf.RATING,
+                                                           negatives=TABLE, recent_items=1, recent_repeats=3)
+  assert rated.numpy().tolist() == [[4, 2, 2, 2, 2]] and rated_counts.numpy().tolist() == [5]
+
+
 def test_rating_support_keeps_ratings_of_known_items_in_order():
   items, labels, counts = reconstruction.support_examples(
       [[0, 4, 2], [1, 0, 0]], [[9.0, 4.5, 1.0], [3.0, 0.0, 0.0]], objective=mf.RATING, negatives=TABLE)

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 CLI = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')  # TensorFlow's own tool, in the venv.
 SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, num_negatives=3, embedding_dim=4, eval_every=2,
                 checkpoint_every=2, eval_reconstruction_epochs=2, reconstruction_learning_rate=0.5, l2=0.01,
-                progress=False, seed=3)
+                progress=False, seed=3, eval_recent_items=2, eval_recent_repeats=2)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,8 @@ def trained(request, tiny_dataset, tmp_path_factory):
 
 
 def _requests(task: tasks.RecommendationTask, clients: tasks.EvalClients):
-  """Each evaluated user's history as a request: (item ids [users, H] with '' padding, ratings [users, H])."""
+  """Each evaluated user's history (support without recency emphasis) as a request: (item ids [users, H], ''
+  padding; ratings [users, H])."""
   histories = []
   for items, labels in clients.support:
     if task.objective == mf.IMPLICIT:
@@ -108,8 +109,9 @@ def test_served_user_is_the_client_side_reconstruction(trained):
   """The signature's user = `client_eval.reconstruct` (Keras SGD, TFF's evaluation) on the same support, 1e-4."""
   task, _, export_dir, _ = trained
   loaded = tf.saved_model.load(export_dir)
-  clients = task.eval_clients('test', seed=SETTINGS['seed'])
-  ids, ratings = _requests(task, clients)
+  ids, ratings = _requests(task, task.eval_clients('test', seed=SETTINGS['seed']))
+  # What evaluation reconstructed from: the same histories, with the run's recency emphasis.
+  clients = task.eval_clients('test', seed=SETTINGS['seed'], recent_items=2, recent_repeats=2)
   served = loaded.user_embedding(ids, ratings).numpy()
   config, _, weights = export.load_model_state(os.path.join(os.path.dirname(export_dir), 'run', export.MODEL_STATE))
   bundle = task.model_fn()

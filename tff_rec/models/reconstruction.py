@@ -23,12 +23,28 @@ negatives (`preprocessing.training_examples`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
 from tff_rec.models import mf
 
 NEGATIVE_TABLE_ROWS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """How evaluation (and the served model) reconstructs a user: SGD settings and the support's recency emphasis."""
+
+  learning_rate: float
+  epochs: int
+  recent_items: int = 0
+  recent_repeats: int = 0
+
+  def validate(self) -> None:
+    if self.learning_rate <= 0 or self.epochs < 1 or self.recent_items < 0 or self.recent_repeats < 0:
+      raise ValueError(f'evaluation reconstruction needs learning_rate > 0, epochs >= 1 and recency >= 0, got {self}')
 _NEGATIVE_PURPOSE = 1  # Keeps the table's stream apart from training's (purpose 0 of `preprocessing.client_seed`).
 
 
@@ -38,18 +54,23 @@ def negative_table(seed: int, num_items: int, num_negatives: int, rows: int = NE
   return rng.integers(1, num_items + 1, size=(rows, num_negatives), dtype=np.int64)
 
 
-def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str,
-                     negatives: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str, negatives: tf.Tensor,
+                     recent_items: int = 0, recent_repeats: int = 0) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Users' histories -> their support examples, in the order reconstruction takes them.
 
   Args:
-    history: [users, H] item indices in the user's order; 0 (unknown item or
-      padding) is dropped, and the remaining items close up.
+    history: [users, H] item indices in the user's order (oldest first); 0
+      (unknown item or padding) is dropped, and the remaining items close up.
     ratings: [users, H] the ratings (labels of the rating objective).
     objective: `mf.RATING` (example = (item, rating)) or `mf.IMPLICIT`
       (item k at position t -> (item, 1) then (n, 0) for each n in
       negatives[(t + item) mod rows]).
     negatives: `negative_table`, [rows, num_negatives] int64.
+    recent_items, recent_repeats: recency emphasis: the examples of the
+      user's last `recent_items` items are appended `recent_repeats` more
+      times, so the SGD steps that finish reconstruction are on the newest
+      history (tastes drift: time-weighted collaborative filtering, Ding & Li,
+      CIKM 2005). 0: every item once.
 
   Returns:
     items [users, L] int64, labels [users, L] float32 (padding: item 0,
@@ -60,17 +81,21 @@ def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str,
   valid = history > 0
   items = tf.ragged.boolean_mask(history, valid)  # [users, (n)]
   if objective == mf.RATING:
-    labels = tf.ragged.boolean_mask(ratings, valid)
+    blocks = tf.expand_dims(items, -1)  # [users, (n), 1]: one example per item.
+    block_labels = tf.expand_dims(tf.ragged.boolean_mask(ratings, valid), -1)
   else:
     negatives = tf.convert_to_tensor(negatives, tf.int64)
     per_item = 1 + tf.shape(negatives, out_type=tf.int64)[1]
     position = tf.ragged.range(items.row_lengths())
     rows = tf.math.floormod(position + items, tf.shape(negatives, out_type=tf.int64)[0])
-    block = tf.concat([items.flat_values[:, None], tf.gather(negatives, rows.flat_values)], axis=1)
-    block_labels = tf.one_hot(tf.zeros_like(items.flat_values, tf.int32), tf.cast(per_item, tf.int32))
-    lengths = items.row_lengths() * per_item
-    items = tf.RaggedTensor.from_row_lengths(tf.reshape(block, [-1]), lengths)
-    labels = tf.RaggedTensor.from_row_lengths(tf.reshape(block_labels, [-1]), lengths)
+    flat = tf.concat([items.flat_values[:, None], tf.gather(negatives, rows.flat_values)], axis=1)
+    blocks = items.with_flat_values(flat)  # [users, (n), 1 + negatives]
+    block_labels = items.with_flat_values(
+        tf.one_hot(tf.zeros_like(items.flat_values, tf.int32), tf.cast(per_item, tf.int32)))
+  if recent_items > 0 and recent_repeats > 0:
+    blocks = tf.concat([blocks] + [blocks[:, -recent_items:]] * recent_repeats, axis=1)
+    block_labels = tf.concat([block_labels] + [block_labels[:, -recent_items:]] * recent_repeats, axis=1)
+  items, labels = blocks.merge_dims(1, 2), block_labels.merge_dims(1, 2)
   return items.to_tensor(0), labels.to_tensor(0.0), items.row_lengths()
 
 

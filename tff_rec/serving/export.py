@@ -54,12 +54,15 @@ class ServingConfig:
   learning_rate: float
   epochs: int
   seed: int
+  recent_items: int = 0
+  recent_repeats: int = 0
 
   def validate(self) -> None:
     if self.objective not in mf.OBJECTIVES:
       raise ValueError(f'objective must be one of {mf.OBJECTIVES}, got {self.objective!r}')
-    if self.batch_size < 1 or self.epochs < 1 or self.learning_rate <= 0 or self.num_negatives < 0:
+    if self.batch_size < 1 or self.num_negatives < 0:
       raise ValueError(f'invalid reconstruction settings {self}')
+    reconstruction.EvalSettings(self.learning_rate, self.epochs, self.recent_items, self.recent_repeats).validate()
 
 
 def save_model_state(path: str, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray]) -> None:
@@ -113,7 +116,8 @@ class Recommender(tf.Module):
     history = self.lookup.lookup(history_item_ids)
     c = self.config
     items, labels, counts = reconstruction.support_examples(history, history_ratings, objective=c.objective,
-                                                            negatives=self.negatives)
+                                                            negatives=self.negatives, recent_items=c.recent_items,
+                                                            recent_repeats=c.recent_repeats)
     items, labels, mask = reconstruction.batched(items, labels, counts, c.batch_size)
     user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
                                       objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
