@@ -17,7 +17,7 @@ from typing import Any
 from absl import app, flags
 
 from experiments import common_flags, export_flags, logs
-from tff_rec import experiment, tasks, training_loop
+from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
 from tff_rec.models import reconstruction
 from tff_rec.privacy import dp, secure
@@ -60,6 +60,9 @@ _NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / cl
 _CLIP = flags.DEFINE_float('clip_norm', 1.0, 'L2 clip of each client\'s update (adaptive: the initial clip).')
 _QUANTILE = flags.DEFINE_float('target_quantile', 0.5, 'Adaptive clipping: target unclipped quantile.')
 _CLIP_LR = flags.DEFINE_float('clip_learning_rate', 0.2, 'Adaptive clipping: learning rate of the clip.')
+_WORKERS = flags.DEFINE_string('workers', '', 'host:port,host:port,...: run TFF\'s computations across these TFF '
+                               'worker services (python -m experiments.tff_worker --port=P on each machine), each '
+                               'round\'s clients split between them; TFF engines only. Empty: the local runtime.')
 _SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum client updates with TFF\'s secure sum '
                             '(tff.learning.secure_aggregator: bounded, quantised values; an unweighted mean). TFF\'s '
                             'local runtime simulates the protocol. TFF engines only.')
@@ -91,10 +94,15 @@ class ExperimentConfig:
   seed: int
   export_dir: str | None = None
   top_k: int = 10
+  workers: str = ''
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
     self.data.validate()
+    runtime.parse_workers(self.workers)
+    if self.workers and self.engine == 'vectorized':
+      raise ValueError('--workers runs TFF\'s runtime across worker services: use --engine=tff (the vectorized engine '
+                       'runs in this process)')
     self.recon.validate()
     self.loop.validate()
     if self.engine == 'vectorized' and not self.vectorizable:
@@ -128,7 +136,7 @@ class ExperimentConfig:
 
   @property
   def resolved_engine(self) -> str:
-    if self.algorithm != 'fed_recon' or self.secure_aggregation:
+    if self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers:
       return 'tff'
     if self.engine == 'auto':
       return 'vectorized' if self.vectorizable else 'tff'
@@ -156,7 +164,8 @@ def config_from_flags() -> ExperimentConfig:
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
-      output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value)
+      output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
+      workers=_WORKERS.value)
 
 
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
@@ -199,7 +208,22 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
 
 
 def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
-  """Trains and evaluates; returns the final metrics (also in final_metrics.json)."""
+  """Trains and evaluates; returns the final metrics (also in final_metrics.json).
+
+  Raises:
+    runtime.WorkerError: With --workers, a worker is unreachable or died (the
+      checkpoints written so far stay; the same command resumes).
+  """
+  if not config.workers:
+    return _run(config, task)
+  runtime.install_workers_context(runtime.parse_workers(config.workers))
+  try:
+    return _run(config, task)
+  finally:
+    runtime.install_local_context()
+
+
+def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   population = len(task.train_data.client_ids)
   config = resolve_privacy(config, population)
   experiment.configure_determinism(not (config.dp.enabled and config.resolved_engine == 'tff'))

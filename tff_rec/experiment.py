@@ -132,6 +132,9 @@ def main(program: str, build: Callable[[], Any], train: Callable[[Any], dict[str
     return 2
   try:
     final = train(built)
+  except runtime.WorkerError as e:
+    print(f'{program}: error: {e}', file=sys.stderr)
+    return 1
   finally:
     runtime.stop_all_workers()
   logging.info('Wrote %s', output_dir)

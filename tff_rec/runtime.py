@@ -20,6 +20,10 @@ management, which TFF gets wrong for our use:
 Importing this module replaces TFF's import-time default context with the
 managed one (TFF's own prints a traceback from `__del__` at interpreter exit).
 The worker starts lazily, on first use.
+
+`install_workers_context` runs computations across worker services started
+elsewhere (`python -m experiments.tff_worker`, one per machine) with TFF's
+mergeable-computation context.
 """
 
 from __future__ import annotations
@@ -201,6 +205,20 @@ class _LocalWorker:
       return self._stub
 
 
+def _stack_fn(get_stub, default_num_clients: int):
+  """An executor stack on one worker: TFF's RemoteExecutor over the stub `get_stub()` returns."""
+
+  def stack_fn(cardinalities):
+    cardinalities.setdefault(tff.CLIENTS, default_num_clients)
+    if cardinalities[tff.CLIENTS] is None:
+      cardinalities[tff.CLIENTS] = default_num_clients
+    executor = tff.framework.RemoteExecutor(get_stub())
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  return stack_fn
+
+
 def create_local_context(
     *,
     default_num_clients: int = 0,
@@ -219,22 +237,106 @@ def create_local_context(
     log_path: File for the worker's output; None discards it.
   """
   worker = _LocalWorker(max_concurrent_computation_calls, log_path)
-
-  def stack_fn(cardinalities):
-    cardinalities.setdefault(tff.CLIENTS, default_num_clients)
-    if cardinalities[tff.CLIENTS] is None:
-      cardinalities[tff.CLIENTS] = default_num_clients
-    executor = tff.framework.RemoteExecutor(worker.get_stub())
-    executor.set_cardinalities(cardinalities)
-    return executor
-
-  factory = tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
+  factory = tff.framework.ResourceManagingExecutorFactory(
+      executor_stack_fn=_stack_fn(worker.get_stub, default_num_clients))
   return tff.framework.SyncExecutionContext(
       executor_fn=factory,
       compiler_fn=_compile,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result,
   )
+
+
+class WorkerError(RuntimeError):
+  """A TFF worker service (`--workers`) is unreachable or failed during a computation."""
+
+
+def _worker_failed(address: str, error: Exception) -> WorkerError:
+  call = getattr(error, '_grpc_call', error)  # TFF's RetryableGRPCError wraps the call.
+  code = call.code().name if isinstance(call, grpc.Call) else type(error).__name__
+  details = call.details() if isinstance(call, grpc.Call) else str(error)
+  return WorkerError(f'TFF worker {address} failed ({code}: {details}). Restart it (python -m experiments.tff_worker '
+                     f'--port={address.rsplit(":", 1)[-1]}) and run the same command again: training resumes from '
+                     'the last checkpoint.')
+
+
+class _WorkerStub(tff.framework.RemoteExecutorGrpcStub):
+  """TFF's gRPC stub to one worker service, whose errors name the worker and are final.
+
+  TFF marks a lost connection (UNAVAILABLE) retryable; for a worker that died,
+  a clear error is better than a round that never ends.
+  """
+
+  def __init__(self, address: str):
+    super().__init__(grpc.insecure_channel(address, _GRPC_OPTIONS))
+    self.address = address
+
+
+def _naming_errors(name: str):
+  def call(self, request):
+    try:
+      return getattr(tff.framework.RemoteExecutorGrpcStub, name)(self, request)
+    except grpc.RpcError as e:  # Including TFF's RetryableGRPCError.
+      raise _worker_failed(self.address, e) from None
+  call.__name__ = name
+  return call
+
+
+for _name in ('get_executor', 'create_value', 'create_struct', 'create_call', 'create_selection', 'compute',
+              'dispose', 'dispose_executor'):
+  setattr(_WorkerStub, _name, _naming_errors(_name))
+
+
+def parse_workers(spec: str) -> tuple[str, ...]:
+  """'host:port,host:port' -> ('host:port', ...); raises ValueError naming a malformed entry."""
+  addresses = tuple(a.strip() for a in spec.split(',') if a.strip())
+  for address in addresses:
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ValueError(f'--workers entry {address!r} is not host:port')
+  if len(set(addresses)) != len(addresses):
+    raise ValueError(f'--workers lists a worker twice: {spec!r}')
+  return addresses
+
+
+def create_workers_context(addresses: tuple[str, ...], *, connect_timeout_s: float = 30.0,
+                           default_num_clients: int = 0):
+  """TFF's mergeable-computation context over worker services: each round's clients split across the workers.
+
+  `tff.backends.native.create_mergeable_comp_execution_context` compiles a
+  computation to its mergeable form (the work before the aggregation runs on
+  each worker with a share of the clients; the partial aggregates are merged)
+  and runs the parts on one async context per worker.
+
+  Raises:
+    WorkerError: A worker is not reachable within `connect_timeout_s`.
+  """
+  stubs = [_WorkerStub(address) for address in addresses]
+  deadline = time.monotonic() + connect_timeout_s
+  for stub in stubs:
+    while not stub.is_ready:
+      if time.monotonic() > deadline:
+        raise WorkerError(f'TFF worker {stub.address} is not reachable after {connect_timeout_s:.0f} s; start it on '
+                          f'that machine with: python -m experiments.tff_worker --port='
+                          f'{stub.address.rsplit(":", 1)[-1]}')
+      time.sleep(0.05)
+  contexts = [
+      tff.framework.AsyncExecutionContext(
+          executor_fn=tff.framework.ResourceManagingExecutorFactory(
+              executor_stack_fn=_stack_fn(lambda stub=stub: stub, default_num_clients)),
+          compiler_fn=_compile,
+          transform_args=tff.tensorflow.transform_args,
+          transform_result=tff.tensorflow.transform_result,
+      ) for stub in stubs
+  ]
+  return tff.backends.native.create_mergeable_comp_execution_context(contexts)
+
+
+def install_workers_context(addresses: tuple[str, ...], **kwargs):
+  """Creates a context over worker services (see `create_workers_context`) and makes it TFF's default."""
+  context = create_workers_context(addresses, **kwargs)
+  tff.framework.set_default_context(context)
+  return context
 
 
 def _compile(comp):
