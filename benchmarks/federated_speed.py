@@ -10,6 +10,7 @@ R2: per-client fixed cost: the slope of round time against clients per round
 R3: DP round time / non-private round time (vectorized engine, Gaussian fixed clip, the same cohorts,
     the two engines taking turns round by round).
 R4: memory: RSS after round 500 / after round 10 of one long run (vectorized engine).
+Workers: TFF-engine round time across two local worker services (--workers) / the local runtime.
 R6: wall time of the headline MovieLens-100K configuration to its final
     metrics (the binary run as a user runs it).
 
@@ -26,8 +27,10 @@ import time
 
 from absl import app, flags
 import numpy as np
+import portpicker
 import psutil
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_rec import runtime, tasks
 from tff_rec.federated import fed_recon, sampling, vectorized
@@ -39,6 +42,7 @@ _ROUNDS = flags.DEFINE_integer('rounds', 12, 'Rounds per engine for R1 (the firs
 _TFF_ROUNDS = flags.DEFINE_integer('tff_rounds', 5, 'Rounds of the TFF reference engine for R1.')
 _HEADLINE = flags.DEFINE_string('headline_flagfile', 'configs/demo_fedrecon_mf.flags', 'R6 configuration.')
 _SKIP_R6 = flags.DEFINE_bool('skip_r6', False, 'Skip the R6 end-to-end run.')
+_WORKER_ROUNDS = flags.DEFINE_integer('worker_rounds', 6, 'TFF-engine rounds on 1 vs 2 local workers (0: skip).')
 _R4_ROUNDS = flags.DEFINE_integer('r4_rounds', 500, 'Rounds of the R4 memory run (0: skip).')
 
 BATCH = 64
@@ -122,6 +126,33 @@ def paired_round_seconds(engines: list, task, rounds: int) -> list[float]:
   return [t / (rounds - 2) for t in totals]
 
 
+def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
+  """Mean TFF-engine round time (rounds 3..N) on the local runtime and across two local worker services.
+
+  The two take turns round by round on the same cohorts (`--workers` switches TFF's default context to TFF's
+  mergeable-computation context, which splits each round's clients between the workers).
+  """
+  ports = [portpicker.pick_unused_port() for _ in range(2)]
+  for port in ports:
+    runtime.start_worker(port)
+  local = runtime.install_local_context()
+  spread = runtime.create_workers_context(tuple(f'localhost:{p}' for p in ports))
+  engines = [fed_recon.TffEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1) for _ in range(2)]
+  states = [engine.initialize() for engine in engines]
+  totals = [0.0, 0.0]
+  for r in range(1, rounds + 1):
+    ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
+    examples = task.train_examples(ids, r, 0)
+    for i, context in enumerate((local, spread)):
+      tff.framework.set_default_context(context)
+      began = time.perf_counter()
+      states[i] = engines[i].next(states[i], examples).state
+      if r >= 3:
+        totals[i] += time.perf_counter() - began
+  tff.framework.set_default_context(local)
+  return totals[0] / (rounds - 2), totals[1] / (rounds - 2)
+
+
 def memory_growth(engine, task, rounds: int) -> tuple[float, float]:
   """RSS (MB) after round 10 and after round `rounds` of one long run."""
   state = engine.initialize()
@@ -171,6 +202,10 @@ def main(argv):
     private, plain = paired_round_seconds([private_engine, make('vectorized')], task, 3 * _ROUNDS.value)
     print(f'R3 DP round {1000 * private:.0f} ms, non-private {1000 * plain:.0f} ms  ratio {private / plain:.2f} '
           '(target <= 1.10)')
+    if _WORKER_ROUNDS.value:
+      one, two = worker_round_seconds(task, _WORKER_ROUNDS.value)
+      print(f'Workers: TFF engine round, local runtime {1000 * one:.0f} ms, two local worker services (--workers) '
+            f'{1000 * two:.0f} ms  ratio {two / one:.2f}')
     if _R4_ROUNDS.value:
       at_10, at_end = memory_growth(make('vectorized'), task, _R4_ROUNDS.value)
       print(f'R4 RSS after round 10: {at_10:,.0f} MB, after round {_R4_ROUNDS.value}: {at_end:,.0f} MB  '
