@@ -132,7 +132,7 @@ def main(program: str, build: Callable[[], Any], train: Callable[[Any], dict[str
     return 2
   try:
     final = train(built)
-  except runtime.WorkerError as e:
+  except (runtime.WorkerError, training_loop.IncompatibleCheckpointError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   finally:

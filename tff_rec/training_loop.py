@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 import tqdm
 
@@ -25,6 +26,10 @@ from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker
 
 _LOG = logging.getLogger(__name__)
 CHECKPOINT_DIR, METRICS_CSV, TENSORBOARD_DIR = 'checkpoints', 'metrics.csv', 'tensorboard'
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The output directory holds checkpoints of a different state structure."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +101,17 @@ def run(
   csv = tff.program.CSVFileReleaseManager(os.path.join(output_dir, METRICS_CSV))
   tensorboard = tff.program.TensorBoardReleaseManager(os.path.join(output_dir, TENSORBOARD_DIR))
   state = process.initialize()
-  loaded, version = asyncio.run(state_manager.load_latest(state))
+  incompatible = IncompatibleCheckpointError(
+      f'the checkpoints in {os.path.join(output_dir, CHECKPOINT_DIR)} do not fit this run\'s state (written by '
+      'another configuration or version of tff-rec); use another --experiment_name, or delete that directory to '
+      'start over')
+  try:
+    loaded, version = asyncio.run(state_manager.load_latest(state))
+  except (ValueError, TypeError) as e:
+    raise incompatible from e
+  if loaded is not None and [np.shape(x) for x in tf.nest.flatten(loaded)] != [
+      np.shape(x) for x in tf.nest.flatten(state)]:
+    raise incompatible  # Same structure, other shapes (e.g. another --embedding_dim).
   start = 0
   if loaded is not None:
     state, start = loaded, version

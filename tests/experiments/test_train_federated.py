@@ -116,3 +116,10 @@ def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, messa
   with pytest.raises((ValueError, FileNotFoundError), match=message):
     _run(tiny_dataset, tmp_path, 'bad', **overrides)
   assert not os.path.exists(tmp_path / 'bad' / 'metrics.csv')
+
+
+def test_checkpoints_of_another_configuration_are_a_clear_error(tiny_dataset, tmp_path):
+  _run(tiny_dataset, tmp_path, 'changed', rounds=1)
+  with pytest.raises(training_loop.IncompatibleCheckpointError, match='do not fit this run.s state.*--experiment_name'):
+    _run(tiny_dataset, tmp_path, 'changed', rounds=2, embedding_dim=8)
+  assert (tmp_path / 'changed' / 'checkpoints' / 'program_state_1').exists()  # Nothing written is lost.
