@@ -1,6 +1,7 @@
 """The vectorised engine gives the model and metrics of TFF's own Fed Recon process."""
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from tff_rec import tasks
@@ -108,3 +109,39 @@ def test_split_dataset_is_refused(tiny_dataset):
   with pytest.raises(ValueError, match='--engine=tff'):
     vectorized.VectorizedEngine(task, config, eval_learning_rate=0.1, eval_epochs=1)
 
+
+
+@pytest.mark.parametrize('mechanism', ['gaussian_fixed', 'gaussian_adaptive'])
+def test_dp_noise_is_a_function_of_seed_and_round(tiny_dataset, mechanism):
+  """The same (seed, round) draws the same noise in any order and process; another seed draws other noise."""
+  from tff_rec.privacy import dp  # pylint: disable=g-import-not-at-top
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  query = lambda: dp.dp_query(dp.DPConfig(mechanism, noise_multiplier=1.0, clip_norm=0.1), 100)
+  engine = lambda seed: vectorized.VectorizedEngine(task, CONFIG, eval_learning_rate=0.5, eval_epochs=1,
+                                                    dp_query=query(), seed=seed)
+  examples = task.train_examples(task.train_data.client_ids[:5], 0, seed=0)
+  first, other_seed = engine(0), engine(1)
+  start = first.initialize()
+  a = first.next(start, examples).state
+  first.next(a, examples)  # Another round in between ...
+  b = engine(0).next(start, examples).state  # ... and a fresh engine: round 1 again.
+  for x, y in zip(a['weights'] + tuple(a['dp']), b['weights'] + tuple(b['dp'])):
+    np.testing.assert_array_equal(x, y)
+  c = other_seed.next(start, examples).state
+  assert not np.array_equal(a['weights'][0], c['weights'][0])
+
+
+def test_stateless_query_noise_has_the_query_stddev():
+  from tff_rec.privacy import dp  # pylint: disable=g-import-not-at-top
+  query = dp.dp_query(dp.DPConfig('gaussian_fixed', noise_multiplier=2.0, clip_norm=0.5), 4)  # stddev 1.0, / 4.
+  zeros = (tf.zeros([200, 100]), tf.zeros([300]))
+  with vectorized.stateless_query_noise(7):
+    noised, _, _ = query.get_noised_result(zeros, query.initial_global_state())
+  with vectorized.stateless_query_noise(7):
+    again, _, _ = query.get_noised_result(zeros, query.initial_global_state())
+  values = np.concatenate([np.ravel(n) for n in noised])
+  assert np.std(values) == pytest.approx(0.25, rel=0.03) and abs(np.mean(values)) < 0.01
+  assert not np.array_equal(np.ravel(noised[0])[:300], np.ravel(noised[1]))  # Each tensor its own draw.
+  for x, y in zip(noised, again):
+    np.testing.assert_array_equal(x, y)
