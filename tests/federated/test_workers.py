@@ -8,29 +8,15 @@ import time
 import portpicker
 import psutil
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from experiments import train_federated
+from tests.experiments.test_train_federated import _run as small_run
+from tests.experiments.test_train_federated import parsed_flags  # noqa: F401  (autouse: flags parsed once)
 from tff_rec import runtime
-
-FLAGS = flags.FLAGS
-
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['train_federated', '--experiment_name=unset'])
 
 
 def _run(tiny_dataset, out, name, **overrides):
-  settings = dict(data_dir=tiny_dataset, root_output_dir=str(out), experiment_name=name, rounds=3,
-                  clients_per_round=6, batch_size=8, embedding_dim=4, eval_every=1, checkpoint_every=1,
-                  eval_reconstruction_epochs=1, progress=False, engine='tff')
-  settings.update(overrides)
-  with flagsaver.flagsaver(**settings):
-    config = train_federated.config_from_flags()
-    return train_federated.run(config, train_federated.build_task(config))
+  """train_federated's small run (tests/experiments), on TFF's engine, 3 rounds of 6 clients."""
+  return small_run(tiny_dataset, out, name, **{'rounds': 3, 'clients_per_round': 6, 'engine': 'tff', **overrides})
 
 
 def _cpu(process):
