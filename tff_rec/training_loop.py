@@ -9,6 +9,7 @@ and `tff.program.TensorBoardReleaseManager`. Progress is a tqdm bar.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import csv
 import dataclasses
 import logging
@@ -42,6 +43,42 @@ class LoopConfig:
   def validate(self) -> None:
     if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
       raise ValueError(f'rounds, eval_every and checkpoint_every must be >= 1, got {self}')
+
+
+class RoundData:
+  """Each round's cohort and its clients' data; the next round's is read in a background thread meanwhile.
+
+  Written by hand (a one-slot prefetch): reading a cohort from SQLite and
+  building its examples (sqlite3 and TF release the GIL) overlaps the current
+  round's TF work, so a population too large for the page cache costs what the
+  cohort's compute costs. Cohorts and data are seeded per round, so what is
+  prefetched is exactly what would be read then.
+  """
+
+  def __init__(self, cohort_fn: Callable[[int], list[str]], data_fn: Callable[[list[str], int], list[Any]],
+               last_round: int):
+    self._cohort_fn, self._data_fn, self._last_round = cohort_fn, data_fn, last_round
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='round-data')
+    self._pending: dict[int, concurrent.futures.Future] = {}
+
+  def _load(self, round_num: int) -> tuple[list[str], list[Any]]:
+    cohort = self._cohort_fn(round_num)
+    return cohort, (self._data_fn(cohort, round_num) if cohort else [])
+
+  def get(self, round_num: int) -> tuple[list[str], list[Any]]:
+    """Round `round_num`'s (cohort, data); starts reading the next round's."""
+    future = self._pending.pop(round_num, None)
+    result = future.result() if future else self._load(round_num)
+    if round_num < self._last_round:
+      self._pending[round_num + 1] = self._pool.submit(self._load, round_num + 1)
+    return result
+
+  def wait(self) -> None:
+    """Blocks until the prefetch in flight (if any) is done."""
+    concurrent.futures.wait(list(self._pending.values()))
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> dict[str, float]:
@@ -119,33 +156,37 @@ def run(
   bar = tqdm.tqdm(range(start + 1, config.rounds + 1), initial=start, total=config.rounds, unit='round',
                   disable=not config.progress, dynamic_ncols=True)
   completed = start
-  for round_num in bar:
-    refusal = budget_fn(round_num) if budget_fn else None
-    if refusal:
-      bar.close()
-      _LOG.warning('Stopping before round %d: %s', round_num, refusal)
-      print(f'Stopped before round {round_num}: {refusal}')
-      if completed > start and completed % config.checkpoint_every:
-        asyncio.run(state_manager.save(state, completed))
-      break
-    began = time.monotonic()
-    cohort = cohort_fn(round_num)
-    if cohort:
-      output = process.next(state, data_fn(cohort, round_num))
-      state = output.state
-      metrics = flatten_metrics(output.metrics)
-    else:  # Poisson sampling can draw nobody: the round is a no-op, counted.
-      metrics = {}
-    metrics.update(round_seconds=time.monotonic() - began, clients=float(len(cohort)))
-    if round_metrics_fn:
-      metrics.update(round_metrics_fn(round_num))
-    if round_num % config.eval_every == 0 or round_num == config.rounds:
-      metrics.update(evaluate_fn(state))
-    asyncio.run(csv.release(metrics, key=round_num))
-    asyncio.run(tensorboard.release(metrics, key=round_num))
-    if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
-      asyncio.run(state_manager.save(state, round_num))
-    completed = round_num
-    bar.set_postfix({k.split('/')[-1]: f'{v:.4f}' for k, v in metrics.items()
-                     if k.endswith(('train/loss', 'hr@10', 'rmse'))}, refresh=False)
+  round_data = RoundData(cohort_fn, data_fn, config.rounds)
+  try:
+    for round_num in bar:
+      refusal = budget_fn(round_num) if budget_fn else None
+      if refusal:
+        bar.close()
+        _LOG.warning('Stopping before round %d: %s', round_num, refusal)
+        print(f'Stopped before round {round_num}: {refusal}')
+        if completed > start and completed % config.checkpoint_every:
+          asyncio.run(state_manager.save(state, completed))
+        break
+      began = time.monotonic()
+      cohort, data = round_data.get(round_num)
+      if cohort:
+        output = process.next(state, data)
+        state = output.state
+        metrics = flatten_metrics(output.metrics)
+      else:  # Poisson sampling can draw nobody: the round is a no-op, counted.
+        metrics = {}
+      metrics.update(round_seconds=time.monotonic() - began, clients=float(len(cohort)))
+      if round_metrics_fn:
+        metrics.update(round_metrics_fn(round_num))
+      if round_num % config.eval_every == 0 or round_num == config.rounds:
+        metrics.update(evaluate_fn(state))
+      asyncio.run(csv.release(metrics, key=round_num))
+      asyncio.run(tensorboard.release(metrics, key=round_num))
+      if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+        asyncio.run(state_manager.save(state, round_num))
+      completed = round_num
+      bar.set_postfix({k.split('/')[-1]: f'{v:.4f}' for k, v in metrics.items()
+                       if k.endswith(('train/loss', 'hr@10', 'rmse'))}, refresh=False)
+  finally:
+    round_data.close()
   return state, completed
