@@ -7,7 +7,7 @@ DATA_DIR ?= data
 RUNS_DIR ?= runs
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test prepare clean
+.PHONY: setup demo test prepare bench clean
 setup:
 	@bash scripts/setup_env.sh
 
@@ -22,6 +22,10 @@ demo: prepare
 
 test: setup
 	$(PY) -m pytest
+
+bench: prepare
+	$(PY) -m benchmarks.federated_speed --data_dir=$(DATA_DIR)/movielens_100k
+	$(PY) -m benchmarks.serving_speed
 
 clean:
 	rm -rf .venv .pytest_cache
