@@ -31,6 +31,7 @@ import tensorflow as tf
 from tff_rec.models import mf
 
 NEGATIVE_TABLE_ROWS = 4096
+_NEGATIVE_PURPOSE = 1  # Keeps the table's stream apart from training's (purpose 0 of `preprocessing.client_seed`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,6 @@ class EvalSettings:
   def validate(self) -> None:
     if self.learning_rate <= 0 or self.epochs < 1 or self.recent_items < 0 or self.recent_repeats < 0:
       raise ValueError(f'evaluation reconstruction needs learning_rate > 0, epochs >= 1 and recency >= 0, got {self}')
-_NEGATIVE_PURPOSE = 1  # Keeps the table's stream apart from training's (purpose 0 of `preprocessing.client_seed`).
 
 
 def negative_table(seed: int, num_items: int, num_negatives: int, rows: int = NEGATIVE_TABLE_ROWS) -> np.ndarray:
