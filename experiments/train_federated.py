@@ -3,7 +3,7 @@ r"""Trains a federated recommender and evaluates it.
   python -m experiments.train_federated --flagfile=configs/fedrecon_mf_movielens.flags
 
 Writes to `<root_output_dir>/<experiment_name>/`: hparams.json, metrics.csv,
-tensorboard/, checkpoints/, final_metrics.json, learning_curve.png and (MF)
+tensorboard/, checkpoints/, final_metrics.json, learning_curve.png and
 model_state.npz; with --export_dir, also the SavedModel (experiments.export).
 Running again with the same flags resumes after the last checkpoint.
 """
@@ -123,8 +123,6 @@ class ExperimentConfig:
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     self.evaluation.validate()
-    if self.export_dir and self.model != tasks.MF:
-      raise ValueError('--export_dir exports MF models; two-tower export is not implemented')
     if self.top_k < 1:
       raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
 

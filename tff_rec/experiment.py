@@ -2,7 +2,7 @@
 
 Writes to the output directory: hparams.json, metrics.csv, tensorboard/,
 checkpoints/ (through `training_loop.run`), final_metrics.json,
-learning_curve.png and, for MF models, model_state.npz (what export needs).
+learning_curve.png and model_state.npz (what export needs).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     loss_key: The flattened metrics key of the training loss, for the plot.
     eval_reconstruction: How evaluation reconstructs users (the engine's
       learning rate and epochs, and the support's recency emphasis);
-      recorded in model_state.npz (MF models), from which
+      recorded in model_state.npz, from which
       `tff_rec.serving.export` builds the served model.
     privacy: A `dp.PrivacyLedger` for DP runs: epsilon per round, the budget
       stop, privacy_ledger.json and the final epsilon.
@@ -96,13 +96,14 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     final.update(audit.loss_threshold_attack(members, nonmembers))
   if privacy:
     final.update(privacy.write(os.path.join(output_dir, PRIVACY_LEDGER), rounds))
-  if task.model_name == tasks.MF:
-    e = eval_reconstruction
-    config = export.ServingConfig(task.objective, task.model_config.l2, task.data_config.batch_size,
-                                  task.data_config.num_negatives, e.learning_rate, e.epochs, seed, e.recent_items,
-                                  e.recent_repeats)
-    export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary,
-                            engine.global_weights(state))
+  e = eval_reconstruction
+  config = export.ServingConfig(task.objective, task.model_config.l2, task.data_config.batch_size,
+                                task.data_config.num_negatives, e.learning_rate, e.epochs, seed, e.recent_items,
+                                e.recent_repeats, task.model_name)
+  weights = engine.global_weights(state)
+  if task.model_name == tasks.TWO_TOWER:  # The candidate tower needs its constant feature tables too.
+    weights = list(weights) + [task.item_features.genres, task.item_features.year_buckets]
+  export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary, weights)
   final.update(rounds=rounds, wall_seconds=time.monotonic() - began)
   atomic.write_json(os.path.join(output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'

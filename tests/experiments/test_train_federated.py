@@ -48,7 +48,7 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   run_dir = tmp_path / 'smoke'
   expected = ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png', 'metrics.csv', 'tensorboard']
   expected += ['privacy_ledger.json'] if 'dp' in overrides else []
-  expected += [] if overrides.get('model') == 'two_tower' else ['model_state.npz']  # What export reads (MF).
+  expected += ['model_state.npz']  # What export reads.
   assert sorted(os.listdir(run_dir)) == sorted(expected)
   written = json.loads((run_dir / 'final_metrics.json').read_text())
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20', 'rounds', 'wall_seconds'):
@@ -109,7 +109,6 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),
     ({'split_dataset': True, 'engine': 'vectorized'}, '--engine=vectorized runs MF Federated Reconstruction'),
     ({'data_dir': '/nonexistent'}, 'does not exist; prepare it'),
-    ({'model': 'two_tower', 'export_dir': '/tmp/never'}, 'two-tower export is not implemented'),
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tff_rec import preprocessing
 from tff_rec.evaluation import client_eval
-from tff_rec.models import mf, reconstruction
+from tff_rec.models import mf, reconstruction, two_tower
 
 TABLE = np.array([[7], [8], [9], [10]], np.int64)  # 4 rows, 1 negative each.
 
@@ -90,3 +90,29 @@ def test_negative_table_is_fixed_by_the_seed_and_in_the_catalogue():
   np.testing.assert_array_equal(a, b)
   assert a.shape == (reconstruction.NEGATIVE_TABLE_ROWS, 4) and a.min() >= 1 and a.max() <= 50
   assert not np.array_equal(a, reconstruction.negative_table(4, 50, 4))
+
+
+def test_retrieval_reconstruction_equals_keras_sgd_with_the_tfrs_loss():
+  """Two-tower: the batched retrieval loss and its SGD give the query `client_eval.reconstruct` gives."""
+  rng = np.random.default_rng(1)
+  num_items, dim, batch_size = 12, 3, 5
+  features = two_tower.ItemFeatures(rng.integers(0, 2, size=(num_items + 1, 19)).astype(np.float32),
+                                    rng.integers(0, two_tower.NUM_YEAR_BUCKETS, size=num_items + 1))
+  bundle = two_tower.build_two_tower(two_tower.TwoTowerConfig(num_items, dim, 0.5, seed=2), features)
+  weights = [v.numpy() for layer in bundle.global_layers for v in layer.trainable_variables]
+  table = two_tower.candidate_table(weights, features)
+  np.testing.assert_allclose(table, bundle.model(tf.range(num_items + 1, dtype=tf.int64))[:, dim:], atol=1e-5)
+  histories = [rng.integers(1, num_items + 1, size=n) for n in (6, 1, 9)]
+  history, _ = preprocessing.pad_rows(histories, np.int64)
+  items, labels, counts = reconstruction.support_examples(
+      history, np.ones(history.shape, np.float32), objective=mf.IMPLICIT,
+      negatives=reconstruction.negative_table(0, num_items, 2))
+  batched = reconstruction.batched(items, labels, counts, batch_size)
+  query = reconstruction.reconstruct_query(tf.constant(table), *batched, learning_rate=0.4, epochs=3)
+  loss = two_tower.RetrievalLoss(dim)
+  for u, n in enumerate(counts.numpy()):
+    support = preprocessing.as_dataset((items[u, :n].numpy(), labels[u, :n].numpy()), batch_size)
+    client_eval.reconstruct(bundle, support, loss, learning_rate=0.4, epochs=3)
+    expected = client_eval.local_variables(bundle)[0].numpy()
+    np.testing.assert_allclose(query[u].numpy(), expected, atol=1e-5)
+    assert np.abs(expected).sum() > 0

@@ -32,15 +32,17 @@ def parsed_flags():
     FLAGS(['train_federated', '--experiment_name=unset'])
 
 
-@pytest.fixture(scope='module', params=[mf.IMPLICIT, mf.RATING])
+@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'two_tower'])
 def trained(request, tiny_dataset, tmp_path_factory):
   """A 2-round run on tiny data exported at the end of training: (task, run dir, export dir, final metrics)."""
   out = tmp_path_factory.mktemp(f'export_{request.param}')
   export_dir = str(out / 'model')
+  model = dict(mf_implicit=dict(objective=mf.IMPLICIT), mf_rating=dict(objective=mf.RATING),
+               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'))[request.param]
   if not FLAGS.is_parsed():
     FLAGS(['train_federated', '--experiment_name=unset'])
   with flagsaver.flagsaver(data_dir=tiny_dataset, root_output_dir=str(out), experiment_name='run',
-                           objective=request.param, export_dir=export_dir, top_k=5, **SETTINGS):
+                           export_dir=export_dir, top_k=5, **model, **SETTINGS):
     config = train_federated.config_from_flags()
     task = train_federated.build_task(config)
     final = train_federated.run(config, task)
@@ -115,7 +117,8 @@ def test_served_user_is_the_client_side_reconstruction(trained):
   served = loaded.user_embedding(ids, ratings).numpy()
   config, _, weights = export.load_model_state(os.path.join(os.path.dirname(export_dir), 'run', export.MODEL_STATE))
   bundle = task.model_fn()
-  for variable, value in zip([v for layer in bundle.global_layers for v in layer.trainable_variables], weights):
+  variables = [v for layer in bundle.global_layers for v in layer.trainable_variables]
+  for variable, value in zip(variables, weights[:len(variables)]):  # (Two-tower: then its feature tables.)
     variable.assign(value)
   for u, support in enumerate(clients.support):
     client_eval.reconstruct(bundle, task.client_dataset(support), task.loss_fn(), learning_rate=config.learning_rate,

@@ -172,3 +172,48 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
 
   _, p_u, b_u = tf.while_loop(lambda s, *_: s < epochs * batches, step, (tf.constant(0), p_u, b_u))
   return [p_u, b_u] if rating else [p_u]
+
+
+def retrieval_batch_losses(query: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
+                           mask: tf.Tensor) -> tf.Tensor:
+  """Each user's `two_tower.RetrievalLoss` on one batch [users], many users at once.
+
+  The TFRS retrieval softmax of each positive against the batch's negatives
+  (the user's other positives removed as accidental hits), averaged over the
+  batch's positives: loss_i = logsumexp({s_i} + {s_n: n negative}) - s_i with
+  s = <query, candidate>. Written by hand because TFRS's task takes one query
+  batch at a time; `tests/models/test_reconstruction.py` checks it against it.
+
+  Args:
+    query: [users, 1, d].
+    candidates: [users, B, d] candidate embeddings of the batch's items.
+    labels, mask: [users, B] (1 = positive; 1 = a real example).
+  """
+  scores = tf.reduce_sum(query * candidates, -1)  # [users, B]
+  positive, negative = labels * mask, (1.0 - labels) * mask
+  excluded = -1e9  # Not -inf: keeps the gradient finite for a batch without negatives.
+  negatives = tf.reduce_logsumexp(tf.where(negative > 0, scores, excluded), axis=1, keepdims=True)
+  per_positive = (tf.reduce_logsumexp(tf.stack([scores, tf.broadcast_to(negatives, tf.shape(scores))]), axis=0)
+                  - scores) * positive
+  return tf.math.divide_no_nan(tf.reduce_sum(per_positive, axis=1), tf.reduce_sum(positive, axis=1))
+
+
+def reconstruct_query(candidates: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor, *,
+                      learning_rate: float, epochs: int) -> tf.Tensor:
+  """Every user's two-tower query embedding [users, 1, d] from zeros: SGD on the retrieval loss, items frozen.
+
+  `candidates` is the candidate tower over the catalogue (`two_tower.candidate_table`).
+  """
+  users, batches = tf.shape(items)[0], tf.shape(items)[1]
+  query = tf.zeros([users, 1, tf.shape(candidates)[1]], candidates.dtype)
+
+  def step(s, query):
+    t = s % batches
+    with tf.GradientTape() as tape:
+      tape.watch(query)
+      total = tf.reduce_sum(retrieval_batch_losses(query, tf.gather(candidates, items[:, t]), labels[:, t],
+                                                   mask[:, t]))
+    return s + 1, query - learning_rate * tape.gradient(total, query)
+
+  _, query = tf.while_loop(lambda s, _: s < epochs * batches, step, (tf.constant(0), query))
+  return query

@@ -103,6 +103,12 @@ def build_two_tower(config: TwoTowerConfig, features: ItemFeatures) -> mf.ModelB
                         score_fn=lambda y: dot_scores(y, config.embedding_dim))
 
 
+def candidate_table(weights: list[np.ndarray], features: ItemFeatures) -> np.ndarray:
+  """Every item's candidate embedding [items + 1, dim] from the global weights (`build_two_tower`'s order)."""
+  id_embedding, genre_projection, year_embedding = weights
+  return (id_embedding + features.genres @ genre_projection + year_embedding[features.year_buckets]).astype(np.float32)
+
+
 def dot_scores(y_pred: tf.Tensor, dim: int) -> tf.Tensor:
   """<query, candidate> of each example of the model's output."""
   return tf.reduce_sum(y_pred[:, :dim] * y_pred[:, dim:], axis=-1)

@@ -1,4 +1,4 @@
-"""Export: a trained MF recommender as a SavedModel that reconstructs the user from the request's history.
+"""Export: a trained recommender as a SavedModel that reconstructs the user from the request's history.
 
 The server never holds per-user state (Federated Reconstruction, Singhal et
 al., NeurIPS 2021): the model carries the global item side, and each request
@@ -35,12 +35,13 @@ import numpy as np
 import tensorflow as tf
 
 from tff_rec import atomic
-from tff_rec.models import mf, reconstruction
+from tff_rec.models import mf, reconstruction, two_tower
 
 MODEL_STATE = 'model_state.npz'
 METADATA = 'metadata.json'
 UNKNOWN_SCORE = float(np.finfo(np.float32).min)  # Unknown candidates, and slots left when K > unseen items.
 SIGNATURES = ('serving_default', 'recommend', 'score')
+MF, TWO_TOWER = 'mf', 'two_tower'  # As `tff_rec.tasks` names the models.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +57,13 @@ class ServingConfig:
   seed: int
   recent_items: int = 0
   recent_repeats: int = 0
+  model: str = MF  # MF, or TWO_TOWER (served with its candidate tower computed over the catalogue).
 
   def validate(self) -> None:
     if self.objective not in mf.OBJECTIVES:
       raise ValueError(f'objective must be one of {mf.OBJECTIVES}, got {self.objective!r}')
+    if self.model not in (MF, TWO_TOWER) or (self.model == TWO_TOWER and self.objective != mf.IMPLICIT):
+      raise ValueError(f'model must be {MF} or {TWO_TOWER} (implicit objective), got {self.model!r}')
     if self.batch_size < 1 or self.num_negatives < 0:
       raise ValueError(f'invalid reconstruction settings {self}')
     reconstruction.EvalSettings(self.learning_rate, self.epochs, self.recent_items, self.recent_repeats).validate()
@@ -88,6 +92,14 @@ class Recommender(tf.Module):
     super().__init__(name='recommender')
     config.validate()
     rating = config.objective == mf.RATING
+    if config.model == TWO_TOWER:
+      if len(weights) != 5:
+        raise ValueError('a two-tower model state has 5 arrays (id embedding, genre projection, year embedding, '
+                         f'item genres, item year buckets), got {len(weights)}')
+      table = two_tower.candidate_table(weights[:3], two_tower.ItemFeatures(weights[3], weights[4]))
+      # Scores are <query, candidate>: the candidate tower over the catalogue in the place of MF's item
+      # embedding, and no biases.
+      weights = [table, np.zeros([table.shape[0], 1], np.float32)]
     expected = 3 if rating else 2
     if len(weights) != expected:
       raise ValueError(f'an MF {config.objective} model has {expected} global weights (item embedding, item bias'
@@ -109,7 +121,7 @@ class Recommender(tf.Module):
     self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives))
 
   def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
-    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u), and the history's item indices."""
+    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u; two-tower: the query), and the history."""
     tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_ratings),
                               message='history_item_ids and history_ratings must have the same shape')
     tf.debugging.assert_all_finite(history_ratings, 'history_ratings must be finite')
@@ -119,6 +131,10 @@ class Recommender(tf.Module):
                                                             negatives=self.negatives, recent_items=c.recent_items,
                                                             recent_repeats=c.recent_repeats)
     items, labels, mask = reconstruction.batched(items, labels, counts, c.batch_size)
+    if c.model == TWO_TOWER:
+      query = reconstruction.reconstruct_query(self.item_embedding, items, labels, mask,
+                                               learning_rate=c.learning_rate, epochs=c.epochs)
+      return [query], history
     user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
                                       objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
                                       epochs=c.epochs)
@@ -195,8 +211,8 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10) -> dict[str, Any]
   for name in (MODEL_STATE, 'final_metrics.json', 'hparams.json'):
     if not os.path.exists(os.path.join(run_dir, name)):
       raise FileNotFoundError(
-          f'{os.path.join(run_dir, name)} does not exist: --run_dir must be a finished training run of an MF model '
-          '(<root_output_dir>/<experiment_name>; two-tower export is not implemented)')
+          f'{os.path.join(run_dir, name)} does not exist: --run_dir must be a finished training run '
+          '(<root_output_dir>/<experiment_name>)')
   config, vocabulary, weights = load_model_state(state_path)
   module = Recommender(config, vocabulary, weights, top_k)
   final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
