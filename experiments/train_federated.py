@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
-from tff_rec.federated import fed_avg, fed_recon, sampling, vectorized
+from tff_rec.federated import compression, fed_avg, fed_recon, sampling, vectorized
 from tff_rec.models import reconstruction
 from tff_rec.privacy import dp, secure
 from tff_rec.serving import export
@@ -66,6 +66,10 @@ _WORKERS = flags.DEFINE_string('workers', '', 'host:port,host:port,...: run TFF\
 _SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum client updates with TFF\'s secure sum '
                             '(tff.learning.secure_aggregator: bounded, quantised values; an unweighted mean). TFF\'s '
                             'local runtime simulates the protocol. TFF engines only.')
+_COMPRESSION = flags.DEFINE_bool('compression', False, 'Quantize each client\'s update to 8 bits (tensors over 20,000 '
+                                  'values) before it leaves the client: TFF\'s encoded mean, as '
+                                  'tff.learning.compression_aggregator builds it. TFF engines; not with DP or secure '
+                                  'aggregation.')
 _DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
 _EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
                               'and the run stops before any round that would exceed it.')
@@ -87,6 +91,7 @@ class ExperimentConfig:
   proximal_strength: float
   dp: dp.DPConfig
   secure_aggregation: bool
+  compression: bool
   sampling: sampling.SamplingConfig
   loop: training_loop.LoopConfig
   evaluation: reconstruction.EvalSettings
@@ -120,6 +125,10 @@ class ExperimentConfig:
       raise ValueError('--secure_aggregation with --dp (distributed DP) is not implemented yet; use one of them')
     if self.secure_aggregation and self.engine == 'vectorized':
       raise ValueError('--secure_aggregation runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
+    if self.compression and (self.dp.enabled or self.secure_aggregation):
+      raise ValueError('--compression is not composed with --dp or --secure_aggregation yet; use one of them')
+    if self.compression and self.engine == 'vectorized':
+      raise ValueError('--compression runs TFF\'s encoded aggregation: use --engine=tff')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     self.evaluation.validate()
@@ -134,7 +143,7 @@ class ExperimentConfig:
 
   @property
   def resolved_engine(self) -> str:
-    if self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers:
+    if self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers or self.compression:
       return 'tff'
     if self.engine == 'auto':
       return 'vectorized' if self.vectorizable else 'tff'
@@ -159,6 +168,7 @@ def config_from_flags() -> ExperimentConfig:
       dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
                      _EPSILON.value),
       secure_aggregation=_SECURE.value,
+      compression=_COMPRESSION.value,
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
@@ -194,6 +204,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   aggregator = dp.aggregation_factory(config.dp, clients) if config.dp.enabled else None
   if config.secure_aggregation:
     aggregator = secure.secure_mean()
+  if config.compression:
+    aggregator = compression.aggregator()
   if config.algorithm in ('fed_avg', 'fed_prox'):
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(

@@ -41,8 +41,9 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
+    {'compression': True},
 ], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
-        'secure_aggregation'])
+        'secure_aggregation', 'compression'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -110,6 +111,8 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'split_dataset': True, 'engine': 'vectorized'}, '--engine=vectorized runs MF Federated Reconstruction'),
     ({'data_dir': '/nonexistent'}, 'does not exist; prepare it'),
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
+    ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
+    ({'compression': True, 'engine': 'vectorized'}, '--compression runs TFF'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
-from tff_rec.federated.fed_recon import (SERVER_OPTIMIZERS, TffEngine, item_side_evaluator,
+from tff_rec.federated import compression
+from tff_rec.federated.fed_recon import (SERVER_OPTIMIZERS, TffEngine, client_weighting, item_side_evaluator,
                                          server_optimizer)
 
 ITEM_LAYERS = ('item_embedding', 'item_bias', 'global_mean')  # The evaluator's weight order.
@@ -61,9 +62,8 @@ class FedAvgEngine(TffEngine):
 
     client_optimizer = tff.learning.optimizers.build_sgdm(config.client_learning_rate)
     server = server_optimizer(config.server_optimizer, config.server_learning_rate)
-    # DP aggregators are unweighted: every client counts once (its update bounded by the clip).
-    weighting = (tff.learning.ClientWeighting.UNIFORM if aggregator is not None
-                 else tff.learning.ClientWeighting.NUM_EXAMPLES)
+    weighting = client_weighting(aggregator)
+    self._compressed = isinstance(aggregator, compression.CompressedMean)
     if config.proximal_strength > 0:
       self.process = tff.learning.algorithms.build_weighted_fed_prox(
           model_fn, proximal_strength=config.proximal_strength, client_optimizer_fn=client_optimizer,

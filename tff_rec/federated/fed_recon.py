@@ -20,6 +20,7 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
+from tff_rec.federated import compression
 from tff_rec.models.mf import ModelBundle
 
 SERVER_OPTIMIZERS = ('sgd', 'adam', 'yogi')
@@ -110,10 +111,15 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
       dataset_split_fn=split_fn,
       metrics_fn=lambda: [NonFiniteClients()],
       model_aggregator_factory=aggregator,  # None: TFF's example-weighted mean; a DP factory: clipped and noised.
-      # DP aggregators are unweighted: every client counts once (its update bounded by the clip).
-      client_weighting=(tff.learning.ClientWeighting.UNIFORM if aggregator is not None
-                        else tff.learning.ClientWeighting.NUM_EXAMPLES),
+      client_weighting=client_weighting(aggregator),
   )
+
+
+def client_weighting(aggregator: Any) -> tff.learning.ClientWeighting:
+  """Examples, unless the aggregator is unweighted (DP, secure sum: every client counts once, its update bounded)."""
+  if isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory):
+    return tff.learning.ClientWeighting.UNIFORM
+  return tff.learning.ClientWeighting.NUM_EXAMPLES
 
 
 def batch_type() -> tff.Type:
@@ -162,11 +168,20 @@ def type_bytes(type_spec: tff.Type) -> int:
   return sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in tensors)
 
 
-def communication(process) -> dict[str, float]:
-  """Bytes per client per round: the broadcast model weights down; the trainable update and its weight up."""
+def communication(process, compressed: bool = False) -> dict[str, float]:
+  """Bytes per client per round: the broadcast model weights down; the trainable update and its weight up.
+
+  `compressed`: the update goes through `compression.aggregator()`'s encoders (measured by `compression.upload_bytes`).
+  """
   weights = process.get_model_weights.type_signature.result
+  if compressed:
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in tf.nest.flatten(
+        tff.types.structure_from_tensor_type_tree(lambda t: t, weights.trainable))]
+    upload = compression.upload_bytes(specs)
+  else:
+    upload = type_bytes(weights.trainable) + 4
   return {'communication/download_bytes_per_client': float(type_bytes(weights)),
-          'communication/upload_bytes_per_client': float(type_bytes(weights.trainable) + 4)}
+          'communication/upload_bytes_per_client': float(upload)}
 
 
 def item_side_evaluator(task, learning_rate: float, epochs: int):
@@ -199,6 +214,7 @@ class TffEngine:
   def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int,
                aggregator: Any = None):
     self.task = task
+    self._compressed = isinstance(aggregator, compression.CompressedMean)
     self.process = build_training_process(task.model_fn, task.loss_fn, config, aggregator)
     if task.user_table is None:
       self._evaluation = build_evaluation(
@@ -219,7 +235,7 @@ class TffEngine:
       return RoundOutput(state, empty)
     output = self.process.next(state, [self._dataset(e) for e in kept])
     if self._communication is None:  # Fixed by the process's types: computed once.
-      self._communication = communication(self.process)
+      self._communication = communication(self.process, compressed=self._compressed)
     return RoundOutput(output.state, {**output.metrics, **empty, **self._communication})
 
   def _dataset(self, examples) -> tf.data.Dataset:
