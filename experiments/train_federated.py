@@ -236,7 +236,8 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
 def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   population = len(task.train_data.client_ids)
   config = resolve_privacy(config, population)
-  experiment.configure_determinism(not (config.dp.enabled and config.resolved_engine == 'tff'))
+  # TFF's DP noise and its compression's stochastic rounding are unseeded random ops, which determinism forbids.
+  experiment.configure_determinism(not ((config.dp.enabled or config.compression) and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
   final = experiment.run(
       engine, task,

@@ -41,7 +41,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
-    {'compression': True},
+    {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
 ], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
         'secure_aggregation', 'compression'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
@@ -60,6 +60,9 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2'] and 'val/hr@10' in rows[0]
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
+  if 'compression' in overrides:  # 8-bit item table up, float32 down.
+    assert float(rows[0]['communication/upload_bytes_per_client']) < 0.4 * float(
+        rows[0]['communication/download_bytes_per_client'])
   if 'dp' in overrides:
     ledger = json.loads((run_dir / 'privacy_ledger.json').read_text())
     assert ledger['rounds'] == 2 and ledger['sampling'] == 'uniform'
