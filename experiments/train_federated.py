@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from absl import app, flags
+import tensorflow as tf
 
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
@@ -54,7 +55,10 @@ _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learnin
 # Privacy.
 _DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
                         'User-level DP of the global update: gaussian_fixed (clip --clip_norm) or gaussian_adaptive '
-                        '(clip follows --target_quantile of update norms, Andrew et al. 2021).')
+                        '(clip follows --target_quantile of update norms, Andrew et al. 2021), or tree (DP-FTRL: '
+                        'tree-aggregation noise restarted every epoch; needs --epoch_sampling).')
+_EPOCHS = flags.DEFINE_bool('epoch_sampling', False, 'With --clients_per_round: each epoch a seeded shuffle of all '
+                            'clients cut into cohorts, so each client takes part at most once per epoch (--dp=tree).')
 _NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / clip (0 with --target_epsilon: '
                             'calibrated for --rounds).')
 _CLIP = flags.DEFINE_float('clip_norm', 1.0, 'L2 clip of each client\'s update (adaptive: the initial clip).')
@@ -118,6 +122,8 @@ class ExperimentConfig:
                                           or self.objective != 'implicit'):
       raise ValueError('--model=two_tower trains with --algorithm=fed_recon --view=cross_device --objective=implicit')
     self.dp.validate()
+    if self.dp.enabled:
+      dp.check_sampling(self.dp, self.sampling)
     if self.dp.enabled and self.data.view == 'cross_silo':
       raise ValueError('--dp with --view=cross_silo is not supported yet: a platform would have to clip per user '
                        'inside the platform for a user-level guarantee')
@@ -169,7 +175,7 @@ def config_from_flags() -> ExperimentConfig:
                      _EPSILON.value),
       secure_aggregation=_SECURE.value,
       compression=_COMPRESSION.value,
-      sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value),
+      sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value, _EPOCHS.value),
       loop=common_flags.loop_config(_ROUNDS.value),
       evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
@@ -200,8 +206,18 @@ def resolve_privacy(config: ExperimentConfig, population: int) -> ExperimentConf
 
 def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
-  clients = dp.expected_clients(config.sampling, len(task.train_data.client_ids))
-  aggregator = dp.aggregation_factory(config.dp, clients) if config.dp.enabled else None
+  population = len(task.train_data.client_ids)
+  clients = dp.expected_clients(config.sampling, population)
+  dp_kwargs = {}
+  if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
+    bundle = task.model_fn()
+    trainable = bundle.model.trainable_variables if config.algorithm != 'fed_recon' else [
+        v for layer in bundle.global_layers for v in layer.trainable_variables]
+    # Structured as each engine hands the update over: TFF's weights are a list, the vectorized engine's a tuple.
+    container = tuple if config.resolved_engine == 'vectorized' else list
+    dp_kwargs = dict(record_specs=container(tf.TensorSpec(v.shape, v.dtype) for v in trainable),
+                     rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
+  aggregator = dp.aggregation_factory(config.dp, clients, **dp_kwargs) if config.dp.enabled else None
   if config.secure_aggregation:
     aggregator = secure.secure_mean()
   if config.compression:
@@ -212,8 +228,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
         recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
         config.proximal_strength if config.algorithm == 'fed_prox' else 0.0), aggregator=aggregator, **evaluation)
   if config.resolved_engine == 'vectorized':
-    return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients) if aggregator
-                                       else None, seed=config.seed, **evaluation)
+    return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)
+                                       if aggregator else None, seed=config.seed, **evaluation)
   return fed_recon.TffEngine(task, config.recon, aggregator=aggregator, **evaluation)
 
 

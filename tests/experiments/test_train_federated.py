@@ -42,8 +42,10 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
+    {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
+    {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
 ], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
-        'secure_aggregation', 'compression'])
+        'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -65,8 +67,9 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
         rows[0]['communication/download_bytes_per_client'])
   if 'dp' in overrides:
     ledger = json.loads((run_dir / 'privacy_ledger.json').read_text())
-    assert ledger['rounds'] == 2 and ledger['sampling'] == 'uniform'
-    assert 'SampledWithoutReplacement' in ledger['dp_event']
+    tree = overrides['dp'] == 'tree'
+    assert ledger['rounds'] == 2 and ledger['sampling'] == ('epochs' if tree else 'uniform')
+    assert ('SingleEpochTreeAggregation' if tree else 'SampledWithoutReplacement') in ledger['dp_event']
     assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
 
 

@@ -29,6 +29,7 @@ def test_poisson_rate():
     (sampling.SamplingConfig(clients_per_round=5, client_sampling_rate=0.1), 'set exactly one'),
     (sampling.SamplingConfig(clients_per_round=101), 'exceeds the 100 training clients'),
     (sampling.SamplingConfig(client_sampling_rate=1.5), 'must be in'),
+    (sampling.SamplingConfig(client_sampling_rate=0.1, shuffle_epochs=True), 'cuts epochs into cohorts'),
 ])
 def test_bad_sampling(config, message):
   with pytest.raises(ValueError, match=message):
@@ -41,3 +42,16 @@ def test_sorted_array_and_any_list_order_give_the_same_cohort():
   from_array = sampling.sample_clients(np.array(ids), 3, 0, config)
   assert from_array == sampling.sample_clients(list(reversed(ids)), 3, 0, config)
   assert all(isinstance(c, str) for c in from_array)
+
+
+def test_shuffled_epochs_take_each_client_at_most_once_per_epoch():
+  config = sampling.SamplingConfig(clients_per_round=30, shuffle_epochs=True)
+  per_epoch = config.rounds_per_epoch(len(IDS))
+  assert per_epoch == 3  # 100 clients, cohorts of 30: 10 sit each epoch out.
+  epochs = [[sampling.sample_clients(IDS, r, 0, config) for r in range(1 + e * 3, 4 + e * 3)] for e in range(2)]
+  for cohorts in epochs:
+    members = [c for cohort in cohorts for c in cohort]
+    assert all(len(c) == 30 for c in cohorts) and len(set(members)) == 90
+  assert set(sum(epochs[0], [])) != set(sum(epochs[1], []))  # Each epoch its own shuffle.
+  assert sampling.sample_clients(IDS, 5, 0, config) == epochs[1][1]  # A function of (seed, round) alone.
+  assert config.method == 'epochs'

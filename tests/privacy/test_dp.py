@@ -41,6 +41,31 @@ def test_issue_example_and_composition():
   assert fewer < spent['epsilon_rdp']
 
 
+def test_tree_aggregation_accounting_by_hand():
+  """One tree over T rounds puts a user in depth = log2(T) + 1 nodes: the Gaussian mechanism at z / sqrt(depth)."""
+  z, delta = 3.0, 1e-5
+  epochs = SamplingConfig(clients_per_round=1, shuffle_epochs=True)  # 4 users: one tree = 4 rounds.
+  assert dp.round_event(z, epochs, 4) == dp_accounting.SingleEpochTreeAggregationDpEvent(z, 4)
+
+  def gaussian(sigma, count=1):
+    return dp_accounting.rdp.RdpAccountant().compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), count)).get_epsilon(delta)
+
+  assert dp.epsilons(z, epochs, 4, 1, delta)['epsilon_rdp'] == pytest.approx(gaussian(z), rel=1e-6)  # A leaf.
+  assert dp.epsilons(z, epochs, 4, 4, delta)['epsilon_rdp'] == pytest.approx(gaussian(z / math.sqrt(3)), rel=1e-6)
+  # Two full epochs: two trees (the tree restarts), each user in each once.
+  assert dp.epsilons(z, epochs, 4, 8, delta)['epsilon_rdp'] == pytest.approx(gaussian(z / math.sqrt(3), 2),
+                                                                              rel=1e-6)
+  assert dp.epsilons(z, epochs, 4, 8, delta)['epsilon_pld'] is None
+
+
+def test_mechanism_and_sampler_must_match():
+  with pytest.raises(ValueError, match='--dp=tree .* --epoch_sampling'):
+    dp.check_sampling(dp.DPConfig(dp.TREE, 1.0), SamplingConfig(clients_per_round=10))
+  with pytest.raises(ValueError, match='not --epoch_sampling'):
+    dp.check_sampling(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0), SamplingConfig(clients_per_round=10, shuffle_epochs=True))
+
+
 def test_calibration_hits_the_budget():
   sampling = SamplingConfig(client_sampling_rate=0.1)
   z = dp.calibrate_noise(4.0, sampling, 1000, 200, 1e-5)

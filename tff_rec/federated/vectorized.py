@@ -43,8 +43,11 @@ _NOISE_PURPOSE = 11
 
 
 def _clip_norm(dp_state) -> tf.Tensor:
-  """The current value clip of a query state: NormalizedQuery(GaussianSumQuery | QuantileAdaptiveClipSumQuery)."""
+  """The current value clip of a query state: NormalizedQuery(GaussianSumQuery | QuantileAdaptiveClipSumQuery |
+  RestartQuery(TreeResidualSumQuery))."""
   numerator = dp_state.numerator_state
+  if hasattr(numerator, 'inner_query_state'):
+    return numerator.inner_query_state.clip_value
   return numerator.sum_state.l2_norm_clip if hasattr(numerator, 'sum_state') else numerator.l2_norm_clip
 
 

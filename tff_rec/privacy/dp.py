@@ -11,6 +11,12 @@ DP queries as TFF's `tff.aggregators.DifferentiallyPrivateFactory` builds them:
   norms (Andrew et al., "Differentially Private Learning with Adaptive
   Clipping", NeurIPS 2021); `noise_multiplier` is the effective total, which
   TFF splits between the values and the clipped-count estimate.
+* `tree`: DP-FTRL (Kairouz et al., "Practical and Private (Deep) Learning
+  without Sampling or Shuffling", ICML 2021): tree-aggregation noise on the
+  cumulative sum of clipped updates, released as per-round residuals
+  (tensorflow-privacy's `TreeResidualSumQuery`, as TFF's
+  `DifferentiallyPrivateFactory.tree_aggregation` builds it), the tree
+  restarted every epoch of shuffled cohorts (each user at most once per tree).
 
 With Federated Reconstruction only the global (item-side) update is clipped,
 noised and sent; user embeddings never leave the client. The unit of privacy
@@ -23,7 +29,10 @@ mechanism, and reports epsilon at `target_delta` by RDP (Mironov 2017) and by
 privacy loss distributions (PLD; only Poisson sampling has a PLD analysis in
 dp_accounting, so PLD is None for fixed-size cohorts). dp_accounting analyses
 fixed-size cohorts under replace-one adjacency (one user's data swapped for
-another's) and Poisson sampling under add-or-remove-one.
+another's) and Poisson sampling under add-or-remove-one. Tree aggregation
+composes one `SingleEpochTreeAggregationDpEvent` per epoch (no sampling
+amplification), under replace-special adjacency (a user's data replaced by a
+zero contribution), by RDP.
 """
 
 from __future__ import annotations
@@ -34,12 +43,13 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 import tensorflow_federated as tff
+import tensorflow_privacy as tfp
 
 from tff_rec import atomic
 from tff_rec.federated.sampling import SamplingConfig
 
-NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE = 'none', 'gaussian_fixed', 'gaussian_adaptive'
-MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE)
+NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE = 'none', 'gaussian_fixed', 'gaussian_adaptive', 'tree'
+MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +89,30 @@ def expected_clients(sampling: SamplingConfig, population: int) -> float:
   return sampling.client_sampling_rate * population
 
 
-def aggregation_factory(config: DPConfig, clients: float) -> tff.aggregators.UnweightedAggregationFactory:
-  """TFF's DP aggregator for `config` (what the TFF engines plug in as the model aggregator)."""
+def check_sampling(config: DPConfig, sampling: SamplingConfig) -> None:
+  """The accounting needs the sampler it assumes: tree aggregation shuffled epochs, the Gaussian ones sampling."""
+  if config.mechanism == TREE and not sampling.shuffle_epochs:
+    raise ValueError('--dp=tree accounts for each user at most once per tree: use --epoch_sampling')
+  if config.mechanism in (GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE) and sampling.shuffle_epochs:
+    raise ValueError(f'--dp={config.mechanism} is accounted for sampled cohorts, not --epoch_sampling (use --dp=tree)')
+
+
+def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any = None, rounds_per_epoch: int = 0,
+                        seed: int = 0) -> tff.aggregators.UnweightedAggregationFactory:
+  """TFF's DP aggregator for `config` (what the TFF engines plug in as the model aggregator).
+
+  Tree aggregation needs the update's `record_specs`, the tree's length
+  (`rounds_per_epoch`) and a noise `seed` (its noise is stateless, so runs are
+  reproducible).
+  """
+  if config.mechanism == TREE:
+    if record_specs is None or rounds_per_epoch < 1:
+      raise ValueError('tree aggregation needs the record specs and the rounds per epoch')
+    # TFF's DifferentiallyPrivateFactory.tree_aggregation, with the tree restarted every epoch.
+    tree = tfp.TreeResidualSumQuery.build_l2_gaussian_query(config.clip_norm, config.noise_multiplier,
+                                                             record_specs, noise_seed=seed, use_efficient=True)
+    restarted = tfp.RestartQuery(tree, tfp.restart_query.PeriodicRoundRestartIndicator(period=rounds_per_epoch))
+    return tff.aggregators.DifferentiallyPrivateFactory(tfp.NormalizedQuery(restarted, denominator=clients))
   if config.mechanism == GAUSSIAN_FIXED:
     return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
         config.noise_multiplier, clients, config.clip_norm)
@@ -91,17 +123,19 @@ def aggregation_factory(config: DPConfig, clients: float) -> tff.aggregators.Unw
   raise ValueError(f'no aggregator for mechanism {config.mechanism!r}')
 
 
-def dp_query(config: DPConfig, clients: float) -> Any:
+def dp_query(config: DPConfig, clients: float, **kwargs) -> Any:
   """The tensorflow-privacy DPQuery inside `aggregation_factory` (the vectorized engine runs it directly).
 
   Read from the factory rather than rebuilt, so both engines use exactly the
   query (and the adaptive-clipping noise split) TFF builds.
   """
-  return aggregation_factory(config, clients)._query  # pylint: disable=protected-access  (TFF 0.87 pinned)
+  return aggregation_factory(config, clients, **kwargs)._query  # pylint: disable=protected-access  (TFF 0.87)
 
 
 def round_event(noise_multiplier: float, sampling: SamplingConfig, population: int) -> dp_accounting.DpEvent:
-  """The DpEvent of one round, matching the sampler that ran."""
+  """The DpEvent of one round, matching the sampler that ran (tree aggregation: of one epoch's tree)."""
+  if sampling.shuffle_epochs:
+    return dp_accounting.SingleEpochTreeAggregationDpEvent(noise_multiplier, sampling.rounds_per_epoch(population))
   gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
   if sampling.clients_per_round > 0:
     return dp_accounting.SampledWithoutReplacementDpEvent(population, sampling.clients_per_round, gaussian)
@@ -109,10 +143,24 @@ def round_event(noise_multiplier: float, sampling: SamplingConfig, population: i
 
 
 def _rdp_accountant(sampling: SamplingConfig) -> rdp.RdpAccountant:
-  """dp_accounting analyses fixed-size cohorts under replace-one adjacency, Poisson under add-or-remove-one."""
+  """dp_accounting analyses fixed-size cohorts under replace-one adjacency, Poisson under add-or-remove-one,
+  tree aggregation under replace-special."""
+  if sampling.shuffle_epochs:
+    return rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
   if sampling.clients_per_round > 0:
     return rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
   return rdp.RdpAccountant()
+
+
+def run_event(noise_multiplier: float, sampling: SamplingConfig, population: int, rounds: int) -> dp_accounting.DpEvent:
+  """The DpEvent of `rounds` rounds: composed rounds, or for tree aggregation one tree per (partial) epoch."""
+  if not sampling.shuffle_epochs:
+    return dp_accounting.SelfComposedDpEvent(round_event(noise_multiplier, sampling, population), rounds)
+  full, partial = divmod(rounds, sampling.rounds_per_epoch(population))
+  trees = [dp_accounting.SelfComposedDpEvent(round_event(noise_multiplier, sampling, population), full)]
+  if partial:
+    trees.append(dp_accounting.SingleEpochTreeAggregationDpEvent(noise_multiplier, partial))
+  return dp_accounting.ComposedDpEvent(trees)
 
 
 def epsilons(noise_multiplier: float, sampling: SamplingConfig, population: int, rounds: int,
@@ -120,7 +168,7 @@ def epsilons(noise_multiplier: float, sampling: SamplingConfig, population: int,
   """Epsilon at `delta` after `rounds` rounds, by RDP and by PLD (None where dp_accounting has no analysis)."""
   if rounds == 0:
     return {'epsilon_rdp': 0.0, 'epsilon_pld': 0.0}
-  event = dp_accounting.SelfComposedDpEvent(round_event(noise_multiplier, sampling, population), rounds)
+  event = run_event(noise_multiplier, sampling, population, rounds)
   out = {'epsilon_rdp': _rdp_accountant(sampling).compose(event).get_epsilon(delta), 'epsilon_pld': None}
   accountant = pld.PLDAccountant()
   if accountant.supports(event):
@@ -133,7 +181,7 @@ def calibrate_noise(target_epsilon: float, sampling: SamplingConfig, population:
   """The smallest noise multiplier whose RDP epsilon after `rounds` rounds is <= `target_epsilon`."""
   return dp_accounting.calibrate_dp_mechanism(
       lambda: _rdp_accountant(sampling),
-      lambda z: dp_accounting.SelfComposedDpEvent(round_event(z, sampling, population), rounds),
+      lambda z: run_event(z, sampling, population, rounds),
       target_epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3), tol=1e-4)
 
 
@@ -179,6 +227,9 @@ class PrivacyLedger:
         'clients_per_round': expected_clients(self.sampling, self.population),
         'population': self.population,
         'dp_event': str(round_event(self.config.noise_multiplier, self.sampling, self.population)),
+        'neighboring_relation': ('replace one user\'s data by a zero contribution (tree aggregation)'
+                                 if self.sampling.shuffle_epochs else
+                                 'replace one user' if self.sampling.clients_per_round else 'add or remove one user'),
         'noise_multiplier': self.config.noise_multiplier,
         'clip_norm': self.config.clip_norm,
         'adaptive_clipping': self.config.mechanism == GAUSSIAN_ADAPTIVE,
