@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 from absl import app, flags
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
+from tff_rec.data import silos
 from tff_rec.federated import compression, fed_avg, fed_recon, sampling, vectorized
 from tff_rec.models import reconstruction
 from tff_rec.privacy import dp, secure
@@ -124,9 +126,10 @@ class ExperimentConfig:
     self.dp.validate()
     if self.dp.enabled:
       dp.check_sampling(self.dp, self.sampling)
-    if self.dp.enabled and self.data.view == 'cross_silo':
-      raise ValueError('--dp with --view=cross_silo is not supported yet: a platform would have to clip per user '
-                       'inside the platform for a user-level guarantee')
+    if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF or self.engine == 'tff'
+                         or self.dp.mechanism == dp.TREE):
+      raise ValueError('--dp with --view=cross_silo runs each platform\'s users\' updates, clipped per user, on the '
+                       'vectorized engine: MF Federated Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
     if self.secure_aggregation and self.dp.enabled:
       raise ValueError('--secure_aggregation with --dp (distributed DP) is not implemented yet; use one of them')
     if self.secure_aggregation and self.engine == 'vectorized':
@@ -143,9 +146,14 @@ class ExperimentConfig:
 
 
   @property
+  def silo_dp(self) -> bool:
+    """Cross-silo with user-level DP: platforms are sampled, and each clips every one of its users' updates."""
+    return self.data.view == 'cross_silo' and self.dp.enabled
+
+  @property
   def vectorizable(self) -> bool:
-    return (self.algorithm == 'fed_recon' and self.data.view == 'cross_device' and not self.recon.split_dataset
-            and self.model == tasks.MF)
+    return (self.algorithm == 'fed_recon' and (self.data.view == 'cross_device' or self.silo_dp)
+            and not self.recon.split_dataset and self.model == tasks.MF)
 
   @property
   def resolved_engine(self) -> str:
@@ -160,7 +168,7 @@ class ExperimentConfig:
     """How the task holds users: one local row (None), a platform's local table, or FedAvg's global table."""
     if self.algorithm != 'fed_recon':
       return tasks.GLOBAL
-    return tasks.LOCAL if self.data.view == 'cross_silo' else None
+    return tasks.LOCAL if self.data.view == 'cross_silo' and not self.silo_dp else None
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -185,12 +193,20 @@ def config_from_flags() -> ExperimentConfig:
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   """Validates `config` against the data and builds the task; raises before any training."""
   config.validate()
-  task = tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
+  # Cross-silo DP computes every user's update on its own (to clip it): the users' view of the same examples.
+  data = dataclasses.replace(config.data, view='cross_device') if config.silo_dp else config.data
+  task = tasks.RecommendationTask(data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
                                   model=config.model,
                                   user_table=config.user_table)
-  config.sampling.validate(len(task.train_data.client_ids))
+  config.sampling.validate(len(platforms(task)) if config.silo_dp else len(task.train_data.client_ids))
   return task
+
+
+def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
+  """Each platform's training users (cross-silo DP samples platforms)."""
+  return silos.members(os.path.join(task.data_config.data_dir, tasks.VIEWS['cross_silo']),
+                       task.train_data.client_ids)
 
 
 def resolve_privacy(config: ExperimentConfig, population: int) -> ExperimentConfig:
@@ -208,6 +224,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
   population = len(task.train_data.client_ids)
   clients = dp.expected_clients(config.sampling, population)
+  if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
+    clients = dp.expected_clients(config.sampling, len(platforms(task))) * population / len(platforms(task))
   dp_kwargs = {}
   if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
     bundle = task.model_fn()
@@ -251,17 +269,24 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
 
 def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   population = len(task.train_data.client_ids)
+  cohort_fn = lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling)
+  unit = 'one user'
+  if config.silo_dp:  # Sampled are platforms: a user takes part when its platform does.
+    members = platforms(task)
+    population = len(members)
+    cohort_fn = lambda r: sampling.sample_silo_users(members, r, config.seed, config.sampling)
+    unit = 'one user (cross-silo: platforms sampled; each clips every one of its users\' updates)'
   config = resolve_privacy(config, population)
   # TFF's DP noise and its compression's stochastic rounding are unseeded random ops, which determinism forbids.
   experiment.configure_determinism(not ((config.dp.enabled or config.compression) and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
   final = experiment.run(
       engine, task,
-      cohort_fn=lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling),
+      cohort_fn=cohort_fn,
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
       eval_reconstruction=config.evaluation,
-      privacy=dp.PrivacyLedger(config.dp, config.sampling, population) if config.dp.enabled else None)
+      privacy=dp.PrivacyLedger(config.dp, config.sampling, population, unit) if config.dp.enabled else None)
   if config.export_dir:
     print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
   return final

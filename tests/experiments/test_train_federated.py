@@ -44,8 +44,9 @@ def _run(tiny_dataset, out, name, **overrides):
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
+    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
 ], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
-        'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff'])
+        'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff', 'dp_cross_silo'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -70,6 +71,9 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
     tree = overrides['dp'] == 'tree'
     assert ledger['rounds'] == 2 and ledger['sampling'] == ('epochs' if tree else 'uniform')
     assert ('SingleEpochTreeAggregation' if tree else 'SampledWithoutReplacement') in ledger['dp_event']
+    if overrides.get('view') == 'cross_silo':  # Platforms sampled (2 of 3), every user clipped on its own.
+      assert ledger['population'] == 3 and 'cross-silo' in ledger['unit_of_privacy']
+      assert float(rows[0]['clients']) > 3  # The round's clients are the sampled platforms' users.
     assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
 
 
@@ -110,7 +114,11 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'dp': 'gaussian_fixed'}, 'needs --noise_multiplier > 0, or --target_epsilon'),
     ({'secure_aggregation': True, 'engine': 'vectorized'}, '--secure_aggregation runs on TFF'),
     ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'distributed DP'),
-    ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo'}, '--dp with --view=cross_silo'),
+    ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo', 'engine': 'tff'},
+     '--dp with --view=cross_silo runs each platform'),
+    ({'dp': 'tree', 'noise_multiplier': 1.0}, 'each user at most once per tree: use --epoch_sampling'),
+    ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'epoch_sampling': True}, 'not --epoch_sampling'),
+
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),

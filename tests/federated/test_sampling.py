@@ -55,3 +55,12 @@ def test_shuffled_epochs_take_each_client_at_most_once_per_epoch():
   assert set(sum(epochs[0], [])) != set(sum(epochs[1], []))  # Each epoch its own shuffle.
   assert sampling.sample_clients(IDS, 5, 0, config) == epochs[1][1]  # A function of (seed, round) alone.
   assert config.method == 'epochs'
+
+
+def test_silo_users_are_the_users_of_the_sampled_platforms():
+  members = {'p0': ['u1', 'u2'], 'p1': ['u3'], 'p2': ['u4', 'u5', 'u6']}
+  config = sampling.SamplingConfig(clients_per_round=2)
+  for r in range(1, 6):
+    users = sampling.sample_silo_users(members, r, 0, config)
+    platforms = sampling.sample_clients(sorted(members), r, 0, config)
+    assert users == sorted(u for p in platforms for u in members[p])

@@ -11,7 +11,8 @@ platforms, platform 0 is the students.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Mapping, Sequence
 
 
 def platform_id(index: int) -> str:
@@ -44,3 +45,18 @@ def assign_platforms(occupation_counts: Mapping[str, float], num_platforms: int)
     sizes[target] += count
     assignment[occupation] = platform_id(target)
   return assignment
+
+
+def members(db_path: str, user_ids: Sequence[str]) -> dict[str, list[str]]:
+  """platform id -> its users among `user_ids` (sorted), from the database's `users` table."""
+  wanted = set(user_ids)
+  con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
+  try:
+    rows = con.execute('SELECT user_id, platform FROM users ORDER BY user_id').fetchall()
+  finally:
+    con.close()
+  out: dict[str, list[str]] = {}
+  for user, platform in rows:
+    if user in wanted:
+      out.setdefault(platform, []).append(user)
+  return out

@@ -15,7 +15,7 @@ a resumed run samples exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -74,3 +74,10 @@ def sample_clients(client_ids: Sequence[str], round_num: int, seed: int, config:
   else:
     chosen = np.flatnonzero(rng.random(len(ids)) < config.client_sampling_rate)
   return sorted(ids[chosen].tolist())
+
+
+def sample_silo_users(members: Mapping[str, Sequence[str]], round_num: int, seed: int,
+                      config: SamplingConfig) -> list[str]:
+  """Cross-silo with user-level DP: this round's platforms (sampled as clients are), expanded to their users."""
+  platforms = sample_clients(sorted(members), round_num, seed, config)
+  return sorted(user for platform in platforms for user in members[platform])

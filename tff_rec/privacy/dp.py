@@ -188,10 +188,13 @@ def calibrate_noise(target_epsilon: float, sampling: SamplingConfig, population:
 class PrivacyLedger:
   """What a DP run spends: epsilon after every round, the budget stop, and privacy_ledger.json."""
 
-  def __init__(self, config: DPConfig, sampling: SamplingConfig, population: int):
+  def __init__(self, config: DPConfig, sampling: SamplingConfig, population: int,
+               unit_of_privacy: str = 'one client (cross-device: one user)'):
+    """`population`: what is sampled (users cross-device, platforms cross-silo)."""
     if not config.enabled or config.noise_multiplier <= 0:
       raise ValueError('a privacy ledger needs a DP mechanism with a noise multiplier (calibrate it first)')
     self.config, self.sampling, self.population = config, sampling, population
+    self.unit_of_privacy = unit_of_privacy
     self._spent: dict[int, dict[str, float | None]] = {}
 
   def epsilons(self, rounds: int) -> dict[str, float | None]:
@@ -220,7 +223,7 @@ class PrivacyLedger:
     spent = self.epsilons(rounds)
     ledger = {
         'mechanism': self.config.mechanism,
-        'unit_of_privacy': 'one client (cross-device: one user)',
+        'unit_of_privacy': self.unit_of_privacy,
         'sampling': self.sampling.method,
         'sampling_rate': (self.sampling.clients_per_round / self.population if self.sampling.clients_per_round
                           else self.sampling.client_sampling_rate),
