@@ -20,7 +20,8 @@ DP queries as TFF's `tff.aggregators.DifferentiallyPrivateFactory` builds them:
 
 With Federated Reconstruction only the global (item-side) update is clipped,
 noised and sent; user embeddings never leave the client. The unit of privacy
-is one client: one user cross-device.
+is one user: cross-device a client; cross-silo the platforms are sampled and
+each clips every one of its users' updates on its own (`train_federated`).
 
 Accounting composes the DpEvent of the sampler that ran, per round:
 Poisson sampling -> `PoissonSampledDpEvent`, a fixed-size cohort drawn without
