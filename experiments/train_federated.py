@@ -209,11 +209,12 @@ def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
                        task.train_data.client_ids)
 
 
-def resolve_privacy(config: ExperimentConfig, population: int) -> ExperimentConfig:
+def resolve_privacy(config: ExperimentConfig, population: int,
+                    accounting: sampling.SamplingConfig | None = None) -> ExperimentConfig:
   """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, RDP)."""
   if not config.dp.enabled or config.dp.noise_multiplier > 0:
     return config
-  z = dp.calibrate_noise(config.dp.target_epsilon, config.sampling, population, config.loop.rounds,
+  z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
                          config.dp.target_delta)
   logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s over %d rounds', z, config.dp.target_epsilon,
                config.loop.rounds)
@@ -270,13 +271,16 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
 def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   population = len(task.train_data.client_ids)
   cohort_fn = lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling)
-  unit = 'one user'
+  unit, accounting, note = 'one user', None, None
   if config.silo_dp:  # Sampled are platforms: a user takes part when its platform does.
     members = platforms(task)
     population = len(members)
     cohort_fn = lambda r: sampling.sample_silo_users(members, r, config.seed, config.sampling)
     unit = 'one user (cross-silo: platforms sampled; each clips every one of its users\' updates)'
-  config = resolve_privacy(config, population)
+    accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
+    note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
+            'every round is counted as a Gaussian mechanism every user takes part in (an upper bound)')
+  config = resolve_privacy(config, population, accounting)
   # TFF's DP noise and its compression's stochastic rounding are unseeded random ops, which determinism forbids.
   experiment.configure_determinism(not ((config.dp.enabled or config.compression) and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
@@ -286,7 +290,8 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
       eval_reconstruction=config.evaluation,
-      privacy=dp.PrivacyLedger(config.dp, config.sampling, population, unit) if config.dp.enabled else None)
+      privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note)
+               if config.dp.enabled else None))
   if config.export_dir:
     print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
   return final

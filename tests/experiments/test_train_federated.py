@@ -70,10 +70,13 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
     ledger = json.loads((run_dir / 'privacy_ledger.json').read_text())
     tree = overrides['dp'] == 'tree'
     assert ledger['rounds'] == 2 and ledger['sampling'] == ('epochs' if tree else 'uniform')
-    assert ('SingleEpochTreeAggregation' if tree else 'SampledWithoutReplacement') in ledger['dp_event']
-    if overrides.get('view') == 'cross_silo':  # Platforms sampled (2 of 3), every user clipped on its own.
+    if overrides.get('view') == 'cross_silo':  # Platforms sampled (2 of 3), every user clipped on its own ...
       assert ledger['population'] == 3 and 'cross-silo' in ledger['unit_of_privacy']
       assert float(rows[0]['clients']) > 3  # The round's clients are the sampled platforms' users.
+      # ... and no amplification claimed: every round a plain Gaussian mechanism.
+      assert 'PoissonSampledDpEvent(sampling_probability=1.0' in ledger['dp_event'] and ledger['accounting_note']
+    else:
+      assert ('SingleEpochTreeAggregation' if tree else 'SampledWithoutReplacement') in ledger['dp_event']
     assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
 
 

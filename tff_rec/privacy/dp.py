@@ -190,18 +190,25 @@ class PrivacyLedger:
   """What a DP run spends: epsilon after every round, the budget stop, and privacy_ledger.json."""
 
   def __init__(self, config: DPConfig, sampling: SamplingConfig, population: int,
-               unit_of_privacy: str = 'one client (cross-device: one user)'):
-    """`population`: what is sampled (users cross-device, platforms cross-silo)."""
+               unit_of_privacy: str = 'one client (cross-device: one user)',
+               accounting: SamplingConfig | None = None, accounting_note: str | None = None):
+    """`population`: what is sampled (users cross-device, platforms cross-silo).
+
+    `accounting`: the sampler the accounting assumes, where it cannot be the
+    one that ran (cross-silo: `client_sampling_rate=1`, no amplification),
+    with `accounting_note` saying why.
+    """
     if not config.enabled or config.noise_multiplier <= 0:
       raise ValueError('a privacy ledger needs a DP mechanism with a noise multiplier (calibrate it first)')
     self.config, self.sampling, self.population = config, sampling, population
     self.unit_of_privacy = unit_of_privacy
+    self.accounting, self.accounting_note = accounting or sampling, accounting_note
     self._spent: dict[int, dict[str, float | None]] = {}
 
   def epsilons(self, rounds: int) -> dict[str, float | None]:
     # The loop asks twice per round (the budget check before it, the metrics after it): compose once.
     if rounds not in self._spent:
-      self._spent[rounds] = epsilons(self.config.noise_multiplier, self.sampling, self.population, rounds,
+      self._spent[rounds] = epsilons(self.config.noise_multiplier, self.accounting, self.population, rounds,
                                      self.config.target_delta)
     return self._spent[rounds]
 
@@ -230,10 +237,11 @@ class PrivacyLedger:
                           else self.sampling.client_sampling_rate),
         'clients_per_round': expected_clients(self.sampling, self.population),
         'population': self.population,
-        'dp_event': str(round_event(self.config.noise_multiplier, self.sampling, self.population)),
+        'dp_event': str(round_event(self.config.noise_multiplier, self.accounting, self.population)),
         'neighboring_relation': ('replace one user\'s data by a zero contribution (tree aggregation)'
-                                 if self.sampling.shuffle_epochs else
-                                 'replace one user' if self.sampling.clients_per_round else 'add or remove one user'),
+                                 if self.accounting.shuffle_epochs else
+                                 'replace one user' if self.accounting.clients_per_round else 'add or remove one user'),
+        'accounting_note': self.accounting_note,
         'noise_multiplier': self.config.noise_multiplier,
         'clip_norm': self.config.clip_norm,
         'adaptive_clipping': self.config.mechanism == GAUSSIAN_ADAPTIVE,
