@@ -20,7 +20,6 @@ from experiments import common_flags, export_flags, logs
 from tff_rec import centralized, experiment, tasks, training_loop
 from tff_rec.federated import fed_recon
 from tff_rec.models import reconstruction
-from tff_rec.serving import export
 
 # Training.
 _EPOCHS = flags.DEFINE_integer('epochs', 20, 'Passes over all training users\' examples (one loop round each).')
@@ -85,9 +84,7 @@ def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> 
                                          eval_epochs=config.evaluation.epochs)
   final = experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
                         output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss',
-                        eval_reconstruction=config.evaluation)
-  if config.export_dir:
-    print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
+                        eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k))
   return final
 
 

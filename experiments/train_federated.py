@@ -24,7 +24,6 @@ from tff_rec.data import silos
 from tff_rec.federated import compression, fed_avg, fed_recon, sampling, vectorized
 from tff_rec.models import reconstruction
 from tff_rec.privacy import dp, secure
-from tff_rec.serving import export
 
 ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
 ENGINES = ('auto', 'vectorized', 'tff')
@@ -289,11 +288,9 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
       cohort_fn=cohort_fn,
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
-      eval_reconstruction=config.evaluation,
+      eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
       privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note)
                if config.dp.enabled else None))
-  if config.export_dir:
-    print(export.describe(config.export_dir, export.export_run(config.output_dir, config.export_dir, config.top_k)))
   return final
 
 

@@ -48,7 +48,8 @@ def configure_determinism(reproducible: bool) -> None:
 
 def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int], list[str]], seed: int,
         loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str,
-        eval_reconstruction: reconstruction.EvalSettings, privacy: Any = None) -> dict[str, Any]:
+        eval_reconstruction: reconstruction.EvalSettings, privacy: Any = None,
+        export_to: tuple[str | None, int] = (None, 10)) -> dict[str, Any]:
   """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
 
   Args:
@@ -66,6 +67,8 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
       `tff_rec.serving.export` builds the served model.
     privacy: A `dp.PrivacyLedger` for DP runs: epsilon per round, the budget
       stop, privacy_ledger.json and the final epsilon.
+    export_to: (export directory or None, top K): also export the trained
+      model as a SavedModel (`tff_rec.serving.export.export_run`).
   """
   began = time.monotonic()
   os.makedirs(output_dir, exist_ok=True)
@@ -109,6 +112,9 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'
   learning_curve(training_loop.read_history(output_dir), os.path.join(output_dir, 'learning_curve.png'),
                  loss_key=loss_key, metric_key=metric_key)
+  export_dir, top_k = export_to
+  if export_dir:
+    print(export.describe(export_dir, export.export_run(output_dir, export_dir, top_k)))
   return final
 
 
