@@ -225,7 +225,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   population = len(task.train_data.client_ids)
   clients = dp.expected_clients(config.sampling, population)
   if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
-    clients = dp.expected_clients(config.sampling, len(platforms(task))) * population / len(platforms(task))
+    num_platforms = len(platforms(task))
+    clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
   dp_kwargs = {}
   if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
     bundle = task.model_fn()
