@@ -16,8 +16,19 @@ from tff_rec.privacy import dp
 def test_event_matches_the_sampler():
   uniform = dp.round_event(1.0, SamplingConfig(clients_per_round=10), population=100)
   poisson = dp.round_event(1.0, SamplingConfig(client_sampling_rate=0.1), population=100)
-  assert uniform == dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(1.0))
+  # Replace-one adjacency (fixed-size cohorts): the sum's sensitivity is twice the clip, so half the multiplier.
+  assert uniform == dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(0.5))
   assert poisson == dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
+
+
+def test_fixed_size_cohort_of_everyone_is_the_gaussian_mechanism_at_twice_the_sensitivity():
+  """A cohort of the whole population, one round, replace-one adjacency: no sampling, and swapping one user's
+  clipped update (norm <= C) for another's moves the noised sum (stddev z C) by up to 2C: Gaussian at z / 2."""
+  z, delta = 3.0, 1e-5
+  spent = dp.epsilons(z, SamplingConfig(clients_per_round=50), 50, 1, delta)['epsilon_rdp']
+  by_hand = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(z / 2)).get_epsilon(delta)
+  assert spent == pytest.approx(by_hand, rel=1e-9)
+  assert spent > dp_accounting.rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(z)).get_epsilon(delta) * 1.5
 
 
 def test_unsampled_gaussian_epsilon_matches_the_analytic_gaussian_mechanism():

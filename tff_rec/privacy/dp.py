@@ -30,7 +30,9 @@ mechanism, and reports epsilon at `target_delta` by RDP (Mironov 2017) and by
 privacy loss distributions (PLD; only Poisson sampling has a PLD analysis in
 dp_accounting, so PLD is None for fixed-size cohorts). dp_accounting analyses
 fixed-size cohorts under replace-one adjacency (one user's data swapped for
-another's) and Poisson sampling under add-or-remove-one. Tree aggregation
+another's, which moves the sum of clipped updates by up to twice the clip: the
+event's noise multiplier is half the mechanism's) and Poisson sampling under
+add-or-remove-one. Tree aggregation
 composes one `SingleEpochTreeAggregationDpEvent` per epoch (no sampling
 amplification), under replace-special adjacency (a user's data replaced by a
 zero contribution), by RDP.
@@ -137,10 +139,13 @@ def round_event(noise_multiplier: float, sampling: SamplingConfig, population: i
   """The DpEvent of one round, matching the sampler that ran (tree aggregation: of one epoch's tree)."""
   if sampling.shuffle_epochs:
     return dp_accounting.SingleEpochTreeAggregationDpEvent(noise_multiplier, sampling.rounds_per_epoch(population))
-  gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
   if sampling.clients_per_round > 0:
+    # Replace-one adjacency: swapping one user's clipped update for another's moves the sum by up to 2 x clip, and
+    # dp_accounting's noise multiplier is the noise stddev over that sensitivity.
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier / 2)
     return dp_accounting.SampledWithoutReplacementDpEvent(population, sampling.clients_per_round, gaussian)
-  return dp_accounting.PoissonSampledDpEvent(sampling.client_sampling_rate, gaussian)
+  return dp_accounting.PoissonSampledDpEvent(sampling.client_sampling_rate,
+                                             dp_accounting.GaussianDpEvent(noise_multiplier))
 
 
 def _rdp_accountant(sampling: SamplingConfig) -> rdp.RdpAccountant:
@@ -240,7 +245,9 @@ class PrivacyLedger:
         'dp_event': str(round_event(self.config.noise_multiplier, self.accounting, self.population)),
         'neighboring_relation': ('replace one user\'s data by a zero contribution (tree aggregation)'
                                  if self.accounting.shuffle_epochs else
-                                 'replace one user' if self.accounting.clients_per_round else 'add or remove one user'),
+                                 'replace one user (the sum moves by up to 2 x clip: the event\'s noise multiplier '
+                                 'is half the mechanism\'s)' if self.accounting.clients_per_round else
+                                 'add or remove one user'),
         'accounting_note': self.accounting_note,
         'noise_multiplier': self.config.noise_multiplier,
         'clip_norm': self.config.clip_norm,
