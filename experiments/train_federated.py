@@ -17,13 +17,14 @@ from typing import Any
 
 from absl import app, flags
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
 from tff_rec.federated import compression, fed_avg, fed_recon, sampling, vectorized
 from tff_rec.models import reconstruction
-from tff_rec.privacy import dp, secure
+from tff_rec.privacy import distributed, dp, secure
 
 ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
 ENGINES = ('auto', 'vectorized', 'tff')
@@ -57,7 +58,9 @@ _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learnin
 _DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
                         'User-level DP of the global update: gaussian_fixed (clip --clip_norm) or gaussian_adaptive '
                         '(clip follows --target_quantile of update norms, Andrew et al. 2021), or tree (DP-FTRL: '
-                        'tree-aggregation noise restarted every epoch; needs --epoch_sampling).')
+                        'tree-aggregation noise restarted every epoch; needs --epoch_sampling), or distributed '
+                        '(tff.learning.ddp_secure_aggregator: Skellam noise added on each client, summed securely, '
+                        'TFF\'s adaptive clip; needs --clients_per_round and --engine=tff).')
 _EPOCHS = flags.DEFINE_bool('epoch_sampling', False, 'With --clients_per_round: each epoch a seeded shuffle of all '
                             'clients cut into cohorts, so each client takes part at most once per epoch (--dp=tree).')
 _NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / clip (0 with --target_epsilon: '
@@ -126,11 +129,16 @@ class ExperimentConfig:
     if self.dp.enabled:
       dp.check_sampling(self.dp, self.sampling)
     if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF or self.engine == 'tff'
-                         or self.dp.mechanism == dp.TREE):
+                         or self.dp.mechanism in (dp.TREE, dp.DISTRIBUTED)):
       raise ValueError('--dp with --view=cross_silo runs each platform\'s users\' updates, clipped per user, on the '
                        'vectorized engine: MF Federated Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
     if self.secure_aggregation and self.dp.enabled:
-      raise ValueError('--secure_aggregation with --dp (distributed DP) is not implemented yet; use one of them')
+      raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
+                       'securely) instead of both')
+    if self.dp.mechanism == dp.DISTRIBUTED:
+      if self.engine == 'vectorized':
+        raise ValueError('--dp=distributed runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
+      distributed.check_protobuf()
     if self.secure_aggregation and self.engine == 'vectorized':
       raise ValueError('--secure_aggregation runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
     if self.compression and (self.dp.enabled or self.secure_aggregation):
@@ -156,7 +164,8 @@ class ExperimentConfig:
 
   @property
   def resolved_engine(self) -> str:
-    if self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers or self.compression:
+    if (self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers or self.compression
+        or self.dp.mechanism == dp.DISTRIBUTED):
       return 'tff'
     if self.engine == 'auto':
       return 'vectorized' if self.vectorizable else 'tff'
@@ -208,13 +217,31 @@ def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
                        task.train_data.client_ids)
 
 
+def update_variables(config: ExperimentConfig, task: tasks.RecommendationTask) -> list[tf.Variable]:
+  """What a client's model update holds: the trainable global weights (Fed Recon: the item side)."""
+  bundle = task.model_fn()
+  if config.algorithm != 'fed_recon':
+    return list(bundle.model.trainable_variables)
+  return [v for layer in bundle.global_layers for v in layer.trainable_variables]
+
+
+def update_type(config: ExperimentConfig, task: tasks.RecommendationTask) -> tff.Type:
+  """The TFF type of a client's model update (what distributed DP noises)."""
+  return tff.to_type([tff.TensorType(v.dtype.as_numpy_dtype, v.shape) for v in update_variables(config, task)])
+
+
 def resolve_privacy(config: ExperimentConfig, population: int,
-                    accounting: sampling.SamplingConfig | None = None) -> ExperimentConfig:
+                    accounting: sampling.SamplingConfig | None = None,
+                    task: tasks.RecommendationTask | None = None) -> ExperimentConfig:
   """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, RDP)."""
   if not config.dp.enabled or config.dp.noise_multiplier > 0:
     return config
-  z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
-                         config.dp.target_delta)
+  if config.dp.mechanism == dp.DISTRIBUTED:
+    z = distributed.calibrate(config.dp.target_epsilon, config.sampling.clients_per_round, population,
+                              config.loop.rounds, config.dp.target_delta, update_type(config, task))
+  else:
+    z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
+                           config.dp.target_delta)
   logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s over %d rounds', z, config.dp.target_epsilon,
                config.loop.rounds)
   return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
@@ -229,14 +256,17 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
   dp_kwargs = {}
   if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
-    bundle = task.model_fn()
-    trainable = bundle.model.trainable_variables if config.algorithm != 'fed_recon' else [
-        v for layer in bundle.global_layers for v in layer.trainable_variables]
+    trainable = update_variables(config, task)
     # Structured as each engine hands the update over: TFF's weights are a list, the vectorized engine's a tuple.
     container = tuple if config.resolved_engine == 'vectorized' else list
     dp_kwargs = dict(record_specs=container(tf.TensorSpec(v.shape, v.dtype) for v in trainable),
                      rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
-  aggregator = dp.aggregation_factory(config.dp, clients, **dp_kwargs) if config.dp.enabled else None
+  if config.dp.mechanism == dp.DISTRIBUTED:
+    aggregator = distributed.aggregator(config.dp.noise_multiplier, config.sampling.clients_per_round)
+  elif config.dp.enabled:
+    aggregator = dp.aggregation_factory(config.dp, clients, **dp_kwargs)
+  else:
+    aggregator = None
   if config.secure_aggregation:
     aggregator = secure.secure_mean()
   if config.compression:
@@ -280,17 +310,23 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
     accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
     note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
             'every round is counted as a Gaussian mechanism every user takes part in (an upper bound)')
-  config = resolve_privacy(config, population, accounting)
+  config = resolve_privacy(config, population, accounting, task)
   # TFF's DP noise and its compression's stochastic rounding are unseeded random ops, which determinism forbids.
   experiment.configure_determinism(not ((config.dp.enabled or config.compression) and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
+  accountant = None
+  if config.dp.mechanism == dp.DISTRIBUTED:  # Its own RDP analysis, checked against every round's parameters.
+    accountant = distributed.Accountant(config.dp.noise_multiplier, config.sampling.clients_per_round, population,
+                                        update_type(config, task))
+    engine.round_check = lambda measurements: accountant.check(measurements['mean_value'])
+    engine.keep_empty_clients = True
   final = experiment.run(
       engine, task,
       cohort_fn=cohort_fn,
       seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
       loss_key='client_work/train/loss',
       eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
-      privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note)
+      privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note, accountant)
                if config.dp.enabled else None))
   return final
 

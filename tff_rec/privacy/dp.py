@@ -52,7 +52,8 @@ from tff_rec import atomic
 from tff_rec.federated.sampling import SamplingConfig
 
 NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE = 'none', 'gaussian_fixed', 'gaussian_adaptive', 'tree'
-MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE)
+DISTRIBUTED = 'distributed'  # tff_rec.privacy.distributed: noise added on clients, summed securely.
+MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE, DISTRIBUTED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,9 @@ def check_sampling(config: DPConfig, sampling: SamplingConfig) -> None:
     raise ValueError('--dp=tree accounts for each user at most once per tree: use --epoch_sampling')
   if config.mechanism in (GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE) and sampling.shuffle_epochs:
     raise ValueError(f'--dp={config.mechanism} is accounted for sampled cohorts, not --epoch_sampling (use --dp=tree)')
+  if config.mechanism == DISTRIBUTED and (sampling.clients_per_round <= 0 or sampling.shuffle_epochs):
+    raise ValueError('--dp=distributed needs fixed-size cohorts (--clients_per_round > 0, no --epoch_sampling): '
+                     'each client adds a noise share, and the accounting needs how many do')
 
 
 def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any = None, rounds_per_epoch: int = 0,
@@ -196,22 +200,30 @@ class PrivacyLedger:
 
   def __init__(self, config: DPConfig, sampling: SamplingConfig, population: int,
                unit_of_privacy: str = 'one client (cross-device: one user)',
-               accounting: SamplingConfig | None = None, accounting_note: str | None = None):
+               accounting: SamplingConfig | None = None, accounting_note: str | None = None,
+               accountant: Any = None):
     """`population`: what is sampled (users cross-device, platforms cross-silo).
 
     `accounting`: the sampler the accounting assumes, where it cannot be the
     one that ran (cross-silo: `client_sampling_rate=1`, no amplification),
     with `accounting_note` saying why.
+
+    `accountant`: a `distributed.Accountant` (its own RDP analysis) for
+    --dp=distributed.
     """
     if not config.enabled or config.noise_multiplier <= 0:
       raise ValueError('a privacy ledger needs a DP mechanism with a noise multiplier (calibrate it first)')
     self.config, self.sampling, self.population = config, sampling, population
     self.unit_of_privacy = unit_of_privacy
     self.accounting, self.accounting_note = accounting or sampling, accounting_note
+    self.accountant = accountant
     self._spent: dict[int, dict[str, float | None]] = {}
 
   def epsilons(self, rounds: int) -> dict[str, float | None]:
     # The loop asks twice per round (the budget check before it, the metrics after it): compose once.
+    if rounds not in self._spent and self.accountant is not None:
+      self._spent[rounds] = {'epsilon_rdp': self.accountant.epsilon(rounds, self.config.target_delta),
+                             'epsilon_pld': None}
     if rounds not in self._spent:
       self._spent[rounds] = epsilons(self.config.noise_multiplier, self.accounting, self.population, rounds,
                                      self.config.target_delta)
@@ -242,16 +254,18 @@ class PrivacyLedger:
                           else self.sampling.client_sampling_rate),
         'clients_per_round': expected_clients(self.sampling, self.population),
         'population': self.population,
-        'dp_event': str(round_event(self.config.noise_multiplier, self.accounting, self.population)),
-        'neighboring_relation': ('replace one user\'s data by a zero contribution (tree aggregation)'
+        'dp_event': (str(self.accountant.describe()) if self.accountant is not None else
+                     str(round_event(self.config.noise_multiplier, self.accounting, self.population))),
+        'neighboring_relation': ('replace one user (sensitivities doubled)' if self.accountant is not None else
+                                 'replace one user\'s data by a zero contribution (tree aggregation)'
                                  if self.accounting.shuffle_epochs else
                                  'replace one user (the sum moves by up to 2 x clip: the event\'s noise multiplier '
                                  'is half the mechanism\'s)' if self.accounting.clients_per_round else
                                  'add or remove one user'),
         'accounting_note': self.accounting_note,
         'noise_multiplier': self.config.noise_multiplier,
-        'clip_norm': self.config.clip_norm,
-        'adaptive_clipping': self.config.mechanism == GAUSSIAN_ADAPTIVE,
+        'clip_norm': self.config.clip_norm if self.accountant is None else self.accountant.initial_clip,
+        'adaptive_clipping': self.config.mechanism in (GAUSSIAN_ADAPTIVE, DISTRIBUTED),
         'rounds': rounds,
         'delta': self.config.target_delta,
         'target_epsilon': self.config.target_epsilon or None,
