@@ -33,7 +33,7 @@ def test_serve_binary_serves_and_stops(tmp_path):
     assert len(answer['predictions'][0]['item_ids']) == 2 and 'a' not in answer['predictions'][0]['item_ids']
   finally:
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0
+    assert process.wait(timeout=120) == 0  # Generous: a loaded 2-core CI machine is slow to stop TF.
 
 
 def test_serve_binary_rejects_a_missing_model(tmp_path):

@@ -35,7 +35,8 @@ event's noise multiplier is half the mechanism's) and Poisson sampling under
 add-or-remove-one. Tree aggregation
 composes one `SingleEpochTreeAggregationDpEvent` per epoch (no sampling
 amplification), under replace-special adjacency (a user's data replaced by a
-zero contribution), by RDP.
+zero contribution), by RDP. `--dp=distributed` (noise added on the clients,
+summed securely) is `tff_rec.privacy.distributed`, with its own accounting.
 """
 
 from __future__ import annotations
