@@ -14,6 +14,7 @@ directory: see the README.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from absl import app, flags
@@ -48,6 +49,10 @@ def main(argv):
   server = waitress.create_server(service, host=_HOST.value, port=_PORT.value, threads=_THREADS.value)
   print(f'Serving {_EXPORT_DIR.value} as http://{_HOST.value}:{server.effective_port}/v1/models/{_NAME.value} '
         '(Ctrl-C stops)', flush=True)
+  # SIGINT and SIGTERM stop the server cleanly, also when it was started in the background of a non-interactive
+  # shell, which starts children with SIGINT ignored.
+  for stop in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(stop, signal.default_int_handler)
   try:
     server.run()
   except KeyboardInterrupt:

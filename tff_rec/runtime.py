@@ -70,6 +70,9 @@ def worker_binary_path() -> str:
 def _die_with_parent() -> None:  # Runs in the child between fork and exec.
   libc = ctypes.CDLL('libc.so.6', use_errno=True)
   libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  # SIGINT is the worker's clean shutdown (`_stop_process`): restore it where this process inherited it ignored
+  # (started in the background of a non-interactive shell).
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_worker(
