@@ -81,6 +81,10 @@ _COMPRESSION = flags.DEFINE_bool('compression', False, 'Quantize each client\'s 
 _DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
 _EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
                               'and the run stops before any round that would exceed it.')
+_ACCOUNTANT = flags.DEFINE_enum('accountant', dp.RDP, list(dp.ACCOUNTANTS), 'Whose epsilon --target_epsilon bounds '
+                                '(calibration, the stop, the reported epsilon): rdp, or pld (privacy loss '
+                                'distributions: tighter, so less noise for the same budget; Poisson-sampled '
+                                'Gaussian DP only). Both are always reported where defined.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +192,7 @@ def config_from_flags() -> ExperimentConfig:
                                   _SPLIT.value, _SERVER_EPS.value),
       proximal_strength=_PROX.value,
       dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
-                     _EPSILON.value),
+                     _EPSILON.value, _ACCOUNTANT.value),
       secure_aggregation=_SECURE.value,
       compression=_COMPRESSION.value,
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value, _EPOCHS.value),
@@ -233,7 +237,7 @@ def update_type(config: ExperimentConfig, task: tasks.RecommendationTask) -> tff
 def resolve_privacy(config: ExperimentConfig, population: int,
                     accounting: sampling.SamplingConfig | None = None,
                     task: tasks.RecommendationTask | None = None) -> ExperimentConfig:
-  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, RDP)."""
+  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, by --accountant)."""
   if not config.dp.enabled or config.dp.noise_multiplier > 0:
     return config
   if config.dp.mechanism == dp.DISTRIBUTED:
@@ -241,9 +245,9 @@ def resolve_privacy(config: ExperimentConfig, population: int,
                               config.loop.rounds, config.dp.target_delta, update_type(config, task))
   else:
     z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
-                           config.dp.target_delta)
-  logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s over %d rounds', z, config.dp.target_epsilon,
-               config.loop.rounds)
+                           config.dp.target_delta, config.dp.accountant)
+  logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s (%s) over %d rounds', z, config.dp.target_epsilon,
+               config.dp.accountant.upper(), config.loop.rounds)
   return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
 
 

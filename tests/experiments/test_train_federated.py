@@ -93,6 +93,20 @@ def test_privacy_budget_calibrates_noise_and_stops_the_run(tiny_dataset, tmp_pat
 
 
 @pytest.mark.slow
+def test_pld_accountant_calibrates_and_reports_its_own_epsilon(tiny_dataset, tmp_path):
+  poisson = dict(dp='gaussian_fixed', target_epsilon=5.0, rounds=2, clients_per_round=0, client_sampling_rate=0.5)
+  final = _run(tiny_dataset, tmp_path, 'pld', accountant='pld', **poisson)
+  ledger = json.loads((tmp_path / 'pld' / 'privacy_ledger.json').read_text())
+  assert ledger['accountant'] == 'pld' and final['epsilon'] == ledger['epsilon_pld'] == pytest.approx(5.0, rel=1e-2)
+  # The same budget by RDP (the looser bound) needs more noise; the PLD run's RDP epsilon is over the budget.
+  rdp_noise = json.loads((tmp_path / 'pld' / 'hparams.json').read_text())['dp']['noise_multiplier']
+  assert ledger['noise_multiplier'] == rdp_noise and final['epsilon_rdp'] > 5.0
+  rdp_run = _run(tiny_dataset, tmp_path, 'rdp', **poisson)
+  assert json.loads((tmp_path / 'rdp' / 'hparams.json').read_text())['dp']['noise_multiplier'] > rdp_noise
+  assert rdp_run['epsilon'] == rdp_run['epsilon_rdp'] == pytest.approx(5.0, rel=1e-2)
+
+
+@pytest.mark.slow
 def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset, tmp_path):
   straight = _run(tiny_dataset, tmp_path, 'straight', rounds=3)
   _run(tiny_dataset, tmp_path, 'resumed', rounds=2)  # "Killed" after round 2 ...
@@ -125,6 +139,10 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
      '--dp with --view=cross_silo runs each platform'),
     ({'dp': 'tree', 'noise_multiplier': 1.0}, 'each user at most once per tree: use --epoch_sampling'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'epoch_sampling': True}, 'not --epoch_sampling'),
+    ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'accountant': 'pld'},
+     '--accountant=pld: .* Poisson-sampled Gaussian.*--clients_per_round=3: use --accountant=rdp'),
+    ({'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True, 'accountant': 'pld'},
+     'got --dp=tree .* use --accountant=rdp'),
 
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),

