@@ -1,0 +1,104 @@
+"""Federated ALS rounds against numpy ALS: the exact user solve, the (clipped, noised) mean statistics, the item step."""
+
+import numpy as np
+import pytest
+
+from tff_rec import tasks
+from tff_rec.federated import als as fed_als
+from tff_rec.models import als
+from tff_rec.privacy import dp
+
+CONFIG = als.AlsConfig(alpha=3.0, regularization=2.0)
+
+
+def _task(tiny_dataset):
+  return tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=3, init_stddev=0.5)
+
+
+def _numpy_round(table, examples, clients, clip=None):
+  """One ALS round written out: users solved on the whole catalogue, statistics (clipped), mean, item solve."""
+  dim = table.shape[1]
+  gram, sums = np.zeros((dim, dim)), np.zeros_like(table, dtype=np.float64)
+  for items, labels in examples:
+    rated = items[labels[:, 0] > 0.5] if labels.ndim == 2 else items[labels > 0.5]
+    if not len(rated):
+      continue
+    p = np.zeros(len(table)); np.add.at(p, rated, 1.0)  # Counts: an item rated twice counts twice.
+    x = np.linalg.solve(table.T @ table + CONFIG.alpha * (table[rated].T @ table[rated])
+                        + CONFIG.regularization * np.eye(dim), (1 + CONFIG.alpha) * table[rated].sum(0))
+    user_gram, user_sums = np.outer(x, x), np.zeros_like(sums)
+    np.add.at(user_sums, rated, (1 + CONFIG.alpha) * x)
+    scale = 1.0 if clip is None else min(1.0, clip / np.sqrt((user_gram ** 2).sum() + (user_sums ** 2).sum()))
+    gram += scale * user_gram
+    sums += scale * user_sums
+  new = sums / clients @ np.linalg.inv(gram / clients + CONFIG.regularization / clients * np.eye(dim))
+  new[0] = 0.0
+  return new
+
+
+def test_a_round_is_numpy_als(tiny_dataset):
+  task = _task(tiny_dataset)
+  ids = task.train_data.client_ids[:10]
+  examples = task.train_examples(ids, 0, seed=0)
+  engine = fed_als.AlsEngine(task, CONFIG, clients=len(ids))
+  state = engine.initialize()
+  output = engine.next(state, examples)
+  np.testing.assert_allclose(output.state['weights'][0], _numpy_round(state['weights'][0], examples, len(ids)),
+                             rtol=2e-3, atol=2e-4)
+  np.testing.assert_array_equal(output.state['weights'][1], state['weights'][1])  # The bias stays 0.
+  rows, dim = state['weights'][0].shape
+  assert output.metrics['communication']['upload_bytes_per_client'] == 4 * (dim * dim + rows * dim)
+  assert output.metrics['client_work']['train']['num_examples'] == sum(len(e[0]) for e in examples)
+
+
+def test_dp_clips_each_users_statistics_and_noise_is_seeded(tiny_dataset):
+  task = _task(tiny_dataset)
+  ids = task.train_data.client_ids[:10]
+  examples = task.train_examples(ids, 0, seed=0)
+  clip = 0.5
+  engine = fed_als.AlsEngine(task, CONFIG, clients=len(ids),
+                             dp_query=dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1e-9, clip), len(ids)))
+  state = engine.initialize()
+  table = engine.next(state, examples).state['weights'][0]
+  unclipped = _numpy_round(state['weights'][0], examples, len(ids))
+  np.testing.assert_allclose(table, _numpy_round(state['weights'][0], examples, len(ids), clip), rtol=2e-3,
+                             atol=2e-4)
+  assert not np.allclose(table, unclipped, atol=1e-2)  # The clip bit here.
+  noisy = fed_als.AlsEngine(task, CONFIG, clients=len(ids), seed=3,
+                            dp_query=dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, clip), len(ids)))
+  state = noisy.initialize()
+  first, again = noisy.next(state, examples).state, noisy.next(state, examples).state
+  np.testing.assert_array_equal(first['weights'][0], again['weights'][0])
+  assert not np.allclose(first['weights'][0], table, atol=1e-3)
+
+
+def test_evaluation_reconstructs_users_exactly(tiny_dataset):
+  task = _task(tiny_dataset)
+  engine = fed_als.AlsEngine(task, CONFIG, clients=10)
+  state = engine.initialize()
+  for r in range(3):
+    state = engine.next(state, task.train_examples(task.train_data.client_ids, r, seed=0)).state
+  clients = task.eval_clients('test')
+  table = state['weights'][0].astype(np.float64)
+  hits, losses = 0, []
+  for (items, labels), (candidates, _) in zip(clients.support, clients.queries):
+    y = np.asarray(labels).reshape(-1)
+    rated = items[y > 0.5]
+    x = np.linalg.solve(table.T @ table + CONFIG.alpha * table[rated].T @ table[rated]
+                        + CONFIG.regularization * np.eye(3), (1 + CONFIG.alpha) * table[rated].sum(0))
+    # The membership-inference signal: the user's mean ALS loss on its support examples.
+    losses.append(np.mean((1 + CONFIG.alpha * y) * (y - table[items] @ x) ** 2))
+    scores = table[candidates] @ x  # [queries, 100]: the held-out item first; ties count against it.
+    hits += int(((scores[:, 1:] >= scores[:, :1]).sum(axis=1) < 10).sum())
+  np.testing.assert_allclose(engine.client_losses(state, clients), losses, rtol=1e-3)
+  totals = engine.evaluate(state, clients)
+  # float32 in the engine, float64 here: a near-tie may fall either way.
+  assert totals['count'] == len(clients.client_ids) and abs(totals['hits_at_10'] - hits) <= 1
+  assert 0 < hits < len(clients.client_ids)  # Neither trivially all nor none.
+
+
+def test_rating_objective_is_refused(tiny_dataset):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset), objective='rating', embedding_dim=3)
+  with pytest.raises(ValueError, match='fed_als trains implicit feedback'):
+    fed_als.AlsEngine(task, CONFIG, clients=10)
