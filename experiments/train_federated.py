@@ -22,24 +22,30 @@ import tensorflow_federated as tff
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
+from tff_rec.federated import als as fed_als
 from tff_rec.federated import compression, fed_avg, fed_recon, sampling, vectorized
-from tff_rec.models import reconstruction
+from tff_rec.models import als, reconstruction
 from tff_rec.privacy import distributed, dp, secure
 
-ALGORITHMS = ('fed_recon', 'fed_avg', 'fed_prox')
+ALGORITHMS = ('fed_recon', 'fed_als', 'fed_avg', 'fed_prox')
 ENGINES = ('auto', 'vectorized', 'tff')
 
 # Algorithm.
 _ALGORITHM = flags.DEFINE_enum(
     'algorithm', 'fed_recon', list(ALGORITHMS),
     'fed_recon: Federated Reconstruction, user parameters stay on clients (cross-device: one user row; cross-silo: '
-    'the platform\'s user table). fed_avg / fed_prox: BASELINES with a global user table that every client '
+    'the platform\'s user table). fed_als: federated implicit ALS, each user solved exactly on its device, only its '
+    'ALS statistics aggregated (private ALS with --dp; MF, implicit, cross-device, vectorized engine). '
+    'fed_avg / fed_prox: BASELINES with a global user table that every client '
     'receives and updates (every user\'s embedding leaves its client).')
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
                             'vectorized: the whole cohort in one TF graph (Fed Recon cross-device, --nosplit_dataset; '
                             'same model as tff, tested); tff: TFF\'s own processes on its runtime, one TFF client per '
                             'client; auto: vectorized where it applies, else tff.')
 _PROX = flags.DEFINE_float('proximal_strength', 0.01, 'FedProx mu (--algorithm=fed_prox).')
+_ALS_ALPHA = flags.DEFINE_float('als_alpha', 5.0, 'fed_als: confidence of a rated item over an unrated one, minus 1 '
+                                '(Hu et al. 2008).')
+_ALS_REG = flags.DEFINE_float('als_regularization', 10.0, 'fed_als: lambda of the user and item ridge regressions.')
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Training rounds.')
 _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling without replacement (0: use rate).')
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
@@ -112,11 +118,20 @@ class ExperimentConfig:
   export_dir: str | None = None
   top_k: int = 10
   workers: str = ''
+  als: als.AlsConfig = als.AlsConfig()
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
     self.data.validate()
     runtime.parse_workers(self.workers)
+    if self.algorithm == 'fed_als':
+      self.als.validate()
+      if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
+          or self.engine == 'tff' or self.workers or self.secure_aggregation or self.compression
+          or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
+        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the vectorized engine, '
+                         'with --dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff, --workers, '
+                         '--secure_aggregation or --compression)')
     if self.workers and self.engine == 'vectorized':
       raise ValueError('--workers runs TFF\'s runtime across worker services: use --engine=tff (the vectorized engine '
                        'runs in this process)')
@@ -163,11 +178,15 @@ class ExperimentConfig:
 
   @property
   def vectorizable(self) -> bool:
+    if self.algorithm == 'fed_als':
+      return True
     return (self.algorithm == 'fed_recon' and (self.data.view == 'cross_device' or self.silo_dp)
             and not self.recon.split_dataset and self.model == tasks.MF)
 
   @property
   def resolved_engine(self) -> str:
+    if self.algorithm == 'fed_als':
+      return 'vectorized'
     if (self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers or self.compression
         or self.dp.mechanism == dp.DISTRIBUTED):
       return 'tff'
@@ -178,12 +197,17 @@ class ExperimentConfig:
   @property
   def user_table(self) -> str | None:
     """How the task holds users: one local row (None), a platform's local table, or FedAvg's global table."""
+    if self.algorithm == 'fed_als':
+      return None
     if self.algorithm != 'fed_recon':
       return tasks.GLOBAL
     return tasks.LOCAL if self.data.view == 'cross_silo' and not self.silo_dp else None
 
 
 def config_from_flags() -> ExperimentConfig:
+  evaluation = common_flags.eval_settings(common_flags.RECON_LR.value)
+  if _ALGORITHM.value == 'fed_als':  # Users are solved exactly, at evaluation and serving too.
+    evaluation = dataclasses.replace(evaluation, als_alpha=_ALS_ALPHA.value, als_regularization=_ALS_REG.value)
   return ExperimentConfig(
       data=common_flags.data_config(), **common_flags.model_kwargs(),
       algorithm=_ALGORITHM.value, engine=_ENGINE.value,
@@ -197,9 +221,9 @@ def config_from_flags() -> ExperimentConfig:
       compression=_COMPRESSION.value,
       sampling=sampling.SamplingConfig(_CLIENTS.value, _RATE.value, _EPOCHS.value),
       loop=common_flags.loop_config(_ROUNDS.value),
-      evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
+      evaluation=evaluation,
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
-      workers=_WORKERS.value)
+      workers=_WORKERS.value, als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value))
 
 
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
@@ -275,6 +299,9 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     aggregator = secure.secure_mean()
   if config.compression:
     aggregator = compression.aggregator()
+  if config.algorithm == 'fed_als':
+    return fed_als.AlsEngine(task, config.als, clients=clients, seed=config.seed,
+                             dp_query=dp.dp_query(config.dp, clients) if aggregator else None)
   if config.algorithm in ('fed_avg', 'fed_prox'):
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(

@@ -102,7 +102,7 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   e = eval_reconstruction
   config = export.ServingConfig(task.objective, task.model_config.l2, task.data_config.batch_size,
                                 task.data_config.num_negatives, e.learning_rate, e.epochs, seed, e.recent_items,
-                                e.recent_repeats, task.model_name)
+                                e.recent_repeats, task.model_name, e.als_alpha, e.als_regularization)
   weights = engine.global_weights(state)
   if task.model_name == tasks.TWO_TOWER:  # The candidate tower needs its constant feature tables too.
     weights = list(weights) + [task.item_features.genres, task.item_features.year_buckets]

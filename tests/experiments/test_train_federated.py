@@ -45,8 +45,10 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
+    {'algorithm': 'fed_als', 'engine': 'vectorized'},
+    {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20},
 ], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
-        'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff', 'dp_cross_silo'])
+        'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -144,6 +146,12 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True, 'accountant': 'pld'},
      'got --dp=tree .* use --accountant=rdp'),
 
+    ({'algorithm': 'fed_als', 'objective': 'rating'}, '--algorithm=fed_als trains MF on implicit feedback'),
+    ({'algorithm': 'fed_als', 'engine': 'tff'}, r'--algorithm=fed_als trains MF .*\(no --engine=tff'),
+    ({'algorithm': 'fed_als', 'view': 'cross_silo'}, '--algorithm=fed_als trains MF on implicit feedback cross-device'),
+    ({'algorithm': 'fed_als', 'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True},
+     'with --dp=none|gaussian_fixed|gaussian_adaptive'),
+    ({'algorithm': 'fed_als', 'als_alpha': 0.0}, '--als_alpha and --als_regularization must be > 0'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),

@@ -32,13 +32,15 @@ def parsed_flags():
     FLAGS(['train_federated', '--experiment_name=unset'])
 
 
-@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'two_tower'])
+@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'two_tower', 'fed_als'])
 def trained(request, tiny_dataset, tmp_path_factory):
   """A 2-round run on tiny data exported at the end of training: (task, run dir, export dir, final metrics)."""
   out = tmp_path_factory.mktemp(f'export_{request.param}')
   export_dir = str(out / 'model')
   model = dict(mf_implicit=dict(objective=mf.IMPLICIT), mf_rating=dict(objective=mf.RATING),
-               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'))[request.param]
+               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'),
+               fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0))[
+                   request.param]
   if not FLAGS.is_parsed():
     FLAGS(['train_federated', '--experiment_name=unset'])
   with flagsaver.flagsaver(data_dir=tiny_dataset, root_output_dir=str(out), experiment_name='run',
@@ -116,6 +118,16 @@ def test_served_user_is_the_client_side_reconstruction(trained):
   clients = task.eval_clients('test', seed=SETTINGS['seed'], recent_items=2, recent_repeats=2)
   served = loaded.user_embedding(ids, ratings).numpy()
   config, _, weights = export.load_model_state(os.path.join(os.path.dirname(export_dir), 'run', export.MODEL_STATE))
+  if config.als_alpha > 0:  # fed_als: the exact ALS solve on the rated support (recency repeats count again).
+    assert (config.als_alpha, config.als_regularization) == (3.0, 2.0)
+    table = weights[0].astype(np.float64)
+    for u, (items, labels) in enumerate(clients.support):
+      rated = items[np.asarray(labels).reshape(-1) == 1.0]
+      expected = np.linalg.solve(table.T @ table + 3.0 * table[rated].T @ table[rated] + 2.0 * np.eye(4),
+                                 4.0 * table[rated].sum(0))
+      np.testing.assert_allclose(served[u], expected, rtol=1e-3, atol=1e-5)
+    assert np.abs(served).sum() > 0
+    return
   bundle = task.model_fn()
   variables = [v for layer in bundle.global_layers for v in layer.trainable_variables]
   for variable, value in zip(variables, weights[:len(variables)]):  # (Two-tower: then its feature tables.)

@@ -36,16 +36,25 @@ _NEGATIVE_PURPOSE = 1  # Keeps the table's stream apart from training's (purpose
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-  """How evaluation (and the served model) reconstructs a user: SGD settings and the support's recency emphasis."""
+  """How evaluation (and the served model) reconstructs a user: SGD settings and the support's recency emphasis.
+
+  With `als_alpha` > 0 (`--algorithm=fed_als`) the user is instead solved
+  exactly by implicit ALS (`tff_rec.models.als.solve_users`) with that alpha
+  and `als_regularization`; the SGD settings are then unused.
+  """
 
   learning_rate: float
   epochs: int
   recent_items: int = 0
   recent_repeats: int = 0
+  als_alpha: float = 0.0
+  als_regularization: float = 0.0
 
   def validate(self) -> None:
     if self.learning_rate <= 0 or self.epochs < 1 or self.recent_items < 0 or self.recent_repeats < 0:
       raise ValueError(f'evaluation reconstruction needs learning_rate > 0, epochs >= 1 and recency >= 0, got {self}')
+    if self.als_alpha < 0 or (self.als_alpha > 0) != (self.als_regularization > 0):
+      raise ValueError(f'ALS reconstruction needs als_alpha and als_regularization both > 0 (or both 0), got {self}')
 
 
 def negative_table(seed: int, num_items: int, num_negatives: int, rows: int = NEGATIVE_TABLE_ROWS) -> np.ndarray:

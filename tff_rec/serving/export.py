@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_rec import atomic
-from tff_rec.models import mf, reconstruction, two_tower
+from tff_rec.models import als, mf, reconstruction, two_tower
 
 MODEL_STATE = 'model_state.npz'
 METADATA = 'metadata.json'
@@ -58,6 +58,8 @@ class ServingConfig:
   recent_items: int = 0
   recent_repeats: int = 0
   model: str = MF  # MF, or TWO_TOWER (served with its candidate tower computed over the catalogue).
+  als_alpha: float = 0.0  # > 0: the user is solved exactly by implicit ALS (--algorithm=fed_als), not SGD.
+  als_regularization: float = 0.0
 
   def validate(self) -> None:
     if self.objective not in mf.OBJECTIVES:
@@ -66,7 +68,10 @@ class ServingConfig:
       raise ValueError(f'model must be {MF} or {TWO_TOWER} (implicit objective), got {self.model!r}')
     if self.batch_size < 1 or self.num_negatives < 0:
       raise ValueError(f'invalid reconstruction settings {self}')
-    reconstruction.EvalSettings(self.learning_rate, self.epochs, self.recent_items, self.recent_repeats).validate()
+    reconstruction.EvalSettings(self.learning_rate, self.epochs, self.recent_items, self.recent_repeats,
+                                self.als_alpha, self.als_regularization).validate()
+    if self.als_alpha > 0 and (self.model != MF or self.objective != mf.IMPLICIT):
+      raise ValueError(f'ALS reconstruction serves implicit MF models, got {self.model} {self.objective}')
 
 
 def save_model_state(path: str, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray]) -> None:
@@ -135,6 +140,12 @@ class Recommender(tf.Module):
       query = reconstruction.reconstruct_query(self.item_embedding, items, labels, mask,
                                                learning_rate=c.learning_rate, epochs=c.epochs)
       return [query], history
+    if c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
+      users = tf.shape(items)[0]
+      positives = als.positive_weights(tf.reshape(labels, [users, -1]), tf.reshape(mask, [users, -1]))
+      solved = als.solve_users(self.item_embedding, tf.reshape(items, [users, -1]), positives,
+                               als.AlsConfig(c.als_alpha, c.als_regularization))
+      return [solved[:, None, :]], history
     user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
                                       objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
                                       epochs=c.epochs)
