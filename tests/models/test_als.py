@@ -65,3 +65,12 @@ def test_example_losses_weight_rated_items_by_confidence():
 def test_bad_config():
   with pytest.raises(ValueError, match='--als_alpha and --als_regularization must be > 0'):
     als.AlsConfig(alpha=0.0).validate()
+
+
+def test_reconstruct_takes_padded_batches():
+  # Two batches of 2: user 0 rated item 1 (then a negative and padding), user 1 nothing but a negative.
+  items = tf.constant([[[1, 2], [0, 0]], [[2, 0], [0, 0]]], tf.int64)
+  labels = tf.constant([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+  mask = tf.constant([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])
+  np.testing.assert_allclose(als.reconstruct(TABLE, items, labels, mask, CONFIG), [[[2 / 3, 0.0]], [[0.0, 0.0]]],
+                             rtol=1e-6, atol=1e-7)

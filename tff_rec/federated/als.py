@@ -65,10 +65,7 @@ class AlsEngine(VectorizedEngine):
   def _reconstruct(self, weights, items, labels, mask, *, learning_rate: float, epochs: int):
     """Every user's exact ALS embedding from its rated examples (the SGD settings do not apply)."""
     del learning_rate, epochs
-    users = tf.shape(items)[0]
-    flat_items = tf.reshape(items, [users, -1])
-    positives = als.positive_weights(tf.reshape(labels, [users, -1]), tf.reshape(mask, [users, -1]))
-    return [als.solve_users(weights[0], flat_items, positives, self.als)[:, None, :]]
+    return [als.reconstruct(weights[0], items, labels, mask, self.als)]
 
   def _batch_losses(self, user, q, b, mu, labels, mask):
     """Each user's batch-mean ALS loss on its examples (rated: 1, sampled negatives: 0) and batch sizes."""

@@ -59,6 +59,15 @@ def solve_users(item_embedding: tf.Tensor, items: tf.Tensor, weights: tf.Tensor,
   return tf.linalg.solve(a, b[..., None])[..., 0]
 
 
+def reconstruct(item_embedding: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor,
+                config: AlsConfig) -> tf.Tensor:
+  """`solve_users` on padded [users, batches, B] support batches (as `reconstruction.reconstruct` takes them):
+  the rated, unpadded examples count. Returns [users, 1, d], the shape of MF's local user."""
+  users = tf.shape(items)[0]
+  positives = positive_weights(tf.reshape(labels, [users, -1]), tf.reshape(mask, [users, -1]))
+  return solve_users(item_embedding, tf.reshape(items, [users, -1]), positives, config)[:, None, :]
+
+
 def user_statistics(users: tf.Tensor, items: tf.Tensor, weights: tf.Tensor, num_rows: int | tf.Tensor,
                     config: AlsConfig) -> tuple[tf.Tensor, tf.Tensor]:
   """Each user's contribution to the item step: (x x^T [users, d, d], (1 + alpha) x at its items [users, rows, d])."""

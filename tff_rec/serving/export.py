@@ -141,11 +141,8 @@ class Recommender(tf.Module):
                                                learning_rate=c.learning_rate, epochs=c.epochs)
       return [query], history
     if c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
-      users = tf.shape(items)[0]
-      positives = als.positive_weights(tf.reshape(labels, [users, -1]), tf.reshape(mask, [users, -1]))
-      solved = als.solve_users(self.item_embedding, tf.reshape(items, [users, -1]), positives,
-                               als.AlsConfig(c.als_alpha, c.als_regularization))
-      return [solved[:, None, :]], history
+      return [als.reconstruct(self.item_embedding, items, labels, mask,
+                              als.AlsConfig(c.als_alpha, c.als_regularization))], history
     user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
                                       objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
                                       epochs=c.epochs)
