@@ -1,7 +1,7 @@
 """The binaries' shared main: errors become one line on stderr and an exit status, never a traceback."""
 
 from tff_rec import experiment
-from tff_rec.privacy import distributed
+from tff_rec.privacy import distributed, dp
 
 
 def _fails(error):
@@ -24,6 +24,12 @@ def test_a_drifting_distributed_dp_round_stops_the_run_with_one_line(capsys, tmp
   err = capsys.readouterr().err
   assert status == 1 and err.count('\n') == 1 and 'Traceback' not in err
   assert err.startswith('prog: error: distributed DP: 49 clients') and 'end at the round before' in err
+
+
+def test_dp_settings_that_cannot_work_exit_2_before_training(capsys, tmp_path):
+  status = experiment.main('prog', lambda: None, _fails(dp.PrivacyConfigError('--target_epsilon=1e-05 cannot be met')),
+                           str(tmp_path))
+  assert status == 2 and capsys.readouterr().err == 'prog: error: --target_epsilon=1e-05 cannot be met\n'
 
 
 def test_success_prints_the_results_table(capsys, tmp_path):

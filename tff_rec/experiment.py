@@ -23,7 +23,7 @@ from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
 from tff_rec.models import reconstruction
 from tff_rec.plotting import learning_curve
-from tff_rec.privacy import audit, distributed
+from tff_rec.privacy import audit, distributed, dp
 from tff_rec.serving import export
 
 # Keys final_metrics.json always has (null where the objective has no such metric).
@@ -142,6 +142,9 @@ def main(program: str, build: Callable[[], Any], train: Callable[[Any], dict[str
   except (runtime.WorkerError, training_loop.IncompatibleCheckpointError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
+  except dp.PrivacyConfigError as e:  # Raised while resolving the noise, before the first round.
+    print(f'{program}: error: {e}', file=sys.stderr)
+    return 2
   except distributed.DriftError as e:  # The round that drifted is neither checkpointed nor in metrics.csv.
     print(f'{program}: error: {e}; the run stopped, its checkpoints and metrics end at the round before',
           file=sys.stderr)

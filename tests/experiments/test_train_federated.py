@@ -146,6 +146,8 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True, 'accountant': 'pld'},
      'got --dp=tree .* use --accountant=rdp'),
 
+    ({'dp': 'gaussian_fixed', 'target_epsilon': 1e-5}, '--target_epsilon=1e-05 cannot be met: even a noise'),
+    ({'dp': 'gaussian_adaptive', 'noise_multiplier': 1.0}, 'needs an expected cohort of more than 10 clients'),
     ({'algorithm': 'fed_als', 'objective': 'rating'}, '--algorithm=fed_als trains MF on implicit feedback'),
     ({'algorithm': 'fed_als', 'engine': 'tff'}, r'--algorithm=fed_als trains MF .*\(no --engine=tff'),
     ({'algorithm': 'fed_als', 'view': 'cross_silo'}, '--algorithm=fed_als trains MF on implicit feedback cross-device'),

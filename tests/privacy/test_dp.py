@@ -80,6 +80,13 @@ def test_mechanism_and_sampler_must_match():
   dp.check_sampling(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, accountant=dp.PLD), SamplingConfig(client_sampling_rate=0.1))
 
 
+def test_a_budget_no_noise_can_meet_is_a_clear_error():
+  with pytest.raises(dp.PrivacyConfigError, match='even a noise multiplier of 1000 spends epsilon'):
+    dp.calibrate_noise(1e-5, SamplingConfig(client_sampling_rate=0.1), 1000, 200, 1e-5)
+  with pytest.raises(dp.PrivacyConfigError, match='more than 20 clients'):  # TFF's adaptive clip's own limit.
+    dp.aggregation_factory(dp.DPConfig(dp.GAUSSIAN_ADAPTIVE, 2.0), clients=20)
+
+
 def test_calibration_hits_the_budget():
   sampling = SamplingConfig(client_sampling_rate=0.1)
   z = dp.calibrate_noise(4.0, sampling, 1000, 200, 1e-5)

@@ -49,6 +49,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
+from tff_rec.privacy import dp
 
 BITS = 20  # tff.learning.ddp_secure_aggregator's default field: 2^20 per coordinate.
 ORDERS = tuple(range(2, 257))
@@ -202,7 +203,8 @@ def calibrate(target_epsilon: float, clients: int, population: int, rounds: int,
     return Accountant(math.exp(log_z), clients, population, value_type, bits).epsilon(rounds, delta) - target_epsilon
 
   if excess(math.log(upper)) > 0:
-    raise ValueError(f'no noise multiplier below {upper:.3g} (TFF\'s limit for {clients} clients a round) reaches '
-                     f'epsilon {target_epsilon} in {rounds} rounds: use more clients per round or fewer rounds')
+    raise dp.PrivacyConfigError(f'no noise multiplier below {upper:.3g} (TFF\'s limit for {clients} clients a round) '
+                                f'reaches epsilon {target_epsilon} in {rounds} rounds: use more clients per round or '
+                                'fewer rounds')
   log_z = optimize.brentq(excess, math.log(1e-2), math.log(upper), xtol=1e-4)
   return math.exp(log_z) * (1 + 1e-4)  # The bracket's upper side of the tolerance.

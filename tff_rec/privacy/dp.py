@@ -61,6 +61,13 @@ DISTRIBUTED = 'distributed'  # tff_rec.privacy.distributed: noise added on clien
 MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE, DISTRIBUTED)
 RDP, PLD = 'rdp', 'pld'
 ACCOUNTANTS = (RDP, PLD)
+# TFF's gaussian_adaptive gives the clipped-count estimate a stddev of this x the expected cohort, and needs the
+# noise multiplier below twice that.
+_CLIPPED_COUNT_STDDEV = 0.05
+
+
+class PrivacyConfigError(ValueError):
+  """DP settings that cannot work, found once the noise multiplier is known (before any training)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +148,12 @@ def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any =
     return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
         config.noise_multiplier, clients, config.clip_norm)
   if config.mechanism == GAUSSIAN_ADAPTIVE:
+    if config.noise_multiplier >= 2 * _CLIPPED_COUNT_STDDEV * clients:
+      raise PrivacyConfigError(
+          f'--dp=gaussian_adaptive with noise multiplier {config.noise_multiplier:.4g} needs an expected cohort of more '
+          f'than {config.noise_multiplier / (2 * _CLIPPED_COUNT_STDDEV):.4g} clients (TFF gives the clipped-count '
+          f'estimate noise of {_CLIPPED_COUNT_STDDEV} x the cohort, and its share must stay below half the total); '
+          f'got {clients:.4g}: sample more clients a round, or use --dp=gaussian_fixed')
     return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
         config.noise_multiplier, clients, initial_l2_norm_clip=config.clip_norm,
         target_unclipped_quantile=config.target_quantile, learning_rate=config.clip_learning_rate)
@@ -205,7 +218,16 @@ def epsilons(noise_multiplier: float, sampling: SamplingConfig, population: int,
 
 def calibrate_noise(target_epsilon: float, sampling: SamplingConfig, population: int, rounds: int,
                     delta: float, accountant: str = RDP) -> float:
-  """The smallest noise multiplier whose epsilon (by `accountant`) after `rounds` rounds is <= `target_epsilon`."""
+  """The smallest noise multiplier whose epsilon (by `accountant`) after `rounds` rounds is <= `target_epsilon`.
+
+  Raises:
+    PrivacyConfigError: No noise multiplier up to 1000 meets the budget.
+  """
+  most = _rdp_accountant(sampling).compose(run_event(1e3, sampling, population, rounds)).get_epsilon(delta)
+  if most > target_epsilon:
+    raise PrivacyConfigError(f'--target_epsilon={target_epsilon:g} cannot be met: even a noise multiplier of 1000 '
+                             f'spends epsilon {most:.3g} over {rounds} rounds at delta {delta:g}; raise the budget or '
+                             'train fewer rounds')
   z_rdp = dp_accounting.calibrate_dp_mechanism(
       lambda: _rdp_accountant(sampling),
       lambda z: run_event(z, sampling, population, rounds),
