@@ -48,6 +48,18 @@ def main(data_dir: str) -> None:
   error = np.linalg.norm(got - plain)
   assert error <= bound + 1e-6, (error, bound)
   assert int(measurements['actual_num_clients']) == clients
+
+  # An empty client in the cohort (distributed DP keeps it: every sampled client adds its noise share): the round
+  # runs, every client is counted as a noise share, the empty one is reported, and the update stays finite.
+  engine = engines[0]
+  engine.keep_empty_clients = True
+  items, labels = examples[0]
+  with_empty = [(items[:0], labels[:0])] + list(examples[1:])
+  state = engine.initialize()
+  output = engine.next(state, with_empty)
+  assert int(output.metrics['aggregator']['mean_value']['actual_num_clients']) == clients
+  assert output.metrics['client_work/empty_clients'] == 1
+  assert all(np.isfinite(w).all() for w in engine.global_weights(output.state))
   print('ok', error, bound)
 
 

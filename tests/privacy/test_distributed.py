@@ -101,8 +101,9 @@ def test_calibration_hits_the_budget_and_rounds_are_checked():
 
 def test_a_fed_recon_round_through_the_distributed_dp_secure_mean(tiny_dataset):
   """In a process on the pure-Python protobuf runtime (TFF 0.87's composed round is too deep for upb): only
-  aggregates leave a client, the update through the secure sum, and without noise the result is the plain mean
-  up to the integer rounding (tests/privacy/ddp_round_check.py)."""
+  aggregates leave a client, the update through the secure sum, without noise the result is the plain mean
+  up to the integer rounding, and an empty client in the cohort still adds its noise share
+  (tests/privacy/ddp_round_check.py)."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = {**os.environ, 'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION': 'python', 'PYTHONPATH': root}
   done = subprocess.run([sys.executable, '-m', 'tests.privacy.ddp_round_check', tiny_dataset], cwd=root, env=env,
