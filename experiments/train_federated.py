@@ -260,13 +260,16 @@ def update_type(config: ExperimentConfig, task: tasks.RecommendationTask) -> tff
 
 def resolve_privacy(config: ExperimentConfig, population: int,
                     accounting: sampling.SamplingConfig | None = None,
-                    task: tasks.RecommendationTask | None = None) -> ExperimentConfig:
-  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, by --accountant)."""
+                    value_type: tff.Type | None = None) -> ExperimentConfig:
+  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, by --accountant).
+
+  `value_type`: the TFF type of a client's update, which distributed DP's accounting needs.
+  """
   if not config.dp.enabled or config.dp.noise_multiplier > 0:
     return config
   if config.dp.mechanism == dp.DISTRIBUTED:
     z = distributed.calibrate(config.dp.target_epsilon, config.sampling.clients_per_round, population,
-                              config.loop.rounds, config.dp.target_delta, update_type(config, task))
+                              config.loop.rounds, config.dp.target_delta, value_type)
   else:
     z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
                            config.dp.target_delta, config.dp.accountant)
@@ -341,14 +344,16 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
     accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
     note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
             'every round is counted as a Gaussian mechanism every user takes part in (an upper bound)')
-  config = resolve_privacy(config, population, accounting, task)
+  # Distributed DP's accounting reads the aggregator's parameters for the update's type: built once.
+  value_type = update_type(config, task) if config.dp.mechanism == dp.DISTRIBUTED else None
+  config = resolve_privacy(config, population, accounting, value_type)
   # TFF's DP noise and its compression's stochastic rounding are unseeded random ops, which determinism forbids.
   experiment.configure_determinism(not ((config.dp.enabled or config.compression) and config.resolved_engine == 'tff'))
   engine = build_engine(config, task)
   accountant = None
   if config.dp.mechanism == dp.DISTRIBUTED:  # Its own RDP analysis, checked against every round's parameters.
     accountant = distributed.Accountant(config.dp.noise_multiplier, config.sampling.clients_per_round, population,
-                                        update_type(config, task))
+                                        value_type)
     engine.round_check = lambda measurements: accountant.check(measurements['mean_value'])
     engine.keep_empty_clients = True
   final = experiment.run(

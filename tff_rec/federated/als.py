@@ -86,11 +86,9 @@ class AlsEngine(VectorizedEngine):
     finite = tf.reduce_all(tf.math.is_finite(x), axis=1)
     gram = tf.where(finite[:, None, None], gram, 0.0)
     sums = tf.where(finite[:, None, None], sums, 0.0)
-    examples = tf.reduce_sum(flat_mask, axis=1)
     took_part = tf.logical_and(finite, tf.reduce_sum(positives, axis=1) > 0)
-    scores = tf.einsum('ud,und->un', x, tf.gather(embedding, flat_items)) + tf.gather(bias, flat_items)[..., 0]
-    losses = tf.math.divide_no_nan(tf.reduce_sum(als.example_losses(scores, flat_labels, self.als) * flat_mask, 1),
-                                   examples)
+    losses, examples = self._batch_losses([x[:, None, :]], tf.gather(embedding, flat_items),
+                                          tf.gather(bias, flat_items), None, flat_labels, flat_mask)
     nonempty = tf.cast(examples > 0, tf.float32)
     metrics = collections.OrderedDict(
         client_work=collections.OrderedDict(

@@ -197,7 +197,7 @@ class Accountant:
 def calibrate(target_epsilon: float, clients: int, population: int, rounds: int, delta: float, value_type: Any,
               bits: int = BITS) -> float:
   """The smallest noise multiplier whose accounted epsilon after `rounds` is <= `target_epsilon`."""
-  upper = 0.1 * clients * 0.999  # TFF's adaptive clip needs noise_multiplier < 2 x clipped-count stddev (0.05 n).
+  upper = dp.adaptive_noise_limit(clients) * 0.999  # TFF's adaptive clip needs the noise strictly below it.
 
   def excess(log_z: float) -> float:
     return Accountant(math.exp(log_z), clients, population, value_type, bits).epsilon(rounds, delta) - target_epsilon

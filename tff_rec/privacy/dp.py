@@ -61,13 +61,18 @@ DISTRIBUTED = 'distributed'  # tff_rec.privacy.distributed: noise added on clien
 MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE, DISTRIBUTED)
 RDP, PLD = 'rdp', 'pld'
 ACCOUNTANTS = (RDP, PLD)
-# TFF's gaussian_adaptive gives the clipped-count estimate a stddev of this x the expected cohort, and needs the
-# noise multiplier below twice that.
+# TFF's adaptive clipping (gaussian_adaptive, ddp_secure_aggregator) gives the clipped-count estimate a stddev of
+# this x the expected cohort, and needs the noise multiplier below twice that (`adaptive_noise_limit`).
 _CLIPPED_COUNT_STDDEV = 0.05
 
 
 class PrivacyConfigError(ValueError):
   """DP settings that cannot work, found once the noise multiplier is known (before any training)."""
+
+
+def adaptive_noise_limit(clients: float) -> float:
+  """The noise multiplier TFF's adaptive clipping must stay below for an expected cohort of `clients`."""
+  return 2 * _CLIPPED_COUNT_STDDEV * clients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +153,7 @@ def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any =
     return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
         config.noise_multiplier, clients, config.clip_norm)
   if config.mechanism == GAUSSIAN_ADAPTIVE:
-    if config.noise_multiplier >= 2 * _CLIPPED_COUNT_STDDEV * clients:
+    if config.noise_multiplier >= adaptive_noise_limit(clients):
       raise PrivacyConfigError(
           f'--dp=gaussian_adaptive with noise multiplier {config.noise_multiplier:.4g} needs an expected cohort of more '
           f'than {config.noise_multiplier / (2 * _CLIPPED_COUNT_STDDEV):.4g} clients (TFF gives the clipped-count '
