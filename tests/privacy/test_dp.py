@@ -122,6 +122,17 @@ def test_budget_stop_uses_the_chosen_accountant(pld_noise):
     dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, accountant='moments').validate()
 
 
+def test_a_void_guarantee_skips_pld_instead_of_exhausting_memory():
+  # Noise 1e-9: RDP's epsilon is astronomical; PLD's discretisation would exceed numpy's largest array.
+  spent = dp.epsilons(1e-9, POISSON, 100, 2, 1e-4)
+  assert spent['epsilon_rdp'] > dp.PLD_EPSILON_LIMIT and spent['epsilon_pld'] is None
+  ledger = dp.PrivacyLedger(dp.DPConfig(dp.GAUSSIAN_FIXED, 1e-9, accountant=dp.PLD), POISSON, 100)
+  assert ledger.spent(2) == spent['epsilon_rdp']  # The chosen PLD falls back on RDP's upper bound.
+  assert ledger.round_metrics(2) == {'privacy/epsilon_rdp': spent['epsilon_rdp']}
+  with pytest.raises(dp.PrivacyConfigError, match='--accountant=pld computes epsilon up to 64 .*use --accountant=rdp'):
+    dp.calibrate_noise(100.0, POISSON, 100, 2, 1e-4, dp.PLD)
+
+
 def test_vectorized_dp_clips_each_user_and_seeds_noise_per_round(tiny_dataset):
   task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8), embedding_dim=4)
   config = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, split_dataset=False)

@@ -61,6 +61,10 @@ DISTRIBUTED = 'distributed'  # tff_rec.privacy.distributed: noise added on clien
 MECHANISMS = (NONE, GAUSSIAN_FIXED, GAUSSIAN_ADAPTIVE, TREE, DISTRIBUTED)
 RDP, PLD = 'rdp', 'pld'
 ACCOUNTANTS = (RDP, PLD)
+# PLD's discretised privacy losses grow with epsilon: at noise multiplier 0.02 one composition takes minutes, at
+# 1e-9 it exceeds numpy's largest array. Where RDP's epsilon (an upper bound on PLD's) is above this, the guarantee
+# is void anyway, and only RDP's is computed.
+PLD_EPSILON_LIMIT = 64.0
 # TFF's adaptive clipping (gaussian_adaptive, ddp_secure_aggregator) gives the clipped-count estimate a stddev of
 # this x the expected cohort, and needs the noise multiplier below twice that (`adaptive_noise_limit`).
 _CLIPPED_COUNT_STDDEV = 0.05
@@ -210,13 +214,14 @@ def run_event(noise_multiplier: float, sampling: SamplingConfig, population: int
 
 def epsilons(noise_multiplier: float, sampling: SamplingConfig, population: int, rounds: int,
              delta: float) -> dict[str, float | None]:
-  """Epsilon at `delta` after `rounds` rounds, by RDP and by PLD (None where dp_accounting has no analysis)."""
+  """Epsilon at `delta` after `rounds` rounds, by RDP and by PLD (None where dp_accounting has no analysis, or
+  where RDP's is above `PLD_EPSILON_LIMIT`)."""
   if rounds == 0:
     return {'epsilon_rdp': 0.0, 'epsilon_pld': 0.0}
   event = run_event(noise_multiplier, sampling, population, rounds)
   out = {'epsilon_rdp': _rdp_accountant(sampling).compose(event).get_epsilon(delta), 'epsilon_pld': None}
   accountant = pld.PLDAccountant()
-  if accountant.supports(event):
+  if accountant.supports(event) and out['epsilon_rdp'] <= PLD_EPSILON_LIMIT:
     out['epsilon_pld'] = accountant.compose(event).get_epsilon(delta)
   return out
 
@@ -239,6 +244,10 @@ def calibrate_noise(target_epsilon: float, sampling: SamplingConfig, population:
       target_epsilon, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3), tol=1e-4)
   if accountant == RDP:
     return z_rdp
+  if target_epsilon > PLD_EPSILON_LIMIT:
+    raise PrivacyConfigError(f'--accountant=pld computes epsilon up to {PLD_EPSILON_LIMIT:g} (beyond it its '
+                             f'discretisation does not fit in memory), got --target_epsilon={target_epsilon:g}: use '
+                             '--accountant=rdp')
   # PLD's epsilon is below RDP's (both are upper bounds; PLD's is nearly tight), so its noise is below z_rdp. The
   # bracket starts at half of it: PLD's discretised losses grow as 1/z, and at tiny z would not fit in memory.
   event = run_event(z_rdp, sampling, population, rounds)
@@ -283,6 +292,13 @@ class PrivacyLedger:
                                      self.config.target_delta)
     return self._spent[rounds]
 
+  def spent(self, rounds: int) -> float:
+    """Epsilon after `rounds` rounds by the chosen accountant; RDP's upper bound where PLD's was not computed
+    (above `PLD_EPSILON_LIMIT`)."""
+    spent = self.epsilons(rounds)
+    return spent['epsilon_rdp'] if spent[f'epsilon_{self.config.accountant}'] is None else (
+        spent[f'epsilon_{self.config.accountant}'])
+
   def round_metrics(self, round_num: int) -> dict[str, float]:
     """Epsilon spent once `round_num` has run (metrics.csv and TensorBoard; PLD only where defined)."""
     return {f'privacy/{k}': v for k, v in self.epsilons(round_num).items() if v is not None}
@@ -291,7 +307,7 @@ class PrivacyLedger:
     """Why `round_num` must not run (it would exceed --target_epsilon), or None."""
     if self.config.target_epsilon <= 0:
       return None
-    spent = self.epsilons(round_num)[f'epsilon_{self.config.accountant}']
+    spent = self.spent(round_num)
     if spent > self.config.target_epsilon * (1 + 1e-3):  # Calibration is to a tolerance.
       return (f'the privacy budget epsilon={self.config.target_epsilon} (delta={self.config.target_delta}) would be '
               f'exceeded: epsilon ({self.config.accountant.upper()}) after round {round_num} would be {spent:.3f}')
@@ -327,5 +343,5 @@ class PrivacyLedger:
         **spent,
     }
     atomic.write_json(path, ledger)
-    return {'epsilon': spent[f'epsilon_{self.config.accountant}'], 'epsilon_rdp': spent['epsilon_rdp'],
+    return {'epsilon': self.spent(rounds), 'epsilon_rdp': spent['epsilon_rdp'],
             'epsilon_pld': spent['epsilon_pld'], 'delta': self.config.target_delta}
