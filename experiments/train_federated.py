@@ -46,6 +46,11 @@ _PROX = flags.DEFINE_float('proximal_strength', 0.01, 'FedProx mu (--algorithm=f
 _ALS_ALPHA = flags.DEFINE_float('als_alpha', 5.0, 'fed_als: confidence of a rated item over an unrated one, minus 1 '
                                 '(Hu et al. 2008).')
 _ALS_REG = flags.DEFINE_float('als_regularization', 10.0, 'fed_als: lambda of the user and item ridge regressions.')
+_ALS_PRIOR = flags.DEFINE_bool('als_item_prior', False, 'fed_als: centre each item\'s ridge regression on a linear '
+                               'function of its public genres and release-year bucket, fitted by the server with the '
+                               'items (Agarwal & Chen, KDD 2009); post-processing, free under DP.')
+_ALS_PRIOR_REG = flags.DEFINE_float('als_prior_regularization', 3.0, 'fed_als --als_item_prior: ridge on the '
+                                    'prior\'s coefficients, in units of --als_regularization.')
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Training rounds.')
 _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling without replacement (0: use rate).')
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
@@ -124,6 +129,8 @@ class ExperimentConfig:
     """Contradictions that must fail before any training."""
     self.data.validate()
     runtime.parse_workers(self.workers)
+    if self.als.item_prior and self.algorithm != 'fed_als':
+      raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
     if self.algorithm == 'fed_als':
       self.als.validate()
       if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
@@ -223,7 +230,8 @@ def config_from_flags() -> ExperimentConfig:
       loop=common_flags.loop_config(_ROUNDS.value),
       evaluation=evaluation,
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
-      workers=_WORKERS.value, als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value))
+      workers=_WORKERS.value,
+      als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value))
 
 
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:

@@ -46,7 +46,8 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
     {'algorithm': 'fed_als', 'engine': 'vectorized'},
-    {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20},
+    {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
+     'als_item_prior': True},
 ], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
         'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
@@ -154,6 +155,9 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'algorithm': 'fed_als', 'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True},
      'with --dp=none|gaussian_fixed|gaussian_adaptive'),
     ({'algorithm': 'fed_als', 'als_alpha': 0.0}, '--als_alpha and --als_regularization must be > 0'),
+    ({'als_item_prior': True}, '--als_item_prior is a prior of --algorithm=fed_als.s item step, not of fed_recon'),
+    ({'algorithm': 'fed_als', 'als_item_prior': True, 'als_prior_regularization': 0.0},
+     '--als_prior_regularization must be > 0'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),

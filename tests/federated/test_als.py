@@ -5,7 +5,7 @@ import pytest
 
 from tff_rec import tasks
 from tff_rec.federated import als as fed_als
-from tff_rec.models import als
+from tff_rec.models import als, two_tower
 from tff_rec.privacy import dp
 
 CONFIG = als.AlsConfig(alpha=3.0, regularization=2.0)
@@ -16,8 +16,10 @@ def _task(tiny_dataset):
                                   embedding_dim=3, init_stddev=0.5)
 
 
-def _numpy_round(table, examples, clients, clip=None):
-  """One ALS round written out: users solved on the whole catalogue, statistics (clipped), mean, item solve."""
+def _numpy_round(table, examples, clients, clip=None, features=None, mu=None):
+  """One ALS round written out: users solved on the whole catalogue, statistics (clipped), mean, item solve
+  (with `features`: to the fixed point of the prior's alternation, y_i = (G + lambda I)^-1 (s_i + lambda W^T f_i)
+  and W = (F^T F + mu I)^-1 F^T Y)."""
   dim = table.shape[1]
   gram, sums = np.zeros((dim, dim)), np.zeros_like(table, dtype=np.float64)
   for items, labels in examples:
@@ -32,7 +34,13 @@ def _numpy_round(table, examples, clients, clip=None):
     scale = 1.0 if clip is None else min(1.0, clip / np.sqrt((user_gram ** 2).sum() + (user_sums ** 2).sum()))
     gram += scale * user_gram
     sums += scale * user_sums
-  new = sums / clients @ np.linalg.inv(gram / clients + CONFIG.regularization / clients * np.eye(dim))
+  lam = CONFIG.regularization / clients
+  inverse = np.linalg.inv(gram / clients + lam * np.eye(dim))
+  new = sums / clients @ inverse
+  if features is not None:
+    for _ in range(5000):
+      coefficients = np.linalg.solve(features.T @ features + mu * np.eye(features.shape[1]), features.T @ new)
+      new = (sums / clients + lam * features @ coefficients) @ inverse
   new[0] = 0.0
   return new
 
@@ -50,6 +58,22 @@ def test_a_round_is_numpy_als(tiny_dataset):
   rows, dim = state['weights'][0].shape
   assert output.metrics['communication']['upload_bytes_per_client'] == 4 * (dim * dim + rows * dim)
   assert output.metrics['client_work']['train']['num_examples'] == sum(len(e[0]) for e in examples)
+
+
+def test_the_item_prior_centres_items_on_their_features(tiny_dataset):
+  task = _task(tiny_dataset)
+  ids = task.train_data.client_ids[:10]
+  examples = task.train_examples(ids, 0, seed=0)
+  config = als.AlsConfig(CONFIG.alpha, CONFIG.regularization, item_prior=True, prior_regularization=0.5)
+  engine = fed_als.AlsEngine(task, config, clients=len(ids))
+  catalogue = two_tower.item_features(task.db_path, task.vocabulary)
+  features = als.prior_features(catalogue.genres, catalogue.year_buckets, two_tower.NUM_YEAR_BUCKETS)
+  np.testing.assert_array_equal(engine.prior, features)
+  state = engine.initialize()
+  table = engine.next(state, examples).state['weights'][0]
+  np.testing.assert_allclose(table, _numpy_round(state['weights'][0], examples, len(ids), features=features, mu=0.5),
+                             rtol=2e-3, atol=2e-4)
+  assert not np.allclose(table, _numpy_round(state['weights'][0], examples, len(ids)), atol=1e-2)
 
 
 def test_dp_clips_each_users_statistics_and_noise_is_seeded(tiny_dataset):

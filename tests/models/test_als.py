@@ -57,6 +57,42 @@ def test_item_solve_by_hand_and_with_a_noisy_gramian():
   np.testing.assert_allclose(noisy, [[0, 0], [1.0, 0.5]], rtol=1e-6)
 
 
+def test_item_prior_by_hand():
+  # d = 1, G = 1, lambda = 1, mu = 1; items 1 and 2 share one feature. y_i = (s_i + w) / 2 and
+  # w = (y_1 + y_2) / (2 + 1) give w = 1/2: y = (1.25, 0.25). Item 2, rated by no one, gets its feature's 0.25.
+  features = np.array([[0.0], [1.0], [1.0]], np.float32)
+  table = als.solve_items(tf.constant([[1.0]]), tf.constant([[5.0], [2.0], [0.0]]), 1.0, features, 1.0)
+  np.testing.assert_allclose(table, [[0.0], [1.25], [0.25]], rtol=1e-6)
+  # Without the prior: s_i / 2.
+  np.testing.assert_allclose(als.solve_items(tf.constant([[1.0]]), tf.constant([[5.0], [2.0], [0.0]]), 1.0),
+                             [[0.0], [1.0], [0.0]], rtol=1e-6)
+
+
+def test_item_prior_solves_the_joint_ridge_regression():
+  """The eigenbasis solution equals the stacked normal equations in (Y, W), solved directly."""
+  rng = np.random.default_rng(1)
+  rows, dim, p, lam, mu = 7, 3, 2, 0.7, 0.5
+  root = rng.normal(size=(dim, dim))
+  gram = root @ root.T
+  sums = rng.normal(size=(rows, dim))
+  features = rng.integers(0, 2, size=(rows, p)).astype(np.float64)
+  features[0] = 0.0
+  # Y (G + lambda I) - lambda F W = S and (F^T F + mu I) W - F^T Y = 0, vectorised column-major.
+  top = np.hstack([np.kron(gram + lam * np.eye(dim), np.eye(rows)), np.kron(np.eye(dim), -lam * features)])
+  bottom = np.hstack([np.kron(np.eye(dim), -features.T), np.kron(np.eye(dim), features.T @ features + mu * np.eye(p))])
+  solution = np.linalg.solve(np.vstack([top, bottom]), np.concatenate([sums.ravel('F'), np.zeros(p * dim)]))
+  expected = solution[:rows * dim].reshape((rows, dim), order='F')
+  table = als.solve_items(tf.constant(gram), tf.constant(sums), lam, features, mu).numpy()
+  np.testing.assert_allclose(table[1:], expected[1:], rtol=1e-8, atol=1e-10)
+  assert not np.allclose(table, als.solve_items(tf.constant(gram), tf.constant(sums), lam).numpy())
+
+
+def test_prior_features_are_genres_and_a_year_bucket():
+  genres = np.array([[1, 1], [1, 0], [0, 1]], np.float32)
+  features = als.prior_features(genres, np.array([0, 2, 0]), 3)
+  np.testing.assert_array_equal(features, [[0, 0, 0, 0, 0], [1, 0, 0, 0, 1], [0, 1, 1, 0, 0]])
+
+
 def test_example_losses_weight_rated_items_by_confidence():
   losses = als.example_losses(tf.constant([0.5, 0.5]), tf.constant([1.0, 0.0]), als.AlsConfig(alpha=3.0))
   np.testing.assert_allclose(losses, [4 * 0.25, 0.25])
@@ -65,6 +101,8 @@ def test_example_losses_weight_rated_items_by_confidence():
 def test_bad_config():
   with pytest.raises(ValueError, match='--als_alpha and --als_regularization must be > 0'):
     als.AlsConfig(alpha=0.0).validate()
+  with pytest.raises(ValueError, match='--als_prior_regularization must be > 0'):
+    als.AlsConfig(prior_regularization=0.0).validate()
 
 
 def test_reconstruct_takes_padded_batches():

@@ -13,7 +13,10 @@ user in every round (`--client_sampling_rate=1`) a run is `rounds` Gaussian
 mechanisms, which `dp.PrivacyLedger` accounts as it does any Poisson sampler.
 
 Spending the budget on a few full solves rather than many noisy gradient steps
-is what makes it better under DP on MovieLens-100K (README). The model is the
+is what makes it better under DP on MovieLens-100K (README). With
+`AlsConfig.item_prior` the item step centres each item on what its public
+genres and release year predict (`models.als.solve_items`), fitted on the
+server from the released statistics. The model is the
 MF model with a zero item bias, scored x . y_i, so evaluation, the
 membership-inference audit and export share the MF code; only the user's
 reconstruction (exact, `AlsEngine._reconstruct`) and the loss differ.
@@ -30,7 +33,7 @@ import tensorflow as tf
 
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput
 from tff_rec.federated.vectorized import VectorizedEngine
-from tff_rec.models import als, mf
+from tff_rec.models import als, mf, two_tower
 from tff_rec.preprocessing import Examples
 
 
@@ -39,7 +42,8 @@ class AlsEngine(VectorizedEngine):
 
   Args:
     task: An implicit-feedback MF `tasks.RecommendationTask`.
-    config: ALS's alpha and regularization.
+    config: ALS's alpha, regularization and item prior (whose features,
+      genres and year bucket, are read from the task's catalogue).
     clients: The expected cohort size: the mean of the statistics is over it
       (as DP's normalised query), so the item step's ridge term is
       regularization / clients in mean units.
@@ -54,6 +58,11 @@ class AlsEngine(VectorizedEngine):
     super().__init__(task, ReconConfig(server_optimizer='sgd', split_dataset=False), eval_learning_rate=1.0,
                      eval_epochs=1, dp_query=dp_query, seed=seed)
     self.als, self.clients = config, float(clients)
+    self.prior = None
+    if config.item_prior:
+      catalogue = two_tower.item_features(task.db_path, task.vocabulary)
+      self.prior = tf.constant(als.prior_features(catalogue.genres, catalogue.year_buckets,
+                                                  two_tower.NUM_YEAR_BUCKETS))
 
   def next(self, state, examples: list[Examples]) -> RoundOutput:
     output = super().next(state, examples)
@@ -103,6 +112,7 @@ class AlsEngine(VectorizedEngine):
     """The item step on the (noised) mean statistics; a non-finite mean is rejected, as the other engines do."""
     gram, sums = update
     finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(gram)), tf.reduce_all(tf.math.is_finite(sums)))
-    table = tf.cond(finite, lambda: als.solve_items(gram, sums, self.als.regularization / self.clients),
+    table = tf.cond(finite, lambda: als.solve_items(gram, sums, self.als.regularization / self.clients, self.prior,
+                                                    self.als.prior_regularization),
                     lambda: weights[0])
     return (table, weights[1]), optimizer_state, tf.cast(tf.logical_not(finite), tf.int32)
