@@ -65,6 +65,11 @@ _SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning ra
 _SERVER_EPS = flags.DEFINE_float('server_epsilon', 1e-7, 'Server Adam/Yogi epsilon (a floor on the per-coordinate '
                                  'step normalisation; raise it under DP noise).')
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learning rate (global parameters).')
+_WEIGHTING = flags.DEFINE_enum('client_weighting', 'num_examples', list(fed_recon.CLIENT_WEIGHTINGS),
+                               'How the server averages client updates (fed_recon, fed_avg, fed_prox): num_examples '
+                               '(TFF\'s default) weighs each update by its examples, and an update is already a sum '
+                               'over them, so a client with n examples counts n times over; uniform counts each '
+                               'client once, each example once (as centralized SGD). DP and secure sum are uniform.')
 # Privacy.
 _DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
                         'User-level DP of the global update: gaussian_fixed (clip --clip_norm) or gaussian_adaptive '
@@ -220,7 +225,7 @@ def config_from_flags() -> ExperimentConfig:
       algorithm=_ALGORITHM.value, engine=_ENGINE.value,
       recon=fed_recon.ReconConfig(_SERVER_OPT.value, _SERVER_LR.value, _CLIENT_LR.value,
                                   common_flags.RECON_LR.value, _RECON_EPOCHS.value, _LOCAL_EPOCHS.value,
-                                  _SPLIT.value, _SERVER_EPS.value),
+                                  _SPLIT.value, _SERVER_EPS.value, _WEIGHTING.value),
       proximal_strength=_PROX.value,
       dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
                      _EPSILON.value, _ACCOUNTANT.value),
@@ -317,7 +322,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
         recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
-        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0), aggregator=aggregator, **evaluation)
+        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0, recon.client_weighting),
+        aggregator=aggregator, **evaluation)
   if config.resolved_engine == 'vectorized':
     return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)
                                        if aggregator else None, seed=config.seed, **evaluation)

@@ -35,7 +35,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'engine': 'vectorized'},
     {'engine': 'tff'},
     {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
-    {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01},
+    {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01, 'client_weighting': 'uniform'},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
     {'model': 'two_tower'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},

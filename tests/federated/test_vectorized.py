@@ -1,5 +1,7 @@
 """The vectorised engine gives the model and metrics of TFF's own Fed Recon process."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import pytest
@@ -101,6 +103,36 @@ def test_non_finite_client_update_is_zeroed_and_counted(engines):
     for a, b in zip(engine.global_weights(out.state), engine.global_weights(clean.state)):
       np.testing.assert_allclose(a, b, atol=1e-6)  # The poisoned client counted for nothing.
       assert np.isfinite(a).all()
+
+
+def test_client_weighting_uniform_is_the_plain_mean_of_client_updates(tiny_dataset):
+  """Server SGD at rate 1 applies the mean update: uniform = the plain mean of each client's own update, num_examples
+  = their mean weighted by examples; and the vectorized engine's uniform mean is TFF's UNIFORM."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  examples = task.train_examples(task.train_data.client_ids[:4], 0, seed=0)
+  sizes = np.array([len(items) for items, _ in examples], np.float64)
+  assert len(set(sizes)) > 1  # Otherwise the two weightings coincide.
+  base = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, reconstruction_epochs=2, split_dataset=False)
+  for weighting, weights in (('uniform', np.ones_like(sizes)), ('num_examples', sizes)):
+    config = dataclasses.replace(base, client_weighting=weighting)
+    engine = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
+    state = engine.initialize()
+    start = engine.global_weights(state)[0]
+    alone = np.stack([start - engine.global_weights(engine.next(state, [e]).state)[0] for e in examples])
+    together = start - engine.global_weights(engine.next(state, examples).state)[0]
+    np.testing.assert_allclose(together, np.tensordot(weights / weights.sum(), alone, axes=1), atol=1e-6)
+  reference = fed_recon.TffEngine(task, config := dataclasses.replace(base, client_weighting='uniform'),
+                                  eval_learning_rate=0.5, eval_epochs=2)
+  fast = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
+  ref_state, fast_state = reference.initialize(), fast.initialize()
+  for round_num in range(2):
+    examples = task.train_examples(task.train_data.client_ids[:10], round_num, seed=0)
+    ref_state, fast_state = reference.next(ref_state, examples).state, fast.next(fast_state, examples).state
+  for a, b in zip(reference.global_weights(ref_state), fast.global_weights(fast_state)):
+    np.testing.assert_allclose(a, b, atol=5e-5)
+  with pytest.raises(ValueError, match="--client_weighting must be one of .*got 'clients'"):
+    dataclasses.replace(base, client_weighting='clients').validate()
 
 
 def test_split_dataset_is_refused(tiny_dataset):

@@ -23,8 +23,8 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.federated import compression
-from tff_rec.federated.fed_recon import (SERVER_OPTIMIZERS, TffEngine, client_weighting, item_side_evaluator,
-                                         server_optimizer)
+from tff_rec.federated.fed_recon import (SERVER_OPTIMIZERS, TffEngine, check_client_weighting, client_weighting,
+                                         item_side_evaluator, server_optimizer)
 
 ITEM_LAYERS = ('item_embedding', 'item_bias', 'global_mean')  # The evaluator's weight order.
 
@@ -36,10 +36,12 @@ class FedAvgConfig:
   client_learning_rate: float = 0.1
   local_epochs: int = 1
   proximal_strength: float = 0.0  # > 0: FedProx's mu.
+  client_weighting: str = 'num_examples'  # fed_recon.CLIENT_WEIGHTINGS.
 
   def validate(self) -> None:
     if self.server_optimizer not in SERVER_OPTIMIZERS:
       raise ValueError(f'server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}')
+    check_client_weighting(self.client_weighting)
     if self.server_learning_rate <= 0 or self.client_learning_rate <= 0:
       raise ValueError('server_learning_rate and client_learning_rate must be > 0')
     if self.local_epochs < 1 or self.proximal_strength < 0:
@@ -62,7 +64,7 @@ class FedAvgEngine(TffEngine):
 
     client_optimizer = tff.learning.optimizers.build_sgdm(config.client_learning_rate)
     server = server_optimizer(config.server_optimizer, config.server_learning_rate)
-    weighting = client_weighting(aggregator)
+    weighting = client_weighting(aggregator, config.client_weighting)
     self._compressed = isinstance(aggregator, compression.CompressedMean)
     if config.proximal_strength > 0:
       self.process = tff.learning.algorithms.build_weighted_fed_prox(

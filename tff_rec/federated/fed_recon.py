@@ -24,6 +24,11 @@ from tff_rec.federated import compression
 from tff_rec.models.mf import ModelBundle
 
 SERVER_OPTIMIZERS = ('sgd', 'adam', 'yogi')
+# How the server averages client updates (`tff.learning.ClientWeighting`). With a fixed number of local epochs a
+# client's update is a sum over its examples, so NUM_EXAMPLES counts each example of a client with n examples n
+# times over (FedAvg's objective inconsistency, Wang et al., "Tackling the Objective Inconsistency Problem in
+# Heterogeneous Federated Optimization", NeurIPS 2020); UNIFORM counts every example once, as centralized SGD does.
+CLIENT_WEIGHTINGS = ('num_examples', 'uniform')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +45,12 @@ class ReconConfig:
   # Adam / Yogi epsilon: the floor of the per-coordinate step normalisation. Under DP noise a larger value keeps
   # coordinates that carry only noise from taking full-size steps.
   server_epsilon: float = 1e-7
+  client_weighting: str = 'num_examples'  # CLIENT_WEIGHTINGS; an unweighted (DP, secure) aggregator is uniform.
 
   def validate(self) -> None:
     if self.server_optimizer not in SERVER_OPTIMIZERS:
       raise ValueError(f'server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}')
+    check_client_weighting(self.client_weighting)
     for name in ('server_learning_rate', 'client_learning_rate', 'reconstruction_learning_rate', 'server_epsilon'):
       if getattr(self, name) <= 0:
         raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
@@ -111,13 +118,19 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
       dataset_split_fn=split_fn,
       metrics_fn=lambda: [NonFiniteClients()],
       model_aggregator_factory=aggregator,  # None: TFF's example-weighted mean; a DP factory: clipped and noised.
-      client_weighting=client_weighting(aggregator),
+      client_weighting=client_weighting(aggregator, config.client_weighting),
   )
 
 
-def client_weighting(aggregator: Any) -> tff.learning.ClientWeighting:
-  """Examples, unless the aggregator is unweighted (DP, secure sum: every client counts once, its update bounded)."""
-  if isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory):
+def check_client_weighting(weighting: str) -> None:
+  if weighting not in CLIENT_WEIGHTINGS:
+    raise ValueError(f'--client_weighting must be one of {CLIENT_WEIGHTINGS}, got {weighting!r}')
+
+
+def client_weighting(aggregator: Any, weighting: str = 'num_examples') -> tff.learning.ClientWeighting:
+  """`weighting`, except that an unweighted aggregator (DP, secure sum: every client counts once, its update
+  bounded) is always uniform."""
+  if isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory) or weighting == 'uniform':
     return tff.learning.ClientWeighting.UNIFORM
   return tff.learning.ClientWeighting.NUM_EXAMPLES
 

@@ -14,7 +14,8 @@ per client, the local user starts at zero and takes plain SGD steps on the
 batch-mean loss for `reconstruction_epochs` passes with the items frozen, then
 the items take SGD steps for `local_epochs` passes with the user frozen; the
 update `initial - final` is zeroed (weight 0) if not finite, averaged weighted
-by the client's post-reconstruction examples, and applied by the same
+by the client's post-reconstruction examples (or, with `client_weighting=
+'uniform'`, every non-empty finite client by 1), and applied by the same
 `tff.learning.optimizers` server optimizer, which skips a non-finite average.
 tests/federated/test_vectorized.py checks the result against the TFF process.
 Evaluation reconstructs every user the same way and computes the metric sums
@@ -171,6 +172,8 @@ class VectorizedEngine:
     deltas, client_weight, metrics = self._client(weights, items, labels, mask)
     new_state = collections.OrderedDict(round=np.int64(state['round'] + 1))
     if self.dp_query is None:
+      if self.config.client_weighting == 'uniform':  # TFF's UNIFORM (its engine skips empty clients: weight 0).
+        client_weight = tf.cast(client_weight > 0, tf.float32)
       update = self._weighted_mean(deltas, client_weight)
     else:
       dp_state = tf.nest.pack_sequence_as(self.dp_query.initial_global_state(), list(state['dp']))
