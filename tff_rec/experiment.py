@@ -29,6 +29,9 @@ from tff_rec.serving import export
 # Keys final_metrics.json always has (null where the objective has no such metric).
 REQUIRED_KEYS = ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20')
 PRIVACY_LEDGER = 'privacy_ledger.json'
+HPARAMS = 'hparams.json'
+# What a resumed run may change: how long it trains, where and how it reports; not what it trains.
+RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers')
 
 
 def configure_determinism(reproducible: bool) -> None:
@@ -71,8 +74,9 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
       model as a SavedModel (`tff_rec.serving.export.export_run`).
   """
   began = time.monotonic()
+  check_resumable(output_dir, hparams)
   os.makedirs(output_dir, exist_ok=True)
-  atomic.write_json(os.path.join(output_dir, 'hparams.json'), hparams)
+  atomic.write_json(os.path.join(output_dir, HPARAMS), hparams)
   eval_clients = {}
 
   def eval_clients_for(part: str, heldout: bool):
@@ -120,8 +124,38 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
 
 def read_hparams(output_dir: str) -> dict[str, Any]:
   """The configuration a run wrote (hparams.json), e.g. its calibrated noise multiplier."""
-  with open(os.path.join(output_dir, 'hparams.json')) as f:
+  with open(os.path.join(output_dir, HPARAMS)) as f:
     return json.load(f)
+
+
+def changed_settings(previous: dict[str, Any], current: dict[str, Any], prefix: str = '') -> list[str]:
+  """'name: old -> new' for each setting that differs (nested names joined by '.'), outside RESUMABLE_SETTINGS."""
+  changes = []
+  for key in sorted(set(previous) | set(current)):
+    if not prefix and key in RESUMABLE_SETTINGS:
+      continue
+    old, new = previous.get(key), current.get(key)
+    if isinstance(old, dict) and isinstance(new, dict):
+      changes += changed_settings(old, new, f'{prefix}{key}.')
+    elif old != new:
+      changes.append(f'{prefix}{key}: {old!r} -> {new!r}')
+  return changes
+
+
+def check_resumable(output_dir: str, hparams: dict[str, Any]) -> None:
+  """Refuses to resume checkpoints that a run with other settings wrote (checked before anything is written).
+
+  Raises:
+    training_loop.IncompatibleCheckpointError: Naming the settings that differ.
+  """
+  checkpoints = os.path.join(output_dir, training_loop.CHECKPOINT_DIR)
+  if not (os.path.isdir(checkpoints) and os.listdir(checkpoints) and os.path.exists(os.path.join(output_dir, HPARAMS))):
+    return
+  changes = changed_settings(read_hparams(output_dir), json.loads(json.dumps(hparams)))
+  if changes:
+    raise training_loop.IncompatibleCheckpointError(
+        f'the checkpoints in {checkpoints} are of a run with other settings ({"; ".join(changes)}); use another '
+        '--experiment_name, or delete that directory to start over')
 
 
 def format_results(final: dict) -> str:

@@ -175,6 +175,15 @@ def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, messa
 
 def test_checkpoints_of_another_configuration_are_a_clear_error(tiny_dataset, tmp_path):
   _run(tiny_dataset, tmp_path, 'changed', rounds=1)
+  hparams = (tmp_path / 'changed' / 'hparams.json').read_text()
+  # Another state shape, and the same shapes with another setting (which would otherwise resume silently).
+  for overrides, named in (({'embedding_dim': 8}, 'embedding_dim: 4 -> 8'), ({'l2': 0.5}, 'l2: 0.0 -> 0.5')):
+    with pytest.raises(training_loop.IncompatibleCheckpointError,
+                       match=f'checkpoints in .* are of a run with other settings \\({named}\\).*--experiment_name'):
+      _run(tiny_dataset, tmp_path, 'changed', rounds=2, **overrides)
+    assert (tmp_path / 'changed' / 'checkpoints' / 'program_state_1').exists()  # Nothing written is lost.
+    assert (tmp_path / 'changed' / 'hparams.json').read_text() == hparams
+  # Without the run's hparams.json, the state shapes are still checked.
+  (tmp_path / 'changed' / 'hparams.json').unlink()
   with pytest.raises(training_loop.IncompatibleCheckpointError, match='do not fit this run.s state.*--experiment_name'):
     _run(tiny_dataset, tmp_path, 'changed', rounds=2, embedding_dim=8)
-  assert (tmp_path / 'changed' / 'checkpoints' / 'program_state_1').exists()  # Nothing written is lost.
