@@ -296,8 +296,8 @@ class PrivacyLedger:
     """Epsilon after `rounds` rounds by the chosen accountant; RDP's upper bound where PLD's was not computed
     (above `PLD_EPSILON_LIMIT`)."""
     spent = self.epsilons(rounds)
-    return spent['epsilon_rdp'] if spent[f'epsilon_{self.config.accountant}'] is None else (
-        spent[f'epsilon_{self.config.accountant}'])
+    chosen = spent[f'epsilon_{self.config.accountant}']
+    return spent['epsilon_rdp'] if chosen is None else chosen
 
   def round_metrics(self, round_num: int) -> dict[str, float]:
     """Epsilon spent once `round_num` has run (metrics.csv and TensorBoard; PLD only where defined)."""
