@@ -23,7 +23,7 @@ from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
 from tff_rec.federated import als as fed_als
-from tff_rec.federated import compression, fed_avg, fed_recon, sampling, vectorized
+from tff_rec.federated import compression, fed_avg, fed_recon, lr_schedule, sampling, vectorized
 from tff_rec.models import als, reconstruction
 from tff_rec.privacy import distributed, dp, secure
 
@@ -62,6 +62,13 @@ _SPLIT = flags.DEFINE_bool('split_dataset', False, 'Alternate batches between re
 # Optimizers.
 _SERVER_OPT = flags.DEFINE_enum('server_optimizer', 'sgd', list(fed_recon.SERVER_OPTIMIZERS), 'Server optimizer.')
 _SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning rate.')
+_SERVER_SCHEDULE = flags.DEFINE_enum('server_lr_schedule', lr_schedule.CONSTANT, list(lr_schedule.SCHEDULES),
+                                     'The server learning rate over the run: constant, or decayed (linear or cosine, '
+                                     'Loshchilov & Hutter 2017) from --server_learning_rate at the first round to '
+                                     '--server_lr_final_fraction of it at the last of --rounds (fed_recon, fed_avg, '
+                                     'fed_prox).')
+_SERVER_FINAL = flags.DEFINE_float('server_lr_final_fraction', 0.0, 'A decaying --server_lr_schedule\'s rate at the '
+                                   'last round, as a fraction of --server_learning_rate.')
 _SERVER_EPS = flags.DEFINE_float('server_epsilon', 1e-7, 'Server Adam/Yogi epsilon (a floor on the per-coordinate '
                                  'step normalisation; raise it under DP noise).')
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learning rate (global parameters).')
@@ -134,6 +141,9 @@ class ExperimentConfig:
     """Contradictions that must fail before any training."""
     self.data.validate()
     runtime.parse_workers(self.workers)
+    if self.algorithm == 'fed_als' and self.recon.server_lr_schedule.kind != lr_schedule.CONSTANT:
+      raise ValueError('--server_lr_schedule schedules a server optimizer; --algorithm=fed_als has none (its server '
+                       'solves the item step exactly)')
     if self.als.item_prior and self.algorithm != 'fed_als':
       raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
     if self.algorithm == 'fed_als':
@@ -225,7 +235,7 @@ def config_from_flags() -> ExperimentConfig:
       algorithm=_ALGORITHM.value, engine=_ENGINE.value,
       recon=fed_recon.ReconConfig(_SERVER_OPT.value, _SERVER_LR.value, _CLIENT_LR.value,
                                   common_flags.RECON_LR.value, _RECON_EPOCHS.value, _LOCAL_EPOCHS.value,
-                                  _SPLIT.value, _SERVER_EPS.value, _WEIGHTING.value),
+                                  _SPLIT.value, _SERVER_EPS.value, _WEIGHTING.value, server_lr_schedule()),
       proximal_strength=_PROX.value,
       dp=dp.DPConfig(_DP.value, _NOISE.value, _CLIP.value, _QUANTILE.value, _CLIP_LR.value, _DELTA.value,
                      _EPSILON.value, _ACCOUNTANT.value),
@@ -237,6 +247,12 @@ def config_from_flags() -> ExperimentConfig:
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
       workers=_WORKERS.value,
       als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value))
+
+
+def server_lr_schedule() -> lr_schedule.LrSchedule:
+  """The server rate's schedule from flags: a decay spans the run's --rounds."""
+  kind = _SERVER_SCHEDULE.value
+  return lr_schedule.LrSchedule(kind, 0 if kind == lr_schedule.CONSTANT else _ROUNDS.value, _SERVER_FINAL.value)
 
 
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
@@ -322,7 +338,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
         recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
-        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0, recon.client_weighting),
+        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0, recon.client_weighting,
+        recon.server_lr_schedule),
         aggregator=aggregator, **evaluation)
   if config.resolved_engine == 'vectorized':
     return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)

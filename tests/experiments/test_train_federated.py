@@ -158,6 +158,9 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
     ({'als_item_prior': True}, '--als_item_prior is a prior of --algorithm=fed_als.s item step, not of fed_recon'),
     ({'algorithm': 'fed_als', 'als_item_prior': True, 'als_prior_regularization': 0.0},
      '--als_prior_regularization must be > 0'),
+    ({'algorithm': 'fed_als', 'server_lr_schedule': 'cosine'}, '--algorithm=fed_als has none'),
+    ({'server_lr_final_fraction': 0.1}, 'not of a constant rate'),
+    ({'server_lr_schedule': 'linear', 'server_lr_final_fraction': 2.0}, r'must be in \[0, 1\], got 2.0'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),
@@ -183,6 +186,10 @@ def test_checkpoints_of_another_configuration_are_a_clear_error(tiny_dataset, tm
       _run(tiny_dataset, tmp_path, 'changed', rounds=2, **overrides)
     assert (tmp_path / 'changed' / 'checkpoints' / 'program_state_1').exists()  # Nothing written is lost.
     assert (tmp_path / 'changed' / 'hparams.json').read_text() == hparams
+  # A decaying server rate spans --rounds: a cosine run cannot be extended by resuming it with more rounds.
+  _run(tiny_dataset, tmp_path, 'cosine', rounds=1, server_lr_schedule='cosine')
+  with pytest.raises(training_loop.IncompatibleCheckpointError, match='server_lr_schedule.*rounds.* 1 -> 2'):
+    _run(tiny_dataset, tmp_path, 'cosine', rounds=2, server_lr_schedule='cosine')
   # Without the run's hparams.json, the state shapes are still checked.
   (tmp_path / 'changed' / 'hparams.json').unlink()
   with pytest.raises(training_loop.IncompatibleCheckpointError, match='do not fit this run.s state.*--experiment_name'):

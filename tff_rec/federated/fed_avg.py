@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
-from tff_rec.federated import compression
+from tff_rec.federated import compression, lr_schedule
 from tff_rec.federated.fed_recon import (SERVER_OPTIMIZERS, TffEngine, check_client_weighting, client_weighting,
                                          item_side_evaluator, server_optimizer)
 
@@ -37,11 +37,13 @@ class FedAvgConfig:
   local_epochs: int = 1
   proximal_strength: float = 0.0  # > 0: FedProx's mu.
   client_weighting: str = 'num_examples'  # fed_recon.CLIENT_WEIGHTINGS.
+  server_lr_schedule: lr_schedule.LrSchedule = lr_schedule.LrSchedule()
 
   def validate(self) -> None:
     if self.server_optimizer not in SERVER_OPTIMIZERS:
       raise ValueError(f'server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}')
     check_client_weighting(self.client_weighting)
+    self.server_lr_schedule.validate()
     if self.server_learning_rate <= 0 or self.client_learning_rate <= 0:
       raise ValueError('server_learning_rate and client_learning_rate must be > 0')
     if self.local_epochs < 1 or self.proximal_strength < 0:
@@ -63,7 +65,8 @@ class FedAvgEngine(TffEngine):
       return tff.learning.models.from_keras_model(bundle.model, loss=task.loss_fn(), input_spec=bundle.input_spec)
 
     client_optimizer = tff.learning.optimizers.build_sgdm(config.client_learning_rate)
-    server = server_optimizer(config.server_optimizer, config.server_learning_rate)
+    server = server_optimizer(config.server_optimizer, config.server_learning_rate,
+                              schedule=config.server_lr_schedule)
     weighting = client_weighting(aggregator, config.client_weighting)
     self._compressed = isinstance(aggregator, compression.CompressedMean)
     if config.proximal_strength > 0:

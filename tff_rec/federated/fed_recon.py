@@ -20,7 +20,7 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
-from tff_rec.federated import compression
+from tff_rec.federated import compression, lr_schedule
 from tff_rec.models.mf import ModelBundle
 
 SERVER_OPTIMIZERS = ('sgd', 'adam', 'yogi')
@@ -46,11 +46,13 @@ class ReconConfig:
   # coordinates that carry only noise from taking full-size steps.
   server_epsilon: float = 1e-7
   client_weighting: str = 'num_examples'  # CLIENT_WEIGHTINGS; an unweighted (DP, secure) aggregator is uniform.
+  server_lr_schedule: lr_schedule.LrSchedule = lr_schedule.LrSchedule()  # The server rate over the rounds.
 
   def validate(self) -> None:
     if self.server_optimizer not in SERVER_OPTIMIZERS:
       raise ValueError(f'server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}')
     check_client_weighting(self.client_weighting)
+    self.server_lr_schedule.validate()
     for name in ('server_learning_rate', 'client_learning_rate', 'reconstruction_learning_rate', 'server_epsilon'):
       if getattr(self, name) <= 0:
         raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
@@ -58,14 +60,18 @@ class ReconConfig:
       raise ValueError('reconstruction_epochs and local_epochs must be >= 1')
 
 
-def server_optimizer(name: str, learning_rate: float, epsilon: float = 1e-7) -> tff.learning.optimizers.Optimizer:
+def server_optimizer(name: str, learning_rate: float, epsilon: float = 1e-7,
+                     schedule: lr_schedule.LrSchedule = lr_schedule.LrSchedule()) -> tff.learning.optimizers.Optimizer:
+  """The `tff.learning.optimizers` server optimizer `name`, its rate following `schedule` (constant by default)."""
   if name == 'sgd':
-    return tff.learning.optimizers.build_sgdm(learning_rate)
-  if name == 'adam':
-    return tff.learning.optimizers.build_adam(learning_rate, epsilon=epsilon)
-  if name == 'yogi':
-    return tff.learning.optimizers.build_yogi(learning_rate, epsilon=epsilon)
-  raise ValueError(f'unknown server optimizer {name!r}')
+    optimizer = tff.learning.optimizers.build_sgdm(learning_rate)
+  elif name == 'adam':
+    optimizer = tff.learning.optimizers.build_adam(learning_rate, epsilon=epsilon)
+  elif name == 'yogi':
+    optimizer = tff.learning.optimizers.build_yogi(learning_rate, epsilon=epsilon)
+  else:
+    raise ValueError(f'unknown server optimizer {name!r}')
+  return lr_schedule.apply(optimizer, schedule, learning_rate)
 
 
 def reconstruction_model(bundle: ModelBundle) -> tff.learning.models.ReconstructionModel:
@@ -112,7 +118,7 @@ def build_training_process(model_fn: Callable[[], ModelBundle], loss_fn: Callabl
       lambda: reconstruction_model(model_fn()),
       loss_fn=loss_fn,
       server_optimizer_fn=server_optimizer(config.server_optimizer, config.server_learning_rate,
-                                           config.server_epsilon),
+                                           config.server_epsilon, config.server_lr_schedule),
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(config.client_learning_rate),
       reconstruction_optimizer_fn=tff.learning.optimizers.build_sgdm(config.reconstruction_learning_rate),
       dataset_split_fn=split_fn,

@@ -135,7 +135,8 @@ class VectorizedEngine:
     self.model_config: mf.MFConfig = task.model_config
     self.rating = self.model_config.objective == mf.RATING
     self.batch_size = task.data_config.batch_size
-    self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon)
+    self.optimizer = server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon,
+                                      config.server_lr_schedule)
     self.eval_learning_rate, self.eval_epochs = eval_learning_rate, eval_epochs
     if dp_query is not None and not isinstance(dp_query, tfp.SumAggregationDPQuery):
       raise TypeError(f'the vectorized engine sums preprocessed records: needs a SumAggregationDPQuery, got {dp_query}')
