@@ -65,10 +65,10 @@ _SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning ra
 _SERVER_SCHEDULE = flags.DEFINE_enum('server_lr_schedule', lr_schedule.CONSTANT, list(lr_schedule.SCHEDULES),
                                      'The server learning rate over the run: constant, or decayed (linear or cosine, '
                                      'Loshchilov & Hutter 2017) from --server_learning_rate at the first round to '
-                                     '--server_lr_final_fraction of it at the last of --rounds (fed_recon, fed_avg, '
+                                     '--server_lr_final_fraction of it by the end of --rounds (fed_recon, fed_avg, '
                                      'fed_prox).')
 _SERVER_FINAL = flags.DEFINE_float('server_lr_final_fraction', 0.0, 'A decaying --server_lr_schedule\'s rate at the '
-                                   'last round, as a fraction of --server_learning_rate.')
+                                   'end of --rounds, as a fraction of --server_learning_rate.')
 _SERVER_EPS = flags.DEFINE_float('server_epsilon', 1e-7, 'Server Adam/Yogi epsilon (a floor on the per-coordinate '
                                  'step normalisation; raise it under DP noise).')
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 1.0, 'Client SGD learning rate (global parameters).')
