@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 
 import pytest
 from absl import flags
@@ -124,6 +125,25 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
   again = _run(tiny_dataset, tmp_path, 'again', rounds=3)
   again.pop('wall_seconds')
   assert again == straight
+
+
+def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
+  """A run with a decaying server rate killed after round 2's checkpoint (its round-3 checkpoint and final metrics
+  never written) and started again with the same flags ends as the uninterrupted run: the step count is state."""
+  settings = dict(rounds=3, server_lr_schedule='cosine', server_learning_rate=2.0, client_weighting='uniform')
+  straight = _run(tiny_dataset, tmp_path, 'cosine', **settings)
+  rows = list(csv.DictReader(open(tmp_path / 'cosine' / 'metrics.csv')))
+  shutil.rmtree(tmp_path / 'cosine' / 'checkpoints' / 'program_state_3')
+  (tmp_path / 'cosine' / 'final_metrics.json').unlink()
+  resumed = _run(tiny_dataset, tmp_path, 'cosine', **settings)
+  again = list(csv.DictReader(open(tmp_path / 'cosine' / 'metrics.csv')))
+  assert again[:2] == rows[:2] and again[2]['key'] == '3'  # Rounds 1-2 (and their timings) not run again.
+  assert again[2]['round_seconds'] != rows[2]['round_seconds']  # Round 3 was.
+  for metrics in (straight, resumed):
+    metrics.pop('wall_seconds')
+  assert resumed == straight
+  constant = _run(tiny_dataset, tmp_path, 'constant', **dict(settings, server_lr_schedule='constant'))
+  assert constant['hr@10'] != straight['hr@10'] or constant['ndcg@10'] != straight['ndcg@10']
 
 
 @pytest.mark.parametrize('overrides, message', [
