@@ -1,0 +1,164 @@
+"""The shard process (a TFF client per shard of users) gives TFF's own `build_fed_recon` model and metrics."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsics
+from tff_rec import tasks
+from tff_rec.federated import fed_recon, process, shard_math
+from tff_rec.models import mf
+from tff_rec.training_loop import flatten_metrics
+
+CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=0.5,
+                               reconstruction_learning_rate=0.5, reconstruction_epochs=2, local_epochs=2,
+                               split_dataset=False)
+
+
+def _engine(task, users_per_shard, config=CONFIG):
+  return process.ShardEngine(task, config, users_per_shard=users_per_shard, eval_learning_rate=0.5, eval_epochs=2)
+
+
+def _assert_weights_close(a, b, atol=5e-5):
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_allclose(x, y, atol=atol)
+
+
+@pytest.fixture(scope='module', params=[mf.IMPLICIT, mf.RATING])
+def task(request, tiny_dataset):
+  return tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  objective=request.param, embedding_dim=4, l2=0.01)
+
+
+@pytest.fixture(scope='module')
+def reference(task):
+  """TFF 0.87's `build_fed_recon` (kept as the test reference) and its federated evaluation."""
+  return fed_recon.TffEngine(task, CONFIG, eval_learning_rate=0.5, eval_epochs=2)
+
+
+def test_shard_size_one_matches_tff_build_fed_recon_over_rounds(task, reference):
+  ours = _engine(task, 1)
+  ref_state, state = reference.initialize(), ours.initialize()
+  _assert_weights_close(reference.global_weights(ref_state), ours.global_weights(state), atol=0)  # Same initializers.
+  ids = task.train_data.client_ids[:10]
+  for round_num in range(3):
+    examples = task.train_examples(ids, round_num, seed=0)
+    ref_out, out = reference.next(ref_state, examples), ours.next(state, examples)
+    ref_state, state = ref_out.state, out.state
+    ref_flat, flat = flatten_metrics(ref_out.metrics), flatten_metrics(out.metrics)
+    assert flat['client_work/train/loss'] == pytest.approx(ref_flat['client_work/train/loss'], rel=1e-5)
+    for key in ('communication/download_bytes_per_client', 'communication/upload_bytes_per_client',
+                'client_work/train/non_finite_clients', 'client_work/empty_clients'):
+      assert flat[key] == ref_flat[key], key
+    assert flat['client_work/train/num_examples'] == 2 * sum(len(x) for x, _ in examples)  # local_epochs 2.
+  _assert_weights_close(reference.global_weights(ref_state), ours.global_weights(state))
+  assert not np.allclose(ours.global_weights(state)[0], ours.global_weights(ours.initialize())[0])
+  clients = task.eval_clients('test')
+  ref_totals, totals = reference.evaluate(ref_state, clients), ours.evaluate(state, clients)
+  assert ref_totals.keys() == totals.keys() and ref_totals['count'] > 0
+  for key in ref_totals:
+    assert totals[key] == pytest.approx(ref_totals[key], rel=1e-4, abs=1e-4), key
+
+
+@pytest.mark.parametrize('weighting', ['num_examples', 'uniform'])
+def test_any_shard_size_gives_the_shard_size_one_model(task, weighting):
+  config = dataclasses.replace(CONFIG, client_weighting=weighting)
+  engines = [_engine(task, k, config) for k in (1, 3, 40)]
+  states = [e.initialize() for e in engines]
+  ids = task.train_data.client_ids[:10]
+  for round_num in range(2):
+    examples = task.train_examples(ids, round_num, seed=0)
+    outs = [e.next(s, examples) for e, s in zip(engines, states)]
+    states = [o.state for o in outs]
+    losses = [flatten_metrics(o.metrics)['client_work/train/loss'] for o in outs]
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
+  for engine, state in zip(engines[1:], states[1:]):
+    _assert_weights_close(engines[0].global_weights(states[0]), engine.global_weights(state), atol=2e-6)
+  clients = task.eval_clients('val')
+  one, many = engines[0].evaluate(states[0], clients), engines[2].evaluate(states[0], clients)
+  assert one == pytest.approx(many, rel=1e-5)
+
+
+def test_uniform_weighting_is_the_plain_mean_of_users_updates(tiny_dataset):
+  """Server SGD at rate 1 applies the mean update: uniform = the plain mean of each user's own update, num_examples
+  = their mean weighted by examples, whatever the shards."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  examples = task.train_examples(task.train_data.client_ids[:4], 0, seed=0)
+  sizes = np.array([len(items) for items, _ in examples], np.float64)
+  assert len(set(sizes)) > 1  # Otherwise the two weightings coincide.
+  base = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, reconstruction_epochs=2, split_dataset=False)
+  for weighting, weights in (('uniform', np.ones_like(sizes)), ('num_examples', sizes)):
+    engine = _engine(task, 2, dataclasses.replace(base, client_weighting=weighting))
+    state = engine.initialize()
+    start = engine.global_weights(state)[0]
+    alone = np.stack([start - engine.global_weights(engine.next(state, [e]).state)[0] for e in examples])
+    together = start - engine.global_weights(engine.next(state, examples).state)[0]
+    np.testing.assert_allclose(together, np.tensordot(weights / weights.sum(), alone, axes=1), atol=1e-6)
+
+
+def test_empty_and_non_finite_users_count_for_nothing_and_are_counted(tiny_dataset):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  engine = _engine(task, 2)
+  examples = task.train_examples(task.train_data.client_ids[:4], 0, seed=0)
+  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+  items, labels = examples[1]
+  poisoned = (items, np.full_like(labels, np.nan))  # NaN labels -> a NaN update.
+  state = engine.initialize()
+  clean = engine.next(state, examples)
+  dirty = engine.next(state, examples[:2] + [empty, poisoned] + examples[2:])
+  flat = flatten_metrics(dirty.metrics)
+  assert flat['client_work/empty_clients'] == 1 and flat['client_work/train/non_finite_clients'] == 1
+  assert flat['finalizer/update_non_finite'] == 0 and np.isfinite(flat['client_work/train/loss'])
+  _assert_weights_close(engine.global_weights(dirty.state), engine.global_weights(clean.state), atol=1e-6)
+  nothing = engine.next(state, [empty, empty, empty])  # 0 / 0: TFF's finalizer rejects the non-finite mean.
+  assert flatten_metrics(nothing.metrics)['finalizer/update_non_finite'] == 1
+  _assert_weights_close(engine.global_weights(nothing.state), engine.global_weights(state), atol=0)
+
+
+def test_pack_shard_indexes_each_users_own_rows():
+  examples = [(np.array([5, 3, 5, 9, 3]), np.arange(5, dtype=np.float32)), (np.array([2]), np.ones(1, np.float32))]
+  shard = shard_math.pack_shard(examples, batch_size=2)
+  # User 0 touches rows {3, 5, 9}, padding adds row 0: rows [0, 3, 5, 9]; user 1 touches {0 (padding), 2}.
+  assert shard['rows'].tolist() == [[0, 3, 5, 9], [0, 2, 0, 0]]
+  assert shard['local'][0].tolist() == [[2, 1], [2, 3], [1, 0]]
+  assert shard['local'][1].tolist() == [[1, 0], [0, 0], [0, 0]]
+  assert shard['mask'][0].tolist() == [[1, 1], [1, 1], [1, 0]] and shard['mask'][1].sum() == 1
+  np.testing.assert_array_equal(np.take_along_axis(shard['rows'], shard['local'].reshape(2, -1), 1)[0, :5],
+                                examples[0][0])
+
+
+def test_shards_are_cut_evenly_and_by_size():
+  assert shard_math.shard_sizes(10, 4) == [4, 3, 3] and shard_math.shard_sizes(3, 10) == [3]
+  assert shard_math.shard_sizes(0, 5) == [0]
+  examples = [(np.zeros(n), np.zeros(n)) for n in (5, 1, 3, 2)]
+  assert [[len(x) for x, _ in s] for s in shard_math.by_size(examples, 2)] == [[1, 2], [3, 5]]
+  with pytest.raises(ValueError, match='users_per_shard must be >= 1, got 0'):
+    shard_math.shard_sizes(4, 0)
+
+
+def test_dense_sum_scatters_each_users_weighted_rows():
+  # Two users, dim 1: user 0 rows [1, 2] deltas [1, 2]; user 1 rows [2, 0] deltas [10, 0]; weights 1 and 0.5.
+  deltas = [np.array([[[1.0], [2.0]], [[10.0], [0.0]]], np.float32), np.zeros((2, 2, 1), np.float32)]
+  rows = np.array([[1, 2], [2, 0]])
+  weights = (np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32))
+  total = shard_math.dense_sum(deltas, np.array([1.0, 0.5], np.float32), rows, weights)
+  assert total[0].numpy().ravel().tolist() == [0.0, 1.0, 2.0 + 5.0, 0.0]
+
+
+def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task):
+  engine = _engine(task, 4)
+  state = engine.initialize()
+  assert isinstance(engine.process, tff.learning.templates.LearningProcess)
+  assert state._fields == ('global_model_weights', 'distributor', 'client_work', 'aggregator', 'finalizer')
+  for computation in (engine.process.next, engine._evaluation):
+    moved = client_to_server_intrinsics(computation)
+    assert moved and set(moved) <= AGGREGATIONS, moved
+  # No user parameter anywhere in the server state or in what a client sends: only item-side shapes.
+  rows = task.model_config.num_items + 1
+  update = engine.process.next.type_signature.parameter[0].member.global_model_weights.trainable
+  shapes = [tuple(t.shape) for t in update]
+  assert shapes[:2] == [(rows, 4), (rows, 1)] and all(s == () for s in shapes[2:])

@@ -1,0 +1,224 @@
+"""Federated Reconstruction as a TFF learning process whose clients are shards of users.
+
+Singhal et al., "Federated Reconstruction: Partially Local Federated
+Learning", NeurIPS 2021. The process is composed from TFF's four templates
+(`tff.learning.templates.compose_learning_process`): TFF's broadcast
+distributor, a client work process of ours (`shard_math.user_updates` on every
+user of a shard, batched), a `tff.aggregators` weighted mean, and TFF's
+`build_apply_optimizer_finalizer` with the server optimizer (and its rate
+schedule). Evaluation is a federated computation of the same shape whose
+clients return only metric sums.
+
+A TFF client is a shard of `users_per_shard` users: each user's update is
+computed as TFF's own one-client-per-user process would (tested equal to
+`build_fed_recon` at shard size 1 and at any shard size), and the shard sends
+the weighted mean of its users' updates with their total weight, so TFF's
+weighted mean over shards is the weighted mean over users. Shard size 1 is the
+deployment form: one TFF client per user.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
+from tff_rec.evaluation import client_eval
+from tff_rec.federated import fed_recon, shard_math
+from tff_rec.models import mf
+
+_F32 = np.float32
+
+
+def initial_weights(model_config: mf.MFConfig) -> list[np.ndarray]:
+  """The global weights (item embedding, item bias[, mean]) from the Keras model's own initializers."""
+  bundle = mf.build_mf(model_config)
+  return [v.numpy() for layer in bundle.global_layers for v in layer.trainable_variables]
+
+
+def weights_type(weights: list[np.ndarray]) -> tff.Type:
+  """`tff.learning.models.ModelWeights` of the global weights (all trainable), as TFF's learning processes hold it."""
+  return tff.to_type(tff.learning.models.ModelWeights(
+      trainable=[tff.TensorType(_F32, w.shape) for w in weights], non_trainable=[]))
+
+
+def shard_type() -> tff.SequenceType:
+  """A shard's training data (`shard_math.pack_shard`) as a one-element sequence (TFF clients hold sequences)."""
+  return tff.SequenceType(collections.OrderedDict(
+      local=tff.TensorType(np.int32, [None, None, None]), labels=tff.TensorType(_F32, [None, None, None]),
+      mask=tff.TensorType(_F32, [None, None, None]), rows=tff.TensorType(np.int64, [None, None])))
+
+
+def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
+  return tf.data.Dataset.from_tensors(tensors)
+
+
+def build_client_work(model_weights_type: tff.Type,
+                      settings: shard_math.ClientSettings) -> tff.learning.templates.ClientWorkProcess:
+  """Each shard's users reconstruct and update (`shard_math.user_updates`); the shard sends their weighted mean.
+
+  Measurements (summed over shards): `train/loss` (the mean batch loss of
+  the item-side steps), `train/num_examples`, `train/non_finite_clients` and
+  `empty_clients` (users, whose update is zeroed and weighted 0).
+  """
+  data_type = shard_type()
+
+  @tff.tensorflow.computation(model_weights_type, data_type)
+  @tf.function
+  def client_update(weights, dataset):
+    shard = dataset.get_single_element()
+    trainable = tuple(weights.trainable)
+    deltas, weight, sums = shard_math.user_updates(trainable, shard, settings)
+    total = shard_math.dense_sum(deltas, weight, shard['rows'], trainable)
+    shard_weight = tf.reduce_sum(weight)
+    update = [tf.math.divide_no_nan(t, shard_weight) for t in total]
+    return tff.learning.templates.ClientResult(update=update, update_weight=shard_weight), sums
+
+  sums_type = client_update.type_signature.result[1]
+
+  @tff.tensorflow.computation(sums_type)
+  def measurements(sums):
+    return collections.OrderedDict(
+        train=collections.OrderedDict(loss=tf.math.divide_no_nan(sums['loss_sum'], sums['loss_batches']),
+                                      num_examples=sums['num_examples'],
+                                      non_finite_clients=sums['non_finite_users']),
+        empty_clients=tf.cast(sums['empty_users'], tf.int32))
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(model_weights_type, tff.CLIENTS),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, data):
+    outputs = tff.federated_map(client_update, (weights, data))
+    totals = tff.federated_sum(outputs[1])
+    return tff.templates.MeasuredProcessOutput(state, outputs[0], tff.federated_map(measurements, totals))
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def client_settings(task, config: fed_recon.ReconConfig) -> shard_math.ClientSettings:
+  return shard_math.ClientSettings(
+      objective=task.model_config.objective, l2=task.model_config.l2,
+      client_learning_rate=config.client_learning_rate,
+      reconstruction_learning_rate=config.reconstruction_learning_rate,
+      reconstruction_epochs=config.reconstruction_epochs, local_epochs=config.local_epochs,
+      client_weighting=config.client_weighting)
+
+
+def build_fed_recon(model_config: mf.MFConfig, settings: shard_math.ClientSettings, config: fed_recon.ReconConfig,
+                    *, aggregator: tff.aggregators.WeightedAggregationFactory | None = None
+                    ) -> tff.learning.templates.LearningProcess:
+  """Fed Recon MF: TFF's broadcast, shard client work, `aggregator` (TFF's weighted mean), server optimizer."""
+  config.validate()
+  if config.split_dataset:
+    raise ValueError('the shard process uses every batch for both stages (split_dataset=False)')
+  initial = initial_weights(model_config)
+  model_weights_type = weights_type(initial)
+
+  @tff.tensorflow.computation
+  def initial_model_weights():
+    return tff.learning.models.ModelWeights(trainable=[tf.constant(w) for w in initial], non_trainable=[])
+
+  client_work = build_client_work(model_weights_type, settings)
+  update_type = client_work.next.type_signature.result.result.member.update
+  factory = aggregator if aggregator is not None else tff.aggregators.MeanFactory()
+  return tff.learning.templates.compose_learning_process(
+      initial_model_weights,
+      tff.learning.templates.build_broadcast_process(model_weights_type),
+      client_work,
+      factory.create(update_type, tff.TensorType(_F32)),
+      tff.learning.templates.build_apply_optimizer_finalizer(
+          fed_recon.server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon,
+                                     config.server_lr_schedule), model_weights_type))
+
+
+def eval_type(kind: str) -> tff.SequenceType:
+  """A shard's evaluation data (`shard_math.eval_arrays`) as a one-element sequence."""
+  query_shape = [None, None, None] if kind == client_eval.RANKING else [None, None]
+  three = [None, None, None]
+  return tff.SequenceType(collections.OrderedDict(
+      items=tff.TensorType(np.int64, three), labels=tff.TensorType(_F32, three), mask=tff.TensorType(_F32, three),
+      query_items=tff.TensorType(np.int64, query_shape), query_labels=tff.TensorType(_F32, query_shape),
+      query_mask=tff.TensorType(_F32, query_shape[:2]), seen=tff.TensorType(np.bool_, [None, None]),
+      relevant=tff.TensorType(np.bool_, [None, None])))
+
+
+def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
+                     epochs: int) -> tff.Computation:
+  """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard."""
+  data_type = eval_type(kind)
+
+  @tff.tensorflow.computation(model_weights_type, data_type)
+  @tf.function
+  def client_sums(weights, dataset):
+    return shard_math.evaluation_sums(tuple(weights.trainable), dataset.get_single_element(), objective=objective,
+                                      l2=l2, learning_rate=learning_rate, epochs=epochs)
+
+  @tff.federated_computation(tff.FederatedType(model_weights_type, tff.SERVER),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def evaluate(weights, data):
+    return tff.federated_sum(tff.federated_map(client_sums, (tff.federated_broadcast(weights), data)))
+
+  return evaluate
+
+
+class ShardEngine:
+  """Fed Recon MF on TFF's runtime, a TFF client per shard of users; the interface of the other engines."""
+
+  _communication: dict[str, float] | None = None
+
+  def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
+               eval_epochs: int, aggregator: Any = None):
+    if users_per_shard < 1:
+      raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
+    self.task, self.users_per_shard = task, users_per_shard
+    self.settings = client_settings(task, config)
+    self.process = build_fed_recon(task.model_config, self.settings, config, aggregator=aggregator)
+    self._weights_type = self.process.get_model_weights.type_signature.result
+    self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
+                      epochs=eval_epochs)
+    self._evaluation = build_evaluation(self._weights_type, task.eval_kind, **self._eval)
+    self._losses = tf.function(shard_math.support_losses, reduce_retracing=True)
+
+  def initialize(self):
+    return self.process.initialize()
+
+  def next(self, state, examples: list) -> fed_recon.RoundOutput:
+    """One round on the cohort's `examples` (one `preprocessing.Examples` per user), cut into shards."""
+    batch_size = self.task.data_config.batch_size
+    shards = [as_client_data(shard_math.pack_shard(part, batch_size))
+              for part in shard_math.by_size(list(examples), self.users_per_shard)]
+    output = self.process.next(state, shards)
+    if self._communication is None:  # Per user, fixed by the process's types.
+      self._communication = fed_recon.communication(self.process)
+    return fed_recon.RoundOutput(output.state, {**output.metrics, **self._communication})
+
+  def evaluate(self, state, clients) -> dict[str, float]:
+    """Metric totals over `clients` (`tasks.EvalClients`), each shard of them a TFF client."""
+    data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size,
+                                                  self.task.model_config.num_items))
+            for part in _split_eval(clients, self.users_per_shard)]
+    return fed_recon.as_numpy(self._evaluation(self.process.get_model_weights(state), data))
+
+  def global_weights(self, state) -> list[np.ndarray]:
+    return [np.asarray(w) for w in self.process.get_model_weights(state).trainable]
+
+  def client_losses(self, state, clients) -> np.ndarray:
+    """Each user's mean support loss after reconstruction (the membership-inference audit's signal, simulated)."""
+    items, labels, mask = shard_math.pack_batches(clients.support, self.task.data_config.batch_size)
+    weights = tuple(tf.constant(w) for w in self.global_weights(state))
+    return self._losses(weights, items, labels, mask, **self._eval).numpy()
+
+
+def _split_eval(clients, users_per_shard: int) -> list:
+  """`tasks.EvalClients` cut into shards of users of similar support size (objects with the same fields)."""
+  fields = ('client_ids', 'support', 'queries', 'seen', 'relevant')
+  order = sorted(range(len(clients.support)), key=lambda u: len(clients.support[u][0]))
+  return [type(clients)(**{f: [getattr(clients, f)[u] for u in part] for f in fields})
+          for part in shard_math.split(order, users_per_shard)]

@@ -1,0 +1,265 @@
+"""Federated Reconstruction's client maths for a shard of users, batched over them (plain TF, no TFF).
+
+A TFF client of `tff_rec.federated.process` is a *shard*: one or more users
+whose per-user work runs side by side in one graph (FedJAX's `for_each_client`
+idea: the per-user maths written once, batched, whatever the shard size). Per
+user, exactly TFF's `build_fed_recon` client (Singhal et al., "Federated
+Reconstruction: Partially Local Federated Learning", NeurIPS 2021) with every
+batch used by both stages: the local user starts at zero and takes SGD steps on
+the batch-mean loss for `reconstruction_epochs` passes with the items frozen
+(`reconstruction.reconstruct`), then the item side takes SGD steps for
+`local_epochs` passes with the user frozen; the update is `initial - final`,
+zeroed with weight 0 if not finite.
+
+A user's local copy of the item side holds only the rows its examples touch
+(`pack_shard` maps each example to a local row), so a round costs
+O(examples x dim) rather than O(users x catalogue x dim); untouched rows have a
+zero gradient (the L2 penalty is per example), so the update is the dense one.
+The shard then sums its users' weighted updates into the model's dense shape.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tff_rec.evaluation import client_eval
+from tff_rec.models import mf, reconstruction
+from tff_rec.preprocessing import Examples, pad_rows
+
+UNIFORM, NUM_EXAMPLES = 'uniform', 'num_examples'
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSettings:
+  """What a user's client work does (`fed_recon.ReconConfig`'s client part, and the model's loss)."""
+
+  objective: str
+  l2: float
+  client_learning_rate: float
+  reconstruction_learning_rate: float
+  reconstruction_epochs: int
+  local_epochs: int
+  client_weighting: str = NUM_EXAMPLES
+
+
+def shard_sizes(num_users: int, users_per_shard: int) -> list[int]:
+  """How `num_users` users split into shards of at most `users_per_shard`, as evenly as possible."""
+  if users_per_shard < 1:
+    raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
+  shards = max(1, math.ceil(num_users / users_per_shard))
+  base, extra = divmod(num_users, shards)
+  return [base + (1 if s < extra else 0) for s in range(shards)]
+
+
+def split(values: list, users_per_shard: int) -> list[list]:
+  """`values` (one per user) cut into consecutive shards (`shard_sizes`)."""
+  out, start = [], 0
+  for size in shard_sizes(len(values), users_per_shard):
+    out.append(values[start:start + size])
+    start += size
+  return out
+
+
+def by_size(examples: list[Examples], users_per_shard: int) -> list[list[Examples]]:
+  """Users cut into shards of similar size (stably sorted by example count): a shard steps as many batches as
+  its largest user, so grouping alike users keeps padding small. A shard's sum does not depend on who is in it."""
+  order = sorted(range(len(examples)), key=lambda u: len(examples[u][0]))
+  return [[examples[u] for u in part] for part in split(order, users_per_shard)]
+
+
+def pack_batches(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Users' examples -> (items, labels, mask), each [users, batches, batch_size].
+
+  User u's batch t is examples[u][t * B:(t + 1) * B], as `Dataset.batch(B)`
+  cuts it; the rest is padding (mask 0, item 0).
+  """
+  sizes = [len(items) for items, _ in examples]
+  batches = max(1, max((math.ceil(n / batch_size) for n in sizes), default=1))
+  shape = (len(examples), batches * batch_size)
+  items = np.zeros(shape, np.int64)
+  labels = np.zeros(shape, np.float32)
+  mask = np.zeros(shape, np.float32)
+  for c, ((x, y), n) in enumerate(zip(examples, sizes)):
+    items[c, :n], labels[c, :n], mask[c, :n] = x, y, 1.0
+  new_shape = (len(examples), batches, batch_size)
+  return items.reshape(new_shape), labels.reshape(new_shape), mask.reshape(new_shape)
+
+
+def pack_shard(examples: list[Examples], batch_size: int) -> collections.OrderedDict:
+  """A shard's training data: each user's batches in local row indices, and the item rows those index.
+
+  Returns OrderedDict(local [U, T, B] int32 (index into the user's rows),
+  labels [U, T, B], mask [U, T, B], rows [U, K] int64 (the catalogue rows
+  user u touches, padded with row 0, which then gets no gradient)).
+  """
+  items, labels, mask = pack_batches(examples, batch_size)
+  local = np.zeros(items.shape, np.int32)
+  touched = []
+  for u in range(len(examples)):
+    rows, inverse = np.unique(items[u], return_inverse=True)
+    touched.append(rows)
+    local[u] = inverse.reshape(items.shape[1:])
+  rows, _ = pad_rows(touched, np.int64)
+  return collections.OrderedDict(local=local, labels=labels, mask=mask, rows=rows)
+
+
+def split_weights(weights, objective: str):
+  """(item embedding [rows, d], item bias [rows, 1], global mean or None)."""
+  return weights[0], weights[1], (weights[2] if objective == mf.RATING else None)
+
+
+def _sgd(value, grad, learning_rate):
+  if isinstance(grad, tf.IndexedSlices):  # Rows a batch used: only those change.
+    return tf.tensor_scatter_nd_sub(value, grad.indices[:, None], learning_rate * grad.values)
+  return value - learning_rate * grad
+
+
+def user_updates(weights, shard, settings: ClientSettings):
+  """Every user's sparse update and weight, and the shard's training sums.
+
+  Args:
+    weights: The global (item embedding, item bias[, mean]).
+    shard: `pack_shard`'s tensors.
+    settings: The client work.
+
+  Returns:
+    (deltas, weight, sums): deltas [rows deltas [U, K, d], bias deltas [U, K, 1]
+    (, mean deltas [U])], each user's `initial - final` on its own rows, zeroed
+    if not finite; weight [U] per `client_weighting` (0 for an empty or
+    non-finite user); sums an OrderedDict of the shard's loss sum, batch count,
+    examples, non-finite and empty users.
+  """
+  objective = settings.objective
+  rating = objective == mf.RATING
+  embedding, bias, mean = split_weights(weights, objective)
+  local_items, labels, mask, rows = shard['local'], shard['labels'], shard['mask'], shard['rows']
+  users, touched = tf.shape(rows)[0], tf.shape(rows)[1]
+  items = tf.gather(rows, local_items, batch_dims=1)  # The catalogue rows of each example.
+  user = reconstruction.reconstruct(embedding, bias, mean, items, labels, mask, objective=objective, l2=settings.l2,
+                                    learning_rate=settings.reconstruction_learning_rate,
+                                    epochs=settings.reconstruction_epochs)
+  start = [tf.gather(embedding, rows), tf.gather(bias, rows)]  # [U, K, d], [U, K, 1]
+  if rating:
+    start.append(tf.fill([users, 1, 1], mean))
+  offsets = tf.range(users)[:, None] * touched
+  local = [tf.reshape(start[0], [-1, tf.shape(embedding)[1]]), tf.reshape(start[1], [-1, 1])] + start[2:]
+  batches = tf.shape(local_items)[1]
+
+  def step(s, local, loss_sum, loss_batches):
+    t = s % batches
+    index = local_items[:, t] + offsets
+    with tf.GradientTape() as tape:
+      tape.watch(local)
+      losses, counts = reconstruction.batch_losses(user, tf.gather(local[0], index), tf.gather(local[1], index),
+                                                   local[2] if rating else None, labels[:, t], mask[:, t],
+                                                   objective=objective, l2=settings.l2)
+      total = tf.reduce_sum(losses)
+    grads = tape.gradient(total, local)
+    local = [_sgd(v, g, settings.client_learning_rate) for v, g in zip(local, grads)]
+    nonempty = tf.cast(counts > 0, tf.float32)
+    return s + 1, local, loss_sum + losses * nonempty, loss_batches + nonempty
+
+  _, local, loss_sum, loss_batches = tf.while_loop(  # Per user: a non-finite user's loss is left out below.
+      lambda s, *_: s < settings.local_epochs * batches, step,
+      (tf.constant(0), local, tf.zeros([users]), tf.zeros([users])))
+  deltas = [start[0] - tf.reshape(local[0], tf.shape(start[0])), start[1] - tf.reshape(local[1], tf.shape(start[1]))]
+  if rating:
+    deltas.append(tf.reshape(start[2] - local[2], [users]))  # TFF's convention: initial - final.
+  finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [users, -1])), axis=1)
+                                   for d in deltas]), axis=0)
+  deltas = [tf.where(tf.reshape(finite, [-1] + [1] * (d.shape.rank - 1)), d, 0.0) for d in deltas]
+  examples = tf.reduce_sum(mask, axis=[1, 2]) * settings.local_epochs
+  if settings.client_weighting == UNIFORM:  # TFF's UNIFORM; an empty user takes no part.
+    weight = tf.cast(examples > 0, tf.float32)
+  else:
+    weight = examples
+  weight = tf.where(finite, weight, 0.0)
+  # tf.equal, not ==: TFF traces with TF1 tensor equality, where == is Python identity.
+  counted = tf.cast(finite, tf.float32)
+  sums = collections.OrderedDict(
+      loss_sum=tf.reduce_sum(tf.where(finite, loss_sum, 0.0)), loss_batches=tf.reduce_sum(loss_batches * counted),
+      num_examples=tf.reduce_sum(examples),
+      non_finite_users=tf.reduce_sum(1.0 - counted),
+      empty_users=tf.reduce_sum(tf.cast(tf.equal(examples, 0.0), tf.float32)))
+  return deltas, weight, sums
+
+
+def dense_sum(deltas, weight, rows, weights) -> tuple[tf.Tensor, ...]:
+  """Sum over users of weight[u] * (user u's sparse update), in the model's dense shapes."""
+  num_rows = tf.shape(weights[0])[0]
+  flat_rows = tf.reshape(rows, [-1])
+  out = []
+  for d, w in zip(deltas[:2], weights[:2]):
+    scaled = d * weight[:, None, None]
+    out.append(tf.math.unsorted_segment_sum(tf.reshape(scaled, [-1, tf.shape(w)[1]]), flat_rows, num_rows))
+  if len(deltas) > 2:
+    out.append(tf.reduce_sum(deltas[2] * weight))
+  return tuple(out)
+
+
+# Evaluation: every user reconstructed from its support, then the metric sums of `client_eval`.
+
+def eval_arrays(clients, batch_size: int, num_items: int) -> collections.OrderedDict:
+  """`tasks.EvalClients` (or a shard of them) -> the padded tensors `evaluation_sums` takes."""
+  items, labels, mask = pack_batches(clients.support, batch_size)
+  query_items, query_mask = pad_rows([q[0] for q in clients.queries], np.int64)
+  query_labels, _ = pad_rows([q[1] for q in clients.queries], np.float32)
+  seen = np.zeros((len(clients.support), num_items + 1), bool)
+  relevant = np.zeros_like(seen)
+  for c, (s, r) in enumerate(zip(clients.seen, clients.relevant)):
+    seen[c, s], relevant[c, r] = True, True
+  return collections.OrderedDict(items=items, labels=labels, mask=mask, query_items=query_items,
+                                 query_labels=query_labels, query_mask=query_mask, seen=seen, relevant=relevant)
+
+
+def reconstruct_users(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float, epochs: int):
+  embedding, bias, mean = split_weights(weights, objective)
+  return reconstruction.reconstruct(embedding, bias, mean, items, labels, mask, objective=objective, l2=l2,
+                                    learning_rate=learning_rate, epochs=epochs)
+
+
+def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: float,
+                    epochs: int) -> collections.OrderedDict:
+  """The metric sums of `client_eval` over a shard of users (`eval_arrays`), each reconstructed from its support."""
+  rating = objective == mf.RATING
+  user = reconstruct_users(weights, data['items'], data['labels'], data['mask'], objective=objective, l2=l2,
+                           learning_rate=learning_rate, epochs=epochs)
+  embedding, bias, mean = split_weights(weights, objective)
+  p_u = user[0]
+  b_u = user[1] if rating else None
+
+  def score(indices):  # indices [U, ...] -> scores [U, ...]
+    flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
+    out = mf.predict(p_u, tf.gather(embedding, flat), tf.gather(bias, flat), b_u, mean)[..., 0]
+    return tf.reshape(out, tf.shape(indices))
+
+  if rating:
+    sums = client_eval.rating_sums(score(data['query_items']), data['query_labels'], data['query_mask'])
+  else:
+    sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'])
+  all_items = tf.tile(tf.range(tf.shape(embedding)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
+  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
+  return sums
+
+
+def support_losses(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float,
+                   epochs: int) -> tf.Tensor:
+  """Each user's mean loss on its support after reconstruction [U] (the membership-inference signal)."""
+  user = reconstruct_users(weights, items, labels, mask, objective=objective, l2=l2, learning_rate=learning_rate,
+                           epochs=epochs)
+  embedding, bias, mean = split_weights(weights, objective)
+  users = tf.shape(items)[0]
+  mu = None if mean is None else tf.fill([users, 1, 1], mean)
+
+  def step(t, total):
+    losses, counts = reconstruction.batch_losses(user, tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]),
+                                                 mu, labels[:, t], mask[:, t], objective=objective, l2=l2)
+    return t + 1, total + losses * counts
+
+  _, total = tf.while_loop(lambda t, _: t < tf.shape(items)[1], step, (tf.constant(0), tf.zeros([users])))
+  return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=[1, 2]))
