@@ -23,12 +23,13 @@ from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
 from tff_rec.federated import als as fed_als
-from tff_rec.federated import compression, fed_avg, fed_recon, lr_schedule, sampling, vectorized
+from tff_rec.federated import compression, fed_avg, fed_recon, lr_schedule, process, sampling, vectorized
 from tff_rec.models import als, reconstruction
 from tff_rec.privacy import distributed, dp, secure
 
 ALGORITHMS = ('fed_recon', 'fed_als', 'fed_avg', 'fed_prox')
-ENGINES = ('auto', 'vectorized', 'tff')
+ENGINES = ('auto', 'shards', 'vectorized', 'tff')
+DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
 
 # Algorithm.
 _ALGORITHM = flags.DEFINE_enum(
@@ -39,9 +40,16 @@ _ALGORITHM = flags.DEFINE_enum(
     'fed_avg / fed_prox: BASELINES with a global user table that every client '
     'receives and updates (every user\'s embedding leaves its client).')
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
-                            'vectorized: the whole cohort in one TF graph (Fed Recon cross-device, --nosplit_dataset; '
-                            'same model as tff, tested); tff: TFF\'s own processes on its runtime, one TFF client per '
-                            'client; auto: vectorized where it applies, else tff.')
+                            'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
+                            '--users_per_shard users (MF Federated Reconstruction cross-device, --nosplit_dataset, '
+                            'without --dp, --secure_aggregation or --compression for now; also with --workers); '
+                            'vectorized: the whole cohort in one TF graph outside TFF (fed_als and DP); tff: TFF\'s own '
+                            'processes, one TFF client per client; auto: shards, else vectorized, else tff, where each '
+                            'applies. All three give the same model (tested).')
+_USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, '--engine=shards: users per TFF client (a shard\'s '
+                                        'users are computed side by side; 1 is the deployment form, one TFF client '
+                                        'per user). Any size gives the same model. Default: '
+                                        f'{DEFAULT_USERS_PER_SHARD}, or the cohort if smaller.')
 _PROX = flags.DEFINE_float('proximal_strength', 0.01, 'FedProx mu (--algorithm=fed_prox).')
 _ALS_ALPHA = flags.DEFINE_float('als_alpha', 5.0, 'fed_als: confidence of a rated item over an unrated one, minus 1 '
                                 '(Hu et al. 2008).')
@@ -136,6 +144,7 @@ class ExperimentConfig:
   top_k: int = 10
   workers: str = ''
   als: als.AlsConfig = als.AlsConfig()
+  users_per_shard: int = DEFAULT_USERS_PER_SHARD
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
@@ -154,6 +163,17 @@ class ExperimentConfig:
         raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the vectorized engine, '
                          'with --dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff, --workers, '
                          '--secure_aggregation or --compression)')
+    if self.users_per_shard < 1:
+      raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
+    cohort = self.sampling.clients_per_round
+    if self.resolved_engine == 'shards' and cohort and self.users_per_shard > cohort:
+      raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
+                       f'(--clients_per_round={cohort})')
+    if self.engine == 'shards' and not self.shardable:
+      raise ValueError('--engine=shards runs MF Federated Reconstruction cross-device with --nosplit_dataset, without '
+                       f'--dp, --secure_aggregation or --compression for now (got --model={self.model} '
+                       f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
+                       '--engine=auto')
     if self.workers and self.engine == 'vectorized':
       raise ValueError('--workers runs TFF\'s runtime across worker services: use --engine=tff (the vectorized engine '
                        'runs in this process)')
@@ -206,9 +226,17 @@ class ExperimentConfig:
             and not self.recon.split_dataset and self.model == tasks.MF)
 
   @property
+  def shardable(self) -> bool:
+    return (self.algorithm == 'fed_recon' and self.model == tasks.MF and self.data.view == 'cross_device'
+            and not self.recon.split_dataset and not self.dp.enabled and not self.secure_aggregation
+            and not self.compression)
+
+  @property
   def resolved_engine(self) -> str:
     if self.algorithm == 'fed_als':
       return 'vectorized'
+    if self.engine in ('auto', 'shards') and self.shardable:
+      return 'shards'
     if (self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers or self.compression
         or self.dp.mechanism == dp.DISTRIBUTED):
       return 'tff'
@@ -246,7 +274,15 @@ def config_from_flags() -> ExperimentConfig:
       evaluation=evaluation,
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
       workers=_WORKERS.value,
-      als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value))
+      als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value),
+      users_per_shard=users_per_shard())
+
+
+def users_per_shard() -> int:
+  """--users_per_shard as set, else the default or the fixed cohort if smaller."""
+  if _USERS_PER_SHARD.value is not None:
+    return _USERS_PER_SHARD.value
+  return min(DEFAULT_USERS_PER_SHARD, _CLIENTS.value or DEFAULT_USERS_PER_SHARD)
 
 
 def server_lr_schedule() -> lr_schedule.LrSchedule:
@@ -341,6 +377,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
         config.proximal_strength if config.algorithm == 'fed_prox' else 0.0, recon.client_weighting,
         recon.server_lr_schedule),
         aggregator=aggregator, **evaluation)
+  if config.resolved_engine == 'shards':
+    return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard, **evaluation)
   if config.resolved_engine == 'vectorized':
     return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)
                                        if aggregator else None, seed=config.seed, **evaluation)

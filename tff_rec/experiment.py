@@ -30,8 +30,9 @@ from tff_rec.serving import export
 REQUIRED_KEYS = ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20')
 PRIVACY_LEDGER = 'privacy_ledger.json'
 HPARAMS = 'hparams.json'
-# What a resumed run may change: how long it trains, where and how it reports; not what it trains.
-RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers')
+# What a resumed run may change: how long it trains, where and how it reports, how users are grouped into TFF
+# clients (the same model); not what it trains.
+RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers', 'users_per_shard')
 
 
 def configure_determinism(reproducible: bool) -> None:

@@ -33,6 +33,8 @@ def _run(tiny_dataset, out, name, **overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('overrides', [
+    {},  # The shard process (TFF's runtime), 3 users in one shard.
+    {'users_per_shard': 1},  # One TFF client per user.
     {'engine': 'vectorized'},
     {'engine': 'tff'},
     {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
@@ -49,7 +51,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_als', 'engine': 'vectorized'},
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
-], ids=['vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
+], ids=['shards', 'shards_of_one', 'vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
         'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
@@ -62,7 +64,7 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20', 'rounds', 'wall_seconds'):
     assert key in written
   assert written['rounds'] == 2 and 0.0 <= written['hr@10'] <= 1.0 and written == pytest.approx(final)
-  if overrides.get('engine') == 'vectorized':  # The membership-inference audit (vectorized engine).
+  if overrides.get('engine', 'shards') in ('vectorized', 'shards'):  # The membership-inference audit.
     assert 0.0 <= written['mia/auc'] <= 1.0 and 0.0 <= written['mia/advantage'] <= 1.0
   rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2'] and 'val/hr@10' in rows[0]
@@ -189,6 +191,10 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
     ({'compression': True, 'engine': 'vectorized'}, '--compression runs TFF'),
+    ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
+    ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
+    ({'engine': 'shards', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--engine=shards runs MF Federated '
+     'Reconstruction cross-device .* \(got .*--dp=gaussian_fixed\)'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):
