@@ -23,7 +23,7 @@ from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
 from tff_rec.federated import als as fed_als
-from tff_rec.federated import compression, fed_avg, fed_recon, lr_schedule, process, sampling, vectorized
+from tff_rec.federated import aggregation, compression, fed_avg, fed_recon, lr_schedule, process, sampling, vectorized
 from tff_rec.models import als, reconstruction
 from tff_rec.privacy import distributed, dp, secure
 
@@ -42,8 +42,9 @@ _ALGORITHM = flags.DEFINE_enum(
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
                             'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
                             '--users_per_shard users (MF Federated Reconstruction cross-device, --nosplit_dataset, '
-                            'without --dp, --secure_aggregation or --compression for now; also with --workers); '
-                            'vectorized: the whole cohort in one TF graph outside TFF (fed_als and DP); tff: TFF\'s own '
+                            'user-level DP but not --dp=distributed, --secure_aggregation or --compression for now; '
+                            'also with --workers); vectorized: the whole cohort in one TF graph outside TFF (fed_als, '
+                            'cross-silo DP); tff: TFF\'s own '
                             'processes, one TFF client per client; auto: shards, else vectorized, else tff, where each '
                             'applies. All three give the same model (tested).')
 _USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, '--engine=shards: users per TFF client (a shard\'s '
@@ -171,7 +172,7 @@ class ExperimentConfig:
                        f'(--clients_per_round={cohort})')
     if self.engine == 'shards' and not self.shardable:
       raise ValueError('--engine=shards runs MF Federated Reconstruction cross-device with --nosplit_dataset, without '
-                       f'--dp, --secure_aggregation or --compression for now (got --model={self.model} '
+                       f'--dp=distributed, --secure_aggregation or --compression for now (got --model={self.model} '
                        f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
                        '--engine=auto')
     if self.workers and self.engine == 'vectorized':
@@ -228,7 +229,7 @@ class ExperimentConfig:
   @property
   def shardable(self) -> bool:
     return (self.algorithm == 'fed_recon' and self.model == tasks.MF and self.data.view == 'cross_device'
-            and not self.recon.split_dataset and not self.dp.enabled and not self.secure_aggregation
+            and not self.recon.split_dataset and self.dp.mechanism != dp.DISTRIBUTED and not self.secure_aggregation
             and not self.compression)
 
   @property
@@ -354,7 +355,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
     trainable = update_variables(config, task)
     # Structured as each engine hands the update over: TFF's weights are a list, the vectorized engine's a tuple.
-    container = tuple if config.resolved_engine == 'vectorized' else list
+    container = tuple if config.resolved_engine in ('vectorized', 'shards') else list
     dp_kwargs = dict(record_specs=container(tf.TensorSpec(v.shape, v.dtype) for v in trainable),
                      rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
   if config.dp.mechanism == dp.DISTRIBUTED:
@@ -378,7 +379,12 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
         recon.server_lr_schedule),
         aggregator=aggregator, **evaluation)
   if config.resolved_engine == 'shards':
-    return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard, **evaluation)
+    shard_aggregation = aggregation.MeanFactory
+    if config.dp.enabled:
+      query = dp.dp_query(config.dp, clients, **dp_kwargs)
+      shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
+    return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
+                               aggregation=shard_aggregation, **evaluation)
   if config.resolved_engine == 'vectorized':
     return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)
                                        if aggregator else None, seed=config.seed, **evaluation)

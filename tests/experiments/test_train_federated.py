@@ -41,18 +41,21 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01, 'client_weighting': 'uniform'},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
     {'model': 'two_tower'},
-    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
+    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},  # On the shard process.
+    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1, 'engine': 'vectorized'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
+    {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20, 'engine': 'vectorized'},
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
     {'algorithm': 'fed_als', 'engine': 'vectorized'},
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
-], ids=['shards', 'shards_of_one', 'vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_vectorized', 'dp_tff',
-        'secure_aggregation', 'compression', 'tree_vectorized', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
+], ids=['shards', 'shards_of_one', 'vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower',
+        'dp_shards', 'dp_vectorized', 'dp_tff', 'secure_aggregation', 'compression', 'tree_shards', 'tree_vectorized',
+        'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -193,8 +196,8 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'compression': True, 'engine': 'vectorized'}, '--compression runs TFF'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
-    ({'engine': 'shards', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--engine=shards runs MF Federated '
-     'Reconstruction cross-device .* \(got .*--dp=gaussian_fixed\)'),
+    ({'engine': 'shards', 'dp': 'distributed', 'noise_multiplier': 1.0}, '--engine=shards runs MF Federated '
+     'Reconstruction cross-device .* \(got .*--dp=distributed\)'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

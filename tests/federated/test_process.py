@@ -4,12 +4,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsics
 from tff_rec import tasks
-from tff_rec.federated import fed_recon, process, shard_math
+from tff_rec.federated import aggregation, fed_recon, process, shard_math, vectorized
 from tff_rec.models import mf
+from tff_rec.privacy import dp
 from tff_rec.training_loop import flatten_metrics
 
 CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=0.5,
@@ -140,13 +142,12 @@ def test_shards_are_cut_evenly_and_by_size():
     shard_math.shard_sizes(4, 0)
 
 
-def test_dense_sum_scatters_each_users_weighted_rows():
+def test_shard_sum_scatters_each_users_weighted_rows():
   # Two users, dim 1: user 0 rows [1, 2] deltas [1, 2]; user 1 rows [2, 0] deltas [10, 0]; weights 1 and 0.5.
-  deltas = [np.array([[[1.0], [2.0]], [[10.0], [0.0]]], np.float32), np.zeros((2, 2, 1), np.float32)]
+  deltas = [np.array([[[1.0], [2.0]], [[10.0], [0.0]]], np.float32), np.array([3.0, 4.0], np.float32)]
   rows = np.array([[1, 2], [2, 0]])
-  weights = (np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32))
-  total = shard_math.dense_sum(deltas, np.array([1.0, 0.5], np.float32), rows, weights)
-  assert total[0].numpy().ravel().tolist() == [0.0, 1.0, 2.0 + 5.0, 0.0]
+  table, scalar = aggregation.shard_sum(deltas, rows, 4, np.array([1.0, 0.5], np.float32))
+  assert table.numpy().ravel().tolist() == [0.0, 1.0, 2.0 + 5.0, 0.0] and float(scalar) == 3.0 + 2.0
 
 
 def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task):
@@ -162,3 +163,60 @@ def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task):
   update = engine.process.next.type_signature.parameter[0].member.global_model_weights.trainable
   shapes = [tuple(t.shape) for t in update]
   assert shapes[:2] == [(rows, 4), (rows, 1)] and all(s == () for s in shapes[2:])
+
+
+def _dp_engine(task, users_per_shard, mechanism, *, noise=1.0, seed=0, config=CONFIG):
+  query = dp.dp_query(dp.DPConfig(mechanism, noise_multiplier=noise, clip_norm=0.05), 100)
+  return process.ShardEngine(task, config, users_per_shard=users_per_shard, eval_learning_rate=0.5, eval_epochs=1,
+                             aggregation=lambda dense: aggregation.DPFactory(query, dense, seed))
+
+
+def _roundtrip(state):
+  """What a checkpoint keeps: the state's values as numpy, in its structure."""
+  return tf.nest.map_structure(np.asarray, state)
+
+
+@pytest.mark.parametrize('mechanism', ['gaussian_fixed', 'gaussian_adaptive'])
+def test_dp_is_per_user_whatever_the_shards_and_its_noise_a_function_of_seed_and_round(tiny_dataset, mechanism):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  examples = [task.train_examples(task.train_data.client_ids[:12], r, seed=0) for r in range(2)]
+  one, many = _dp_engine(task, 1, mechanism), _dp_engine(task, 5, mechanism)
+  start = one.initialize()
+  states = {}
+  for name, engine in (('one', one), ('many', many)):
+    state = engine.initialize()
+    for r in range(2):
+      out = engine.next(state, examples[r])
+      state = out.state
+    states[name] = state
+    assert flatten_metrics(out.metrics)['aggregator/clip_norm'] > 0
+  _assert_weights_close(one.global_weights(states['one']), many.global_weights(states['many']), atol=2e-6)
+  # Resumed from round 1's state (as a checkpoint holds it) in a fresh process: round 2 draws the same noise.
+  fresh = _dp_engine(task, 5, mechanism)
+  after_one = _roundtrip(many.next(many.initialize(), examples[0]).state)
+  resumed = fresh.next(after_one, examples[1]).state
+  _assert_weights_close(many.global_weights(states['many']), fresh.global_weights(resumed), atol=0)
+  # Another seed draws other noise.
+  other = _dp_engine(task, 5, mechanism, seed=1)
+  moved = other.next(other.initialize(), examples[0]).state
+  assert not np.allclose(other.global_weights(moved)[0], many.global_weights(after_one)[0], atol=1e-4)
+  assert not np.array_equal(many.global_weights(after_one)[0], many.global_weights(start)[0])
+
+
+def test_dp_clips_each_user_as_the_vectorized_engine_does(tiny_dataset):
+  """Without noise both engines sum each non-empty user's clipped update and divide by the expected cohort."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  query = lambda: dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, noise_multiplier=1e-9, clip_norm=0.05), 10)
+  config = dataclasses.replace(CONFIG, server_optimizer='sgd', server_learning_rate=1.0)
+  ours = process.ShardEngine(task, config, users_per_shard=3, eval_learning_rate=0.5, eval_epochs=1,
+                             aggregation=lambda dense: aggregation.DPFactory(query(), dense, 0))
+  reference = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=1, dp_query=query())
+  examples = task.train_examples(task.train_data.client_ids[:10], 0, seed=0)
+  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+  state, ref_state = ours.initialize(), reference.initialize()
+  out, ref_out = ours.next(state, examples + [empty]), reference.next(ref_state, examples + [empty])
+  _assert_weights_close(ours.global_weights(out.state), reference.global_weights(ref_out.state), atol=1e-6)
+  moved = ours.global_weights(out.state)[0] - ours.global_weights(state)[0]
+  assert 0 < np.linalg.norm(moved) <= 10 * 0.05 / 10 + 1e-6  # At most 10 users' clip, over 10.

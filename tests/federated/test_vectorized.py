@@ -162,18 +162,3 @@ def test_dp_noise_is_a_function_of_seed_and_round(tiny_dataset, mechanism):
     np.testing.assert_array_equal(x, y)
   c = other_seed.next(start, examples).state
   assert not np.array_equal(a['weights'][0], c['weights'][0])
-
-
-def test_stateless_query_noise_has_the_query_stddev():
-  from tff_rec.privacy import dp  # pylint: disable=g-import-not-at-top
-  query = dp.dp_query(dp.DPConfig('gaussian_fixed', noise_multiplier=2.0, clip_norm=0.5), 4)  # stddev 1.0, / 4.
-  zeros = (tf.zeros([200, 100]), tf.zeros([300]))
-  with vectorized.stateless_query_noise(7):
-    noised, _, _ = query.get_noised_result(zeros, query.initial_global_state())
-  with vectorized.stateless_query_noise(7):
-    again, _, _ = query.get_noised_result(zeros, query.initial_global_state())
-  values = np.concatenate([np.ravel(n) for n in noised])
-  assert np.std(values) == pytest.approx(0.25, rel=0.03) and abs(np.mean(values)) < 0.01
-  assert not np.array_equal(np.ravel(noised[0])[:300], np.ravel(noised[1]))  # Each tensor its own draw.
-  for x, y in zip(noised, again):
-    np.testing.assert_array_equal(x, y)

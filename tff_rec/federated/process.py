@@ -4,23 +4,25 @@ Singhal et al., "Federated Reconstruction: Partially Local Federated
 Learning", NeurIPS 2021. The process is composed from TFF's four templates
 (`tff.learning.templates.compose_learning_process`): TFF's broadcast
 distributor, a client work process of ours (`shard_math.user_updates` on every
-user of a shard, batched), a `tff.aggregators` weighted mean, and TFF's
+user of a shard, batched), a shard aggregator (the weighted mean, or user-level
+DP), and TFF's
 `build_apply_optimizer_finalizer` with the server optimizer (and its rate
 schedule). Evaluation is a federated computation of the same shape whose
 clients return only metric sums.
 
 A TFF client is a shard of `users_per_shard` users: each user's update is
 computed as TFF's own one-client-per-user process would (tested equal to
-`build_fed_recon` at shard size 1 and at any shard size), and the shard sends
-the weighted mean of its users' updates with their total weight, so TFF's
-weighted mean over shards is the weighted mean over users. Shard size 1 is the
+`build_fed_recon` at shard size 1 and at any shard size), and the aggregator
+(`tff_rec.federated.aggregation`) takes each user's update through its
+per-user step (weighting, the DP clip) before the shard sums them, so the sum
+over shards is the sum over users. Shard size 1 is the
 deployment form: one TFF client per user.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +30,7 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
+from tff_rec.federated import aggregation as aggregation_lib
 from tff_rec.federated import fed_recon, shard_math
 from tff_rec.models import mf
 
@@ -59,7 +62,7 @@ def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
 
 def build_client_work(model_weights_type: tff.Type,
                       settings: shard_math.ClientSettings) -> tff.learning.templates.ClientWorkProcess:
-  """Each shard's users reconstruct and update (`shard_math.user_updates`); the shard sends their weighted mean.
+  """Each shard's users reconstruct and update (`shard_math.user_updates`); their sparse updates go to the aggregator.
 
   Measurements (summed over shards): `train/loss` (the mean batch loss of
   the item-side steps), `train/num_examples`, `train/non_finite_clients` and
@@ -70,13 +73,9 @@ def build_client_work(model_weights_type: tff.Type,
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_update(weights, dataset):
-    shard = dataset.get_single_element()
-    trainable = tuple(weights.trainable)
-    deltas, weight, sums = shard_math.user_updates(trainable, shard, settings)
-    total = shard_math.dense_sum(deltas, weight, shard['rows'], trainable)
-    shard_weight = tf.reduce_sum(weight)
-    update = [tf.math.divide_no_nan(t, shard_weight) for t in total]
-    return tff.learning.templates.ClientResult(update=update, update_weight=shard_weight), sums
+    updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings)
+    updates['deltas'] = list(updates['deltas'])
+    return tff.learning.templates.ClientResult(update=updates, update_weight=tf.reduce_sum(updates['weight'])), sums
 
   sums_type = client_update.type_signature.result[1]
 
@@ -111,10 +110,16 @@ def client_settings(task, config: fed_recon.ReconConfig) -> shard_math.ClientSet
       client_weighting=config.client_weighting)
 
 
+Aggregation = Callable[[list[tf.TensorSpec]], tff.aggregators.UnweightedAggregationFactory]
+
+
 def build_fed_recon(model_config: mf.MFConfig, settings: shard_math.ClientSettings, config: fed_recon.ReconConfig,
-                    *, aggregator: tff.aggregators.WeightedAggregationFactory | None = None
-                    ) -> tff.learning.templates.LearningProcess:
-  """Fed Recon MF: TFF's broadcast, shard client work, `aggregator` (TFF's weighted mean), server optimizer."""
+                    *, aggregation: Aggregation = aggregation_lib.MeanFactory) -> tff.learning.templates.LearningProcess:
+  """Fed Recon MF: TFF's broadcast, shard client work, a shard aggregator, TFF's optimizer finalizer.
+
+  `aggregation`: the trainable weights' specs -> a factory of
+  `tff_rec.federated.aggregation` (the weighted mean by default; DP).
+  """
   config.validate()
   if config.split_dataset:
     raise ValueError('the shard process uses every batch for both stages (split_dataset=False)')
@@ -127,7 +132,7 @@ def build_fed_recon(model_config: mf.MFConfig, settings: shard_math.ClientSettin
 
   client_work = build_client_work(model_weights_type, settings)
   update_type = client_work.next.type_signature.result.result.member.update
-  factory = aggregator if aggregator is not None else tff.aggregators.MeanFactory()
+  factory = tff.aggregators.as_weighted_aggregator(aggregation([tf.TensorSpec(w.shape, _F32) for w in initial]))
   return tff.learning.templates.compose_learning_process(
       initial_model_weights,
       tff.learning.templates.build_broadcast_process(model_weights_type),
@@ -174,12 +179,12 @@ class ShardEngine:
   _communication: dict[str, float] | None = None
 
   def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
-               eval_epochs: int, aggregator: Any = None):
+               eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory):
     if users_per_shard < 1:
       raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
     self.task, self.users_per_shard = task, users_per_shard
     self.settings = client_settings(task, config)
-    self.process = build_fed_recon(task.model_config, self.settings, config, aggregator=aggregator)
+    self.process = build_fed_recon(task.model_config, self.settings, config, aggregation=aggregation)
     self._weights_type = self.process.get_model_weights.type_signature.result
     self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
                       epochs=eval_epochs)

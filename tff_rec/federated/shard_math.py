@@ -15,7 +15,7 @@ A user's local copy of the item side holds only the rows its examples touch
 (`pack_shard` maps each example to a local row), so a round costs
 O(examples x dim) rather than O(users x catalogue x dim); untouched rows have a
 zero gradient (the L2 penalty is per example), so the update is the dense one.
-The shard then sums its users' weighted updates into the model's dense shape.
+Each user's update then goes to the aggregator (`tff_rec.federated.aggregation`), which sums the shard's.
 """
 
 from __future__ import annotations
@@ -128,11 +128,12 @@ def user_updates(weights, shard, settings: ClientSettings):
     settings: The client work.
 
   Returns:
-    (deltas, weight, sums): deltas [rows deltas [U, K, d], bias deltas [U, K, 1]
-    (, mean deltas [U])], each user's `initial - final` on its own rows, zeroed
-    if not finite; weight [U] per `client_weighting` (0 for an empty or
-    non-finite user); sums an OrderedDict of the shard's loss sum, batch count,
-    examples, non-finite and empty users.
+    (updates, sums): updates an OrderedDict (`aggregation.user_updates_type`)
+    of rows [U, K] (the user's catalogue rows), deltas [rows deltas [U, K, d],
+    bias deltas [U, K, 1] (, mean deltas [U])], each user's `initial - final`
+    on its own rows, zeroed if not finite; weight [U] per `client_weighting`
+    (0 for an empty or non-finite user) and examples [U]; sums an OrderedDict
+    of the shard's loss sum, batch count, examples, non-finite and empty users.
   """
   objective = settings.objective
   rating = objective == mf.RATING
@@ -186,20 +187,8 @@ def user_updates(weights, shard, settings: ClientSettings):
       num_examples=tf.reduce_sum(examples),
       non_finite_users=tf.reduce_sum(1.0 - counted),
       empty_users=tf.reduce_sum(tf.cast(tf.equal(examples, 0.0), tf.float32)))
-  return deltas, weight, sums
-
-
-def dense_sum(deltas, weight, rows, weights) -> tuple[tf.Tensor, ...]:
-  """Sum over users of weight[u] * (user u's sparse update), in the model's dense shapes."""
-  num_rows = tf.shape(weights[0])[0]
-  flat_rows = tf.reshape(rows, [-1])
-  out = []
-  for d, w in zip(deltas[:2], weights[:2]):
-    scaled = d * weight[:, None, None]
-    out.append(tf.math.unsorted_segment_sum(tf.reshape(scaled, [-1, tf.shape(w)[1]]), flat_rows, num_rows))
-  if len(deltas) > 2:
-    out.append(tf.reduce_sum(deltas[2] * weight))
-  return tuple(out)
+  updates = collections.OrderedDict(rows=rows, deltas=deltas, weight=weight, examples=examples)
+  return updates, sums
 
 
 # Evaluation: every user reconstructed from its support, then the metric sums of `client_eval`.

@@ -25,80 +25,21 @@ of `client_eval` over all of them at once.
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_privacy as tfp
-from tensorflow_privacy.privacy.dp_query import gaussian_query  # 0.9.0 (pinned): see stateless_query_noise.
 
 from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
 from tff_rec.models import mf, reconstruction
 from tff_rec.preprocessing import Examples, pad_rows
+from tff_rec.privacy.queries import clip_norm, stateless_query_noise
 
 
 _NOISE_PURPOSE = 11
-
-
-def _clip_norm(dp_state) -> tf.Tensor:
-  """The current value clip of a query state: NormalizedQuery(GaussianSumQuery | QuantileAdaptiveClipSumQuery |
-  RestartQuery(TreeResidualSumQuery))."""
-  numerator = dp_state.numerator_state
-  if hasattr(numerator, 'inner_query_state'):
-    return numerator.inner_query_state.clip_value
-  return numerator.sum_state.l2_norm_clip if hasattr(numerator, 'sum_state') else numerator.l2_norm_clip
-
-
-class _StatelessNormalInitializer:
-  """`tf.random_normal_initializer` drawing `tf.random.stateless_normal` under (seed, draw number)."""
-
-  def __init__(self, seed: int, counter: list[int], mean: float = 0.0, stddev: float = 1.0, **unused):
-    del unused
-    self.seed, self.counter, self.mean, self.stddev = seed, counter, mean, stddev
-
-  def __call__(self, shape, dtype=tf.float32, **unused):
-    del unused
-    self.counter[0] += 1
-    return tf.random.stateless_normal(shape, seed=[self.seed, self.counter[0]], mean=self.mean, stddev=self.stddev,
-                                      dtype=dtype)
-
-
-class _TfWithStatelessNormal:
-  """The `tf` module as tensorflow-privacy's gaussian_query sees it, with a seeded, stateless normal initializer."""
-
-  def __init__(self, seed: int):
-    self._seed, self._counter = seed, [0]
-
-  def random_normal_initializer(self, **kwargs):
-    return _StatelessNormalInitializer(self._seed, self._counter, **kwargs)
-
-  def __getattr__(self, name):
-    return getattr(tf, name)
-
-
-@contextlib.contextmanager
-def stateless_query_noise(seed: int):
-  """Makes tensorflow-privacy's Gaussian queries draw their noise statelessly under `seed` (in this block).
-
-  Written by hand: `GaussianSumQuery.get_noised_result` (tensorflow-privacy
-  0.9.0, the fixed and the adaptive-clip sum, and the adaptive clip's
-  quantile estimate) draws from an unseeded `tf.random_normal_initializer`.
-  Seeding it with `tf.random.set_seed` made the noise reproducible but clears
-  TF's kernel caches, so every tf.function of the next round was instantiated
-  again (most of DP's round-time overhead). Here the query module sees a `tf`
-  whose normal initializer is `tf.random.stateless_normal` under (seed, draw
-  number): the same noise for the same seed, in any process, at no cost.
-  """
-  module = gaussian_query
-  original = module.tf
-  module.tf = _TfWithStatelessNormal(seed)
-  try:
-    yield
-  finally:
-    module.tf = original
 
 
 def pad_examples(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,7 +126,7 @@ class VectorizedEngine:
         update, dp_state, _ = self.dp_query.get_noised_result(sample_state, dp_state)
       update = tuple(update)
       new_state['dp'] = [np.asarray(x) for x in tf.nest.flatten(dp_state)]
-      metrics['privacy'] = collections.OrderedDict(clip_norm=_clip_norm(dp_state))
+      metrics['privacy'] = collections.OrderedDict(clip_norm=clip_norm(dp_state))
     new_weights, new_optimizer, rejected = self._server(weights, state['optimizer'], update)
     metrics['finalizer'] = collections.OrderedDict(update_non_finite=rejected)
     size = float(sum(w.nbytes for w in state['weights']))  # The same as fed_recon.communication's TFF types.

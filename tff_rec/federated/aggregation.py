@@ -1,0 +1,160 @@
+"""Aggregation factories for shard clients: each user's update takes the per-user step before its shard sums.
+
+A shard client (`tff_rec.federated.process`) hands its aggregator every user's
+sparse update (`UserUpdates`: the item rows the user touched, its deltas on
+them, its weight and example count). Each factory here is a
+`tff.aggregators.UnweightedAggregationFactory` of the same shape:
+
+  per user, on the shard:   the aggregator's per-user step (a weight; the DP
+                            query's `preprocess_record`, i.e. the clip)
+  per shard:                the sum over its users, in the model's dense shape
+  shard -> server:          `tff.federated_sum` (the only CLIENTS -> SERVER value)
+  at the server:            the mean; the DP query's noise (seeded by the run's
+                            seed and the round) and its state update
+
+so a shard's sum is the sum of what one TFF client per user would have sent,
+and any shard size gives the same result. Written by hand because TFF's
+factories apply their per-client step to a client's whole value, and a shard's
+value is many users' (TFF 0.87's `DifferentiallyPrivateFactory` would clip the
+shard's sum, not each user).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_rec.privacy import queries
+
+
+def user_updates_type(dense: list[tf.TensorSpec]) -> tff.Type:
+  """The TFF type of a shard's `UserUpdates` for a model with trainable weights `dense`.
+
+  rows [U, K] (the catalogue rows each user touched), deltas (per dense
+  weight: [U, K, ...] for a table of rows, [U] for a scalar), weight [U]
+  (the weighted mean's) and examples [U].
+  """
+  deltas = [tff.TensorType(np.float32, [None] + ([None] + list(s.shape[1:]) if s.shape.rank else [])) for s in dense]
+  return tff.to_type(collections.OrderedDict(
+      rows=tff.TensorType(np.int64, [None, None]), deltas=deltas, weight=tff.TensorType(np.float32, [None]),
+      examples=tff.TensorType(np.float32, [None])))
+
+
+def shard_sum(per_user, rows, num_rows, scale=None):
+  """Sum over users of each leaf of `per_user`, dense: [U, K, ...] leaves scattered to [num_rows, ...] by `rows`,
+  [U] leaves summed. `scale` [U] multiplies each user's leaves first."""
+
+  def one(leaf):
+    leaf = tf.convert_to_tensor(leaf)
+    if scale is not None:
+      leaf = leaf * tf.reshape(scale, [-1] + [1] * (leaf.shape.rank - 1))
+    if leaf.shape.rank == 1:
+      return tf.reduce_sum(leaf)
+    flat = tf.reshape(leaf, tf.concat([[-1], tf.shape(leaf)[2:]], 0))
+    return tf.math.unsorted_segment_sum(flat, tf.reshape(rows, [-1]), num_rows)
+
+  return tf.nest.map_structure(one, per_user)
+
+
+def _num_rows(dense: list[tf.TensorSpec]) -> int:
+  return int(dense[0].shape[0])
+
+
+class MeanFactory(tff.aggregators.UnweightedAggregationFactory):
+  """The weighted mean of users' updates: sum_u w_u delta_u / sum_u w_u (TFF's MeanFactory, per user).
+
+  The division is plain, as TFF's: a cohort of zero weight gives a
+  non-finite mean, which the finalizer rejects.
+  """
+
+  def __init__(self, dense: list[tf.TensorSpec]):
+    self._dense = dense
+
+  def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
+    num_rows = _num_rows(self._dense)
+
+    @tff.tensorflow.computation(value_type)
+    def shard_total(value):
+      deltas = list(value['deltas'])
+      return collections.OrderedDict(total=shard_sum(deltas, value['rows'], num_rows, value['weight']),
+                                     weight=tf.reduce_sum(value['weight']))
+
+    @tff.tensorflow.computation(shard_total.type_signature.result)
+    def divide(sums):
+      return [tf.math.divide(t, sums['weight']) for t in sums['total']]
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      sums = tff.federated_sum(tff.federated_map(shard_total, value))
+      return tff.templates.MeasuredProcessOutput(state, tff.federated_map(divide, sums),
+                                                 tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+class DPFactory(tff.aggregators.UnweightedAggregationFactory):
+  """User-level DP: a tensorflow-privacy `SumAggregationDPQuery` with each user's update as a record.
+
+  McMahan et al., "Learning Differentially Private Recurrent Language Models"
+  (ICLR 2018): every user taking part (a non-empty one) has its update clipped
+  by the query's `preprocess_record` on its shard (the clip from the query's
+  state, broadcast), the shard sums, and the server adds the query's noise to
+  the sum over shards (`get_noised_result`: Gaussian, adaptive clip (Andrew et
+  al., NeurIPS 2021), tree aggregation). The noise is drawn statelessly under
+  (seed, round), so a resumed run draws what an uninterrupted one would.
+  Measurements: the clip in force (`clip_norm`).
+  """
+
+  def __init__(self, query: Any, dense: list[tf.TensorSpec], seed: int):
+    self._query, self._dense, self._seed = query, dense, seed
+
+  def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
+    query, num_rows, seed = self._query, _num_rows(self._dense), self._seed
+    dense = [tf.TensorSpec(s.shape, s.dtype) for s in self._dense]
+
+    @tff.tensorflow.computation
+    def init_tf():
+      return collections.OrderedDict(query=query.initial_global_state(), round=tf.constant(0, tf.int64))
+
+    state_type = init_tf.type_signature.result
+
+    @tff.tensorflow.computation(state_type)
+    def sample_params(state):
+      return query.derive_sample_params(state['query'])
+
+    @tff.tensorflow.computation(value_type, sample_params.type_signature.result)
+    def shard_records(value, params):
+      records = tf.vectorized_map(lambda record: query.preprocess_record(params, record), tuple(value['deltas']))
+      participates = tf.cast(tf.greater(value['examples'], 0.0), tf.float32)  # An empty user takes no part.
+      return tf.nest.flatten(shard_sum(records, value['rows'], num_rows, participates))
+
+    @tff.tensorflow.computation(state_type, shard_records.type_signature.result)
+    def noised(state, leaves):
+      sample_state = tf.nest.pack_sequence_as(query.initial_sample_state(tuple(dense)), list(leaves))
+      # (seed, round) -> one stateless seed; rounds < 2**32.
+      noise_seed = tf.constant(seed, tf.int64) * (2 ** 32) + state['round']
+      with queries.stateless_query_noise(noise_seed):
+        result, new_query_state, _ = query.get_noised_result(sample_state, state['query'])
+      new_state = collections.OrderedDict(query=new_query_state, round=state['round'] + 1)
+      return new_state, list(result), collections.OrderedDict(clip_norm=queries.clip_norm(new_query_state))
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_eval(init_tf, tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      params = tff.federated_broadcast(tff.federated_map(sample_params, state))
+      total = tff.federated_sum(tff.federated_map(shard_records, (value, params)))
+      out = tff.federated_map(noised, (state, total))
+      return tff.templates.MeasuredProcessOutput(out[0], out[1], out[2])
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
