@@ -204,19 +204,47 @@ def test_dp_is_per_user_whatever_the_shards_and_its_noise_a_function_of_seed_and
   assert not np.array_equal(many.global_weights(after_one)[0], many.global_weights(start)[0])
 
 
-def test_dp_clips_each_user_as_the_vectorized_engine_does(tiny_dataset):
-  """Without noise both engines sum each non-empty user's clipped update and divide by the expected cohort."""
+def test_dp_without_noise_is_the_sum_of_each_users_clipped_update_over_the_cohort(tiny_dataset):
+  """Server SGD at rate 1 applies the DP mean: sum_u clip(delta_u) / 10, each user's delta computed alone."""
   task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
                                   embedding_dim=4, l2=0.01)
-  query = lambda: dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, noise_multiplier=1e-9, clip_norm=0.05), 10)
-  config = dataclasses.replace(CONFIG, server_optimizer='sgd', server_learning_rate=1.0)
-  ours = process.ShardEngine(task, config, users_per_shard=3, eval_learning_rate=0.5, eval_epochs=1,
-                             aggregation=lambda dense: aggregation.DPFactory(query(), dense, 0))
-  reference = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=1, dp_query=query())
-  examples = task.train_examples(task.train_data.client_ids[:10], 0, seed=0)
+  config = dataclasses.replace(CONFIG, server_optimizer='sgd', server_learning_rate=1.0, client_weighting='uniform')
+  clip = 0.05
+  query = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, noise_multiplier=1e-9, clip_norm=clip), 10)
+  private = process.ShardEngine(task, config, users_per_shard=4, eval_learning_rate=0.5, eval_epochs=1,
+                                aggregation=lambda dense: aggregation.DPFactory(query, dense, 0))
+  plain = _engine(task, 1, config)
+  examples = task.train_examples(task.train_data.client_ids[:6], 0, seed=0)
+  state = plain.initialize()
+  start = plain.global_weights(state)
+  expected = [np.zeros_like(w) for w in start]
+  for e in examples:  # Alone, the uniform mean is the user's own update.
+    delta = [a - b for a, b in zip(start, plain.global_weights(plain.next(state, [e]).state))]
+    scale = min(1.0, clip / np.sqrt(sum(np.sum(d.astype(np.float64) ** 2) for d in delta)))
+    assert scale < 1.0  # The clip binds.
+    expected = [x + scale * d / 10 for x, d in zip(expected, delta)]
+  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+  moved = [a - b for a, b in zip(start, private.global_weights(private.next(private.initialize(),
+                                                                              examples + [empty]).state))]
+  _assert_weights_close(moved, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize('mechanism', ['gaussian_fixed', 'gaussian_adaptive'])
+def test_dp_rounds_equal_the_vectorized_engines_with_the_same_seed(tiny_dataset, mechanism):
+  """The same per-user clip and the same noise (drawn under (seed, round)) in TFF's runtime as in eager TF."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  query = lambda: dp.dp_query(dp.DPConfig(mechanism, noise_multiplier=0.5, clip_norm=0.05), 10)
+  ours = process.ShardEngine(task, CONFIG, users_per_shard=3, eval_learning_rate=0.5, eval_epochs=1,
+                             aggregation=lambda dense: aggregation.DPFactory(query(), dense, 7))
+  reference = vectorized.VectorizedEngine(task, CONFIG, eval_learning_rate=0.5, eval_epochs=1, dp_query=query(),
+                                          seed=7)
   empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
   state, ref_state = ours.initialize(), reference.initialize()
-  out, ref_out = ours.next(state, examples + [empty]), reference.next(ref_state, examples + [empty])
-  _assert_weights_close(ours.global_weights(out.state), reference.global_weights(ref_out.state), atol=1e-6)
-  moved = ours.global_weights(out.state)[0] - ours.global_weights(state)[0]
-  assert 0 < np.linalg.norm(moved) <= 10 * 0.05 / 10 + 1e-6  # At most 10 users' clip, over 10.
+  for r in range(3):
+    examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0) + [empty]
+    out, ref_out = ours.next(state, examples), reference.next(ref_state, examples)
+    state, ref_state = out.state, ref_out.state
+    assert flatten_metrics(out.metrics)['aggregator/clip_norm'] == pytest.approx(
+        flatten_metrics(ref_out.metrics)['privacy/clip_norm'], rel=1e-5)
+  _assert_weights_close(ours.global_weights(state), reference.global_weights(ref_state), atol=2e-5)

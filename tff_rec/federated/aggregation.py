@@ -139,9 +139,7 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(state_type, shard_records.type_signature.result)
     def noised(state, leaves):
       sample_state = tf.nest.pack_sequence_as(query.initial_sample_state(tuple(dense)), list(leaves))
-      # (seed, round) -> one stateless seed; rounds < 2**32.
-      noise_seed = tf.constant(seed, tf.int64) * (2 ** 32) + state['round']
-      with queries.stateless_query_noise(noise_seed):
+      with queries.stateless_query_noise(queries.noise_seed(seed, state['round'])):
         result, new_query_state, _ = query.get_noised_result(sample_state, state['query'])
       new_state = collections.OrderedDict(query=new_query_state, round=state['round'] + 1)
       return new_state, list(result), collections.OrderedDict(clip_norm=queries.clip_norm(new_query_state))

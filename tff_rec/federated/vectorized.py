@@ -36,10 +36,7 @@ from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
 from tff_rec.models import mf, reconstruction
 from tff_rec.preprocessing import Examples, pad_rows
-from tff_rec.privacy.queries import clip_norm, stateless_query_noise
-
-
-_NOISE_PURPOSE = 11
+from tff_rec.privacy.queries import clip_norm, noise_seed, stateless_query_noise
 
 
 def pad_examples(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,8 +118,7 @@ class VectorizedEngine:
       dp_state = tf.nest.pack_sequence_as(self.dp_query.initial_global_state(), list(state['dp']))
       sample_state = self._dp_accumulate(dp_state, deltas, tf.reduce_sum(mask, axis=[1, 2]) > 0)
       # The noise is a function of (seed, round): a resumed run draws what an uninterrupted one would.
-      noise_seed = int(np.random.default_rng([self.seed, _NOISE_PURPOSE, int(state['round'])]).integers(2**31))
-      with stateless_query_noise(noise_seed):
+      with stateless_query_noise(noise_seed(self.seed, int(state['round']))):
         update, dp_state, _ = self.dp_query.get_noised_result(sample_state, dp_state)
       update = tuple(update)
       new_state['dp'] = [np.asarray(x) for x in tf.nest.flatten(dp_state)]

@@ -69,3 +69,8 @@ def stateless_query_noise(seed: int | tf.Tensor):
     yield
   finally:
     module.tf = original
+
+
+def noise_seed(seed: int | tf.Tensor, round_num: int | tf.Tensor) -> tf.Tensor:
+  """The one stateless seed of a run's round: seed * 2**32 + round (rounds < 2**32), int64, in any graph."""
+  return tf.cast(seed, tf.int64) * (2 ** 32) + tf.cast(round_num, tf.int64)
