@@ -1,18 +1,23 @@
-r"""Federated round speed, measured side by side in one run (issue 6: R1, R2, R6).
+r"""Federated round speed, measured side by side in one run (issue 6: R1-R6; issue 15: the shard process).
 
   .venv/bin/python -m benchmarks.federated_speed [--rounds=12] [--headline_flagfile=...]
 
 R1: steady-state federated throughput (training examples per second over
     rounds 3..N) / Keras `fit` throughput of the same MF model, batch size and
-    examples, centralized. For both engines: vectorized and TFF's own process.
-R2: per-client fixed cost: the slope of round time against clients per round
-    at a fixed total of examples (least squares over several cohort sizes).
-R3: DP round time / non-private round time (vectorized engine, Gaussian fixed clip, the same cohorts,
-    the two engines taking turns round by round).
-R4: memory: RSS after round 500 / after round 10 of one long run (vectorized engine).
-Workers: TFF-engine round time across two local worker services (--workers) / the local runtime.
+    examples, centralized. For the shard process (the default engine), the
+    vectorized engine and TFF's own `build_fed_recon`; and the shard process
+    against a plain single-threaded NumPy loop of the same client maths
+    (`benchmarks.numpy_reference`: the cost of the work without a framework).
+R2: per-user fixed cost: the slope of round time against users per round at a
+    fixed total of examples (least squares over several cohort sizes); and the
+    per-shard fixed cost of TFF's runtime: the slope of round time against the
+    number of shards for the same 100 equal users.
+R3: DP round time / non-private round time (shard process, Gaussian fixed clip, the same cohorts,
+    the two taking turns round by round).
+R4: memory: RSS (this process and TFF's worker) after round 500 / after round 10 of one long run.
+Workers: round time across two local worker services (--workers) / the local runtime (shard process).
 R6: wall time of the headline MovieLens-100K configuration to its final
-    metrics (the binary run as a user runs it).
+    metrics (the binary run as a user runs it), shard process and vectorized engine one after the other.
 
 Ratios are what to read: this machine is shared and noisy.
 """
@@ -33,7 +38,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_rec import runtime, tasks
-from tff_rec.federated import fed_recon, sampling, vectorized
+from benchmarks import numpy_reference
+from tff_rec.federated import aggregation, fed_recon, process, sampling, vectorized
 from tff_rec.models import mf
 from tff_rec.privacy import dp
 
@@ -47,6 +53,7 @@ _R4_ROUNDS = flags.DEFINE_integer('r4_rounds', 500, 'Rounds of the R4 memory run
 
 BATCH = 64
 CLIENTS = 100
+USERS_PER_SHARD = 10
 CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=1.0,
                                reconstruction_learning_rate=2.0, reconstruction_epochs=1, local_epochs=1,
                                split_dataset=False)
@@ -111,6 +118,49 @@ def per_client_cost(make_engine, task, sizes: list[int], total: int = 12_800) ->
   return float(slope)
 
 
+def numpy_throughput(task, rounds: int) -> float:
+  """Training examples per second of `numpy_reference.round_sum` over rounds 3..`rounds` (data preparation included),
+  on the cohorts `federated_throughput` trains on; the item side stays at its initial values (the same cost)."""
+  q, b = process.initial_weights(task.model_config)[:2]
+  settings = dict(batch_size=BATCH, l2=task.model_config.l2, client_lr=CONFIG.client_learning_rate,
+                  recon_lr=CONFIG.reconstruction_learning_rate, recon_epochs=CONFIG.reconstruction_epochs,
+                  local_epochs=CONFIG.local_epochs)
+  examples, seconds = 0.0, 0.0
+  for r in range(1, rounds + 1):
+    began = time.perf_counter()
+    ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
+    _, _, count = numpy_reference.round_sum(q, b, task.train_examples(ids, r, 0), **settings)
+    if r >= 3:
+      examples += count
+      seconds += time.perf_counter() - began
+  return examples / seconds
+
+
+def per_shard_cost(task, shard_sizes: list[int], users: int = 100, per_user: int = 128) -> float:
+  """Slope (seconds per shard) of round time against the number of shards, for the same `users` equal users."""
+  rng = np.random.default_rng(0)
+  cohort = [(rng.integers(1, task.model_config.num_items + 1, per_user), rng.integers(0, 2, per_user).astype(np.float32))
+            for _ in range(users)]
+  shards, times = [], []
+  for size in shard_sizes:
+    engine = process.ShardEngine(task, CONFIG, users_per_shard=size, eval_learning_rate=2.0, eval_epochs=1)
+    state = engine.initialize()
+    engine.next(state, cohort)  # Warm-up.
+    began = time.perf_counter()
+    for _ in range(3):
+      engine.next(state, cohort)
+    times.append((time.perf_counter() - began) / 3)
+    shards.append(-(-users // size))
+  slope, _ = np.polyfit(shards, times, 1)
+  return float(slope)
+
+
+def tree_rss_mb() -> float:
+  """RSS of this process and its children (TFF's worker_binary runs the shard process's computations), MB."""
+  me = psutil.Process()
+  return sum(p.memory_info().rss for p in [me] + me.children(recursive=True)) / 2**20
+
+
 def paired_round_seconds(engines: list, task, rounds: int) -> list[float]:
   """Mean time of rounds 3..`rounds` of each engine, run round by round in turn on the same cohorts."""
   states = [engine.initialize() for engine in engines]
@@ -127,7 +177,7 @@ def paired_round_seconds(engines: list, task, rounds: int) -> list[float]:
 
 
 def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
-  """Mean TFF-engine round time (rounds 3..N) on the local runtime and across two local worker services.
+  """Mean shard-process round time (rounds 3..N) on the local runtime and across two local worker services.
 
   The two take turns round by round on the same cohorts (`--workers` switches TFF's default context to TFF's
   mergeable-computation context, which splits each round's clients between the workers).
@@ -137,7 +187,8 @@ def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
     runtime.start_worker(port)
   local = runtime.install_local_context()
   spread = runtime.create_workers_context(tuple(f'localhost:{p}' for p in ports))
-  engines = [fed_recon.TffEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1) for _ in range(2)]
+  engines = [process.ShardEngine(task, CONFIG, users_per_shard=USERS_PER_SHARD, eval_learning_rate=2.0, eval_epochs=1)
+             for _ in range(2)]
   states = [engine.initialize() for engine in engines]
   totals = [0.0, 0.0]
   for r in range(1, rounds + 1):
@@ -156,22 +207,21 @@ def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
 def memory_growth(engine, task, rounds: int) -> tuple[float, float]:
   """RSS (MB) after round 10 and after round `rounds` of one long run."""
   state = engine.initialize()
-  process = psutil.Process()
   peaks = {}
   for r in range(1, rounds + 1):
     ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
     state = engine.next(state, task.train_examples(ids, r, 0)).state
     if r in (10, rounds):
       # ru_maxrss would never go down; RSS now is what a leak would grow.
-      peaks[r] = process.memory_info().rss / 2**20
+      peaks[r] = tree_rss_mb()
   return peaks[10], peaks[rounds]
 
 
-def headline_wall_seconds(flagfile: str) -> float:
+def headline_wall_seconds(flagfile: str, *flags_after: str) -> float:
   with tempfile.TemporaryDirectory() as root:  # Fresh: an existing run would resume, not train.
     began = time.perf_counter()
     subprocess.run([sys.executable, '-m', 'experiments.train_federated', f'--flagfile={flagfile}',
-                    f'--root_output_dir={root}', '--noprogress'], check=True,
+                    f'--root_output_dir={root}', '--noprogress', *flags_after], check=True,
                    stdout=subprocess.DEVNULL, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
     return time.perf_counter() - began
 
@@ -182,39 +232,52 @@ def main(argv):
                                   init_stddev=0.3, l2=0.003)
   task.train_data.preload()
 
-  def make(kind):
+  def make(kind, **kwargs):
+    if kind == 'shards':
+      return process.ShardEngine(task, CONFIG, users_per_shard=USERS_PER_SHARD, eval_learning_rate=2.0, eval_epochs=1,
+                                 **kwargs)
     cls = vectorized.VectorizedEngine if kind == 'vectorized' else fed_recon.TffEngine
     return cls(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1)
 
   try:
     keras = keras_fit_throughput(task)
+    numpy_loop = numpy_throughput(task, _ROUNDS.value)
+    shards = federated_throughput(make('shards'), task, _ROUNDS.value)
     fast = federated_throughput(make('vectorized'), task, _ROUNDS.value)
     reference = federated_throughput(make('tff'), task, _TFF_ROUNDS.value)
     print(f'R1 Keras fit (centralized, batch {BATCH}): {keras:,.0f} examples/s')
-    print(f'R1 vectorized engine: {fast:,.0f} examples/s  ratio {fast / keras:.2f}  (target >= 1.0)')
+    print(f'R1 shard process ({USERS_PER_SHARD} users a TFF client): {shards:,.0f} examples/s  ratio {shards / keras:.2f}  '
+          '(target >= 4)')
+    print(f'R1 vectorized engine: {fast:,.0f} examples/s  ratio {fast / keras:.2f}')
     print(f'R1 TFF build_fed_recon engine: {reference:,.0f} examples/s  ratio {reference / keras:.2f}')
-    print(f'   vectorized / TFF: {fast / reference:.1f}x')
-    slope = per_client_cost(lambda: make('vectorized'), task, [25, 50, 100, 200])
-    print(f'R2 per-client cost, vectorized: {1000 * slope:.2f} ms/client (target <= 5)')
-    print(f'R2 per-client cost, TFF: {1000 * per_client_cost(lambda: make("tff"), task, [10, 20, 40]):.2f} ms/client')
+    print(f'   shard process / vectorized: {shards / fast:.2f}x; / TFF build_fed_recon: {shards / reference:.1f}x')
+    print(f'NumPy loop of the same client maths (single-threaded): {numpy_loop:,.0f} examples/s; shard process / NumPy '
+          f'{shards / numpy_loop:.2f} (target >= 1.0)')
+    slope = per_client_cost(lambda: make('shards'), task, [25, 50, 100, 200])
+    print(f'R2 per-user cost, shard process: {1000 * slope:.3f} ms/user (target <= 0.1)')
+    print(f'R2 per-shard cost of TFF\'s runtime: {1000 * per_shard_cost(task, [100, 50, 20, 10, 5]):.2f} ms/shard')
+    print(f'R2 per-client cost, TFF build_fed_recon: '
+          f'{1000 * per_client_cost(lambda: make("tff"), task, [10, 20, 40]):.2f} ms/client')
     query = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, 0.5), CLIENTS)
-    private_engine = vectorized.VectorizedEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1, dp_query=query)
-    private, plain = paired_round_seconds([private_engine, make('vectorized')], task, 3 * _ROUNDS.value)
+    private_engine = make('shards', aggregation=lambda dense: aggregation.DPFactory(query, dense, 0))
+    private, plain = paired_round_seconds([private_engine, make('shards')], task, 3 * _ROUNDS.value)
     print(f'R3 DP round {1000 * private:.0f} ms, non-private {1000 * plain:.0f} ms  ratio {private / plain:.2f} '
           '(target <= 1.10)')
     if _WORKER_ROUNDS.value:
       one, two = worker_round_seconds(task, _WORKER_ROUNDS.value)
-      print(f'Workers: TFF engine round, local runtime {1000 * one:.0f} ms, two local worker services (--workers) '
+      print(f'Workers: shard-process round, local runtime {1000 * one:.0f} ms, two local worker services (--workers) '
             f'{1000 * two:.0f} ms  ratio {two / one:.2f}')
     if _R4_ROUNDS.value:
-      at_10, at_end = memory_growth(make('vectorized'), task, _R4_ROUNDS.value)
+      at_10, at_end = memory_growth(make('shards'), task, _R4_ROUNDS.value)
       print(f'R4 RSS after round 10: {at_10:,.0f} MB, after round {_R4_ROUNDS.value}: {at_end:,.0f} MB  '
             f'ratio {at_end / at_10:.3f} (target <= 1.10)')
   finally:
     runtime.stop_all_workers()
   if not _SKIP_R6.value:
-    print(f'R6 {_HEADLINE.value}: {headline_wall_seconds(_HEADLINE.value):.0f} s wall to final metrics '
-          '(target <= 180)')
+    ours = headline_wall_seconds(_HEADLINE.value)
+    before = headline_wall_seconds(_HEADLINE.value, '--engine=vectorized')
+    print(f'R6 {_HEADLINE.value}: shard process {ours:.0f} s, vectorized engine {before:.0f} s wall to final metrics  '
+          f'ratio {ours / before:.2f} (targets <= 180 s, ratio <= 1.1)')
 
 
 if __name__ == '__main__':

@@ -73,6 +73,23 @@ def test_two_workers_give_the_single_process_result_and_a_dead_worker_is_named(t
           w.wait()
 
 
+@pytest.mark.slow
+def test_shard_process_across_two_workers_gives_the_single_process_result(tiny_dataset, tmp_path):
+  ports = [portpicker.pick_unused_port() for _ in range(2)]
+  workers = [runtime.start_worker(p) for p in ports]
+  shards = dict(rounds=3, clients_per_round=6, users_per_shard=2, engine='shards')  # 3 shards a round.
+  try:
+    local = small_run(tiny_dataset, tmp_path, 'local', **shards)
+    before = [_cpu(w) for w in workers]
+    spread = small_run(tiny_dataset, tmp_path, 'spread', workers=','.join(f'localhost:{p}' for p in ports), **shards)
+    assert all(_cpu(w) > b + 0.05 for w, b in zip(workers, before))  # Both workers computed.
+    _close(spread, local)
+  finally:
+    for w in workers:
+      w.kill()
+      w.wait()
+
+
 def test_unreachable_worker_is_a_clear_error():
   port = portpicker.pick_unused_port()
   with pytest.raises(runtime.WorkerError, match=f'localhost:{port} is not reachable.*tff_worker --port={port}'):
