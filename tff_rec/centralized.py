@@ -6,7 +6,7 @@ a `tff.learning.optimizers` optimizer, whose explicit state checkpoints like a
 federated server state. One "round" of the shared training loop is one epoch.
 The maths is `mf.predict`, `mf.l2_penalty` and `mf.RegularizedLoss`, as in
 federated training, and evaluation is the federated one
-(`vectorized.VectorizedEngine.evaluate`: users reconstructed from their
+(`fed_recon.item_side_evaluator`: users reconstructed from their
 support data with the trained item side), so the two differ only in where the
 training happens.
 """
@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tff_rec.federated import fed_recon
+from tff_rec.federated import fed_recon, process
 from tff_rec.federated.fed_recon import RoundOutput
 from tff_rec.models import mf
 from tff_rec.preprocessing import Examples
@@ -56,7 +56,7 @@ class CentralizedEngine:
     self._step = tf.function(self._step_fn, reduce_retracing=True)
 
   def initialize(self) -> collections.OrderedDict:
-    items = self._evaluator.initialize()['weights']
+    items = process.initial_weights(self.model_config)
     users = np.random.default_rng(self.config.seed).normal(
         0.0, self.config.user_init_stddev, (len(self.user_ids), self.model_config.embedding_dim)).astype(np.float32)
     weights = (users,) + ((np.zeros((len(self.user_ids), 1), np.float32),) if self.rating else ()) + tuple(items)
@@ -112,4 +112,4 @@ class CentralizedEngine:
     return optimizer_state, tuple(weights), loss
 
   def evaluate(self, state, clients) -> dict[str, float]:
-    return self._evaluator.evaluate(collections.OrderedDict(weights=tuple(self.global_weights(state))), clients)
+    return self._evaluator.evaluate(self.global_weights(state), clients)

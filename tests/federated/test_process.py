@@ -59,9 +59,13 @@ def test_shard_size_one_matches_tff_build_fed_recon_over_rounds(task, reference)
   assert not np.allclose(ours.global_weights(state)[0], ours.global_weights(ours.initialize())[0])
   clients = task.eval_clients('test')
   ref_totals, totals = reference.evaluate(ref_state, clients), ours.evaluate(state, clients)
-  assert ref_totals.keys() == totals.keys() and ref_totals['count'] > 0
+  # The in-process evaluator of the other engines' item sides (platforms, FedAvg, centralized), in chunks of 7 users.
+  in_process = shard_math.ItemSideEvaluator(task.model_config, 8, learning_rate=0.5, epochs=2, users_per_chunk=7)
+  local_totals = in_process.evaluate(ours.global_weights(state), clients)
+  assert ref_totals.keys() == totals.keys() == local_totals.keys() and ref_totals['count'] > 0
   for key in ref_totals:
     assert totals[key] == pytest.approx(ref_totals[key], rel=1e-4, abs=1e-4), key
+    assert local_totals[key] == pytest.approx(ref_totals[key], rel=1e-4, abs=1e-4), key
 
 
 @pytest.mark.parametrize('weighting', ['num_examples', 'uniform'])

@@ -20,7 +20,7 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
-from tff_rec.federated import compression, lr_schedule
+from tff_rec.federated import compression, lr_schedule, shard_math
 from tff_rec.models.mf import ModelBundle
 
 SERVER_OPTIMIZERS = ('sgd', 'adam', 'yogi')
@@ -203,15 +203,15 @@ def communication(process, compressed: bool = False) -> dict[str, float]:
           'communication/upload_bytes_per_client': float(upload)}
 
 
-def item_side_evaluator(task, learning_rate: float, epochs: int):
-  """The per-user evaluation of any engine's item side: `vectorized.VectorizedEngine.evaluate`.
+def item_side_evaluator(task, learning_rate: float, epochs: int) -> shard_math.ItemSideEvaluator:
+  """The per-user evaluation of any engine's item side (`shard_math.ItemSideEvaluator`).
 
-  It is tested equal to `build_evaluation`, and evaluates users one by one
-  whatever the training clients were (platforms, a global user table).
+  The federated evaluation's maths, tested equal to `build_evaluation`; it
+  evaluates users one by one whatever the training clients were (platforms, a
+  global user table).
   """
-  from tff_rec.federated import vectorized  # pylint: disable=g-import-not-at-top  (it imports this module)
-  return vectorized.VectorizedEngine(task, ReconConfig(split_dataset=False), eval_learning_rate=learning_rate,
-                                     eval_epochs=epochs)
+  return shard_math.ItemSideEvaluator(task.model_config, task.data_config.batch_size, learning_rate=learning_rate,
+                                      epochs=epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +271,7 @@ class TffEngine:
   def evaluate(self, state, clients) -> dict[str, float]:
     """Metric totals (sums and counts) over `clients` (`tasks.EvalClients`)."""
     if self._evaluator is not None:
-      return self._evaluator.evaluate(collections.OrderedDict(weights=tuple(self.global_weights(state))), clients)
+      return self._evaluator.evaluate(self.global_weights(state), clients)
     return as_numpy(self._evaluation(self.process.get_model_weights(state), self.task.eval_datasets(clients)))
 
   def global_weights(self, state) -> list[np.ndarray]:

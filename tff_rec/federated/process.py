@@ -208,7 +208,7 @@ class ShardEngine:
     """Metric totals over `clients` (`tasks.EvalClients`), each shard of them a TFF client."""
     data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size,
                                                   self.task.model_config.num_items))
-            for part in _split_eval(clients, self.users_per_shard)]
+            for part in shard_math.split_eval(clients, self.users_per_shard)]
     return fed_recon.as_numpy(self._evaluation(self.process.get_model_weights(state), data))
 
   def global_weights(self, state) -> list[np.ndarray]:
@@ -219,11 +219,3 @@ class ShardEngine:
     items, labels, mask = shard_math.pack_batches(clients.support, self.task.data_config.batch_size)
     weights = tuple(tf.constant(w) for w in self.global_weights(state))
     return self._losses(weights, items, labels, mask, **self._eval).numpy()
-
-
-def _split_eval(clients, users_per_shard: int) -> list:
-  """`tasks.EvalClients` cut into shards of users of similar support size (objects with the same fields)."""
-  fields = ('client_ids', 'support', 'queries', 'seen', 'relevant')
-  order = sorted(range(len(clients.support)), key=lambda u: len(clients.support[u][0]))
-  return [type(clients)(**{f: [getattr(clients, f)[u] for u in part] for f in fields})
-          for part in shard_math.split(order, users_per_shard)]

@@ -236,6 +236,39 @@ def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: 
   return sums
 
 
+class ItemSideEvaluator:
+  """Any engine's item side evaluated per user in this process: `evaluation_sums` over size-sorted chunks of users.
+
+  What the shard process's federated evaluation computes, for engines whose
+  training clients are not single users (platforms, FedAvg's global user
+  table, the centralized baseline).
+  """
+
+  def __init__(self, model_config: mf.MFConfig, batch_size: int, *, learning_rate: float, epochs: int,
+               users_per_chunk: int = 100):
+    self._num_items, self._batch_size, self._chunk = model_config.num_items, batch_size, users_per_chunk
+    self._sums = tf.function(
+        lambda weights, data: evaluation_sums(weights, data, objective=model_config.objective, l2=model_config.l2,
+                                              learning_rate=learning_rate, epochs=epochs), reduce_retracing=True)
+
+  def evaluate(self, weights: list[np.ndarray], clients) -> dict[str, float]:
+    """Metric totals over `clients` (`tasks.EvalClients`) for the global `weights`."""
+    weights = tuple(tf.constant(w) for w in weights)
+    totals: dict[str, float] = {}
+    for part in split_eval(clients, self._chunk):
+      for key, value in self._sums(weights, eval_arrays(part, self._batch_size, self._num_items)).items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
+
+
+def split_eval(clients, users_per_shard: int) -> list:
+  """`tasks.EvalClients` cut into shards of users of similar support size (objects with the same fields)."""
+  fields = ('client_ids', 'support', 'queries', 'seen', 'relevant')
+  order = sorted(range(len(clients.support)), key=lambda u: len(clients.support[u][0]))
+  return [type(clients)(**{f: [getattr(clients, f)[u] for u in part] for f in fields})
+          for part in split(order, users_per_shard)]
+
+
 def support_losses(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float,
                    epochs: int) -> tf.Tensor:
   """Each user's mean loss on its support after reconstruction [U] (the membership-inference signal)."""
