@@ -25,7 +25,6 @@ of `client_eval` over all of them at once.
 from __future__ import annotations
 
 import collections
-import math
 from typing import Any
 
 import numpy as np
@@ -35,26 +34,9 @@ import tensorflow_privacy as tfp
 from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
 from tff_rec.models import mf, reconstruction
+from tff_rec.federated.shard_math import pack_batches as pad_examples  # Cuts batches as Dataset.batch.
 from tff_rec.preprocessing import Examples, pad_rows
 from tff_rec.privacy.queries import clip_norm, noise_seed, stateless_query_noise
-
-
-def pad_examples(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Client examples -> (items, labels, mask), each [clients, batches, batch_size].
-
-  Client c's batch t is examples[c][t * B:(t + 1) * B], as `Dataset.batch(B)`
-  cuts it; the rest is padding (mask 0, item 0).
-  """
-  sizes = [len(items) for items, _ in examples]
-  batches = max(1, max((math.ceil(n / batch_size) for n in sizes), default=1))
-  shape = (len(examples), batches * batch_size)
-  items = np.zeros(shape, np.int64)
-  labels = np.zeros(shape, np.float32)
-  mask = np.zeros(shape, np.float32)
-  for c, ((x, y), n) in enumerate(zip(examples, sizes)):
-    items[c, :n], labels[c, :n], mask[c, :n] = x, y, 1.0
-  new_shape = (len(examples), batches, batch_size)
-  return items.reshape(new_shape), labels.reshape(new_shape), mask.reshape(new_shape)
 
 
 class VectorizedEngine:
