@@ -81,7 +81,8 @@ def test_any_shard_size_gives_the_shard_size_one_model(task, weighting):
     losses = [flatten_metrics(o.metrics)['client_work/train/loss'] for o in outs]
     assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
   for engine, state in zip(engines[1:], states[1:]):
-    _assert_weights_close(engines[0].global_weights(states[0]), engine.global_weights(state), atol=2e-6)
+    # Adam divides by sqrt(v) + 1e-7: a near-zero gradient magnifies summation-order noise (as in the TFF test).
+    _assert_weights_close(engines[0].global_weights(states[0]), engine.global_weights(state), atol=1e-5)
   clients = task.eval_clients('val')
   one, many = engines[0].evaluate(states[0], clients), engines[2].evaluate(states[0], clients)
   assert one == pytest.approx(many, rel=1e-5)
