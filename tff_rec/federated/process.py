@@ -132,7 +132,9 @@ def build_fed_recon(model_config: mf.MFConfig, settings: shard_math.ClientSettin
 
   client_work = build_client_work(model_weights_type, settings)
   update_type = client_work.next.type_signature.result.result.member.update
-  factory = tff.aggregators.as_weighted_aggregator(aggregation([tf.TensorSpec(w.shape, _F32) for w in initial]))
+  dense = [tf.TensorSpec(w.shape, _F32) for w in initial]
+  aggregation_lib.user_updates_type(dense).check_assignable_from(update_type)  # What every shard aggregator takes.
+  factory = tff.aggregators.as_weighted_aggregator(aggregation(dense))
   return tff.learning.templates.compose_learning_process(
       initial_model_weights,
       tff.learning.templates.build_broadcast_process(model_weights_type),
