@@ -65,11 +65,16 @@ def split(values: list, users_per_shard: int) -> list[list]:
   return out
 
 
+def size_shards(examples: list[Examples], users_per_shard: int) -> list[list[int]]:
+  """Users' indices cut into shards of similar size (stably sorted by example count): a shard steps as many
+  batches as its largest user, so grouping alike users keeps padding small. A shard's sum does not depend on who
+  is in it."""
+  return split(sorted(range(len(examples)), key=lambda u: len(examples[u][0])), users_per_shard)
+
+
 def by_size(examples: list[Examples], users_per_shard: int) -> list[list[Examples]]:
-  """Users cut into shards of similar size (stably sorted by example count): a shard steps as many batches as
-  its largest user, so grouping alike users keeps padding small. A shard's sum does not depend on who is in it."""
-  order = sorted(range(len(examples)), key=lambda u: len(examples[u][0]))
-  return [[examples[u] for u in part] for part in split(order, users_per_shard)]
+  """`examples` cut into shards of users of similar size (`size_shards`)."""
+  return [[examples[u] for u in part] for part in size_shards(examples, users_per_shard)]
 
 
 def pack_batches(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -264,9 +269,8 @@ class ItemSideEvaluator:
 def split_eval(clients, users_per_shard: int) -> list:
   """`tasks.EvalClients` cut into shards of users of similar support size (objects with the same fields)."""
   fields = ('client_ids', 'support', 'queries', 'seen', 'relevant')
-  order = sorted(range(len(clients.support)), key=lambda u: len(clients.support[u][0]))
   return [type(clients)(**{f: [getattr(clients, f)[u] for u in part] for f in fields})
-          for part in split(order, users_per_shard)]
+          for part in size_shards(clients.support, users_per_shard)]
 
 
 def support_losses(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float,
