@@ -88,9 +88,9 @@ def test_any_shard_size_gives_the_shard_size_one_model(task, weighting):
   assert one == pytest.approx(many, rel=1e-5)
 
 
-def test_uniform_weighting_is_the_plain_mean_of_users_updates(tiny_dataset):
+def assert_weightings_are_means_of_users_own_updates(tiny_dataset, make_engine):
   """Server SGD at rate 1 applies the mean update: uniform = the plain mean of each user's own update, num_examples
-  = their mean weighted by examples, whatever the shards."""
+  = their mean weighted by examples. `make_engine(task, config)`; returns (task, the config without a weighting)."""
   task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
                                   embedding_dim=4, l2=0.01)
   examples = task.train_examples(task.train_data.client_ids[:4], 0, seed=0)
@@ -98,12 +98,18 @@ def test_uniform_weighting_is_the_plain_mean_of_users_updates(tiny_dataset):
   assert len(set(sizes)) > 1  # Otherwise the two weightings coincide.
   base = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, reconstruction_epochs=2, split_dataset=False)
   for weighting, weights in (('uniform', np.ones_like(sizes)), ('num_examples', sizes)):
-    engine = _engine(task, 2, dataclasses.replace(base, client_weighting=weighting))
+    engine = make_engine(task, dataclasses.replace(base, client_weighting=weighting))
     state = engine.initialize()
     start = engine.global_weights(state)[0]
     alone = np.stack([start - engine.global_weights(engine.next(state, [e]).state)[0] for e in examples])
     together = start - engine.global_weights(engine.next(state, examples).state)[0]
     np.testing.assert_allclose(together, np.tensordot(weights / weights.sum(), alone, axes=1), atol=1e-6)
+  return task, base
+
+
+def test_uniform_weighting_is_the_plain_mean_of_users_updates(tiny_dataset):
+  """Whatever the shards (2 users a shard here)."""
+  assert_weightings_are_means_of_users_own_updates(tiny_dataset, lambda task, config: _engine(task, 2, config))
 
 
 def test_empty_and_non_finite_users_count_for_nothing_and_are_counted(tiny_dataset):

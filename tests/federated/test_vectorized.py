@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
+from tests.federated.test_process import assert_weightings_are_means_of_users_own_updates
 from tff_rec import tasks
 from tff_rec.federated import fed_recon, vectorized
 from tff_rec.models import mf
@@ -106,22 +107,11 @@ def test_non_finite_client_update_is_zeroed_and_counted(engines):
 
 
 def test_client_weighting_uniform_is_the_plain_mean_of_client_updates(tiny_dataset):
-  """Server SGD at rate 1 applies the mean update: uniform = the plain mean of each client's own update, num_examples
-  = their mean weighted by examples; and the vectorized engine's uniform mean is TFF's UNIFORM."""
-  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
-                                  embedding_dim=4, l2=0.01)
-  examples = task.train_examples(task.train_data.client_ids[:4], 0, seed=0)
-  sizes = np.array([len(items) for items, _ in examples], np.float64)
-  assert len(set(sizes)) > 1  # Otherwise the two weightings coincide.
-  base = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, reconstruction_epochs=2, split_dataset=False)
-  for weighting, weights in (('uniform', np.ones_like(sizes)), ('num_examples', sizes)):
-    config = dataclasses.replace(base, client_weighting=weighting)
-    engine = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
-    state = engine.initialize()
-    start = engine.global_weights(state)[0]
-    alone = np.stack([start - engine.global_weights(engine.next(state, [e]).state)[0] for e in examples])
-    together = start - engine.global_weights(engine.next(state, examples).state)[0]
-    np.testing.assert_allclose(together, np.tensordot(weights / weights.sum(), alone, axes=1), atol=1e-6)
+  """Uniform = the plain mean of each client's own update, num_examples = their mean weighted by examples; and the
+  vectorized engine's uniform mean is TFF's UNIFORM."""
+  task, base = assert_weightings_are_means_of_users_own_updates(
+      tiny_dataset, lambda task, config: vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5,
+                                                                     eval_epochs=2))
   reference = fed_recon.TffEngine(task, config := dataclasses.replace(base, client_weighting='uniform'),
                                   eval_learning_rate=0.5, eval_epochs=2)
   fast = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
