@@ -2,7 +2,7 @@
 #   make demo   set up the virtualenv from nothing (if needed), prepare MovieLens-100K
 #               (if absent), train Federated Reconstruction MF and print its results
 #   make test   set up if needed and run the test suite
-# and `make bench` runs every benchmark (README "Performance").
+# and `make bench` runs every benchmark (docs/performance.md).
 PY := .venv/bin/python
 DATA_DIR ?= data
 RUNS_DIR ?= runs
@@ -28,7 +28,7 @@ SYNTHETIC_1M := $(DATA_DIR)/synthetic_u1000000_i2000_s0
 $(SYNTHETIC_1M)/clients.sqlite: | setup
 	$(PY) -m experiments.prepare_data --flagfile=configs/prepare_synthetic_1m.flags --data_dir=$(DATA_DIR)
 
-# Every benchmark (README "Performance"); the first run also prepares the 1M-user population (~12 min, 26 GB).
+# Every benchmark (docs/performance.md); the first run also prepares the 1M-user population (~12 min, 26 GB).
 bench: prepare $(SYNTHETIC_1M)/clients.sqlite
 	$(PY) -m benchmarks.federated_speed --data_dir=$(DATA_DIR)/movielens_100k
 	$(PY) -m benchmarks.population_scaling --large_dir=$(SYNTHETIC_1M) --small_dir=$(DATA_DIR)/synthetic_u1000_i2000_s0

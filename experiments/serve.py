@@ -8,7 +8,7 @@ r"""Serves an exported model on TF Serving's REST API.
 
 The app is `tff_rec.serving.rest` (Werkzeug), served by waitress (a
 production WSGI server, multi-threaded). TF Serving serves the same
-directory: see the README.
+directory: see docs/serving.md.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ user in every round (`--client_sampling_rate=1`) a run is `rounds` Gaussian
 mechanisms, which `dp.PrivacyLedger` accounts as it does any Poisson sampler.
 
 Spending the budget on a few full solves rather than many noisy gradient steps
-is what makes it better under DP on MovieLens-100K (README). With
+is what makes it better under DP on MovieLens-100K (docs/privacy.md). With
 `AlsConfig.item_prior` the item step centres each item on what its public
 genres and release year predict (`models.als.solve_items`), fitted on the
 server from the released statistics. The model is the

@@ -18,7 +18,7 @@ types, an unknown signature, a batch over `max_batch_size`) is answered
 `{"error": "..."}` with status 400 (404 for an unknown model or path, 405 for a
 wrong method); the model is never called with it. Serve the app with any WSGI
 server (`experiments.serve` uses waitress); TF Serving itself serves the same
-directory in production (see the README).
+directory in production (see docs/serving.md).
 """
 
 from __future__ import annotations
