@@ -18,8 +18,8 @@ by the client's post-reconstruction examples (or, with `client_weighting=
 'uniform'`, every non-empty finite client by 1), and applied by the same
 `tff.learning.optimizers` server optimizer, which skips a non-finite average.
 tests/federated/test_vectorized.py checks the result against the TFF process.
-Evaluation is the shard process's per-user maths run in this process
-(`shard_math.ItemSideEvaluator`).
+Evaluation reconstructs every user the same way and computes the metric sums
+of `client_eval` over all of them at once.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_privacy as tfp
 
+from tff_rec.evaluation import client_eval
 from tff_rec.federated.fed_recon import ReconConfig, RoundOutput, server_optimizer
 from tff_rec.models import mf, reconstruction
-from tff_rec.federated import shard_math
 from tff_rec.federated.shard_math import pack_batches as pad_examples  # Cuts batches as Dataset.batch.
-from tff_rec.preprocessing import Examples
+from tff_rec.preprocessing import Examples, pad_rows
 from tff_rec.privacy.queries import clip_norm, noise_seed, stateless_query_noise
 
 
@@ -65,9 +65,8 @@ class VectorizedEngine:
     self._weighted_mean = tf.function(self._weighted_mean_fn, reduce_retracing=True)
     self._dp_accumulate = tf.function(self._dp_accumulate_fn, reduce_retracing=True)
     self._server = tf.function(self._server_fn, reduce_retracing=True)
-    self._evaluator = shard_math.ItemSideEvaluator(self.model_config, self.batch_size, learning_rate=eval_learning_rate,
-                                                   epochs=eval_epochs)
-    self._client_losses = tf.function(shard_math.support_losses, reduce_retracing=True)
+    self._evaluate = tf.function(self._evaluate_fn, reduce_retracing=True)
+    self._client_losses = tf.function(self._client_losses_fn, reduce_retracing=True)
 
   # State.
 
@@ -211,16 +210,58 @@ class VectorizedEngine:
       return tf.tensor_scatter_nd_sub(value, grad.indices[:, None], learning_rate * grad.values)
     return value - learning_rate * grad
 
-  # Evaluation: the shard process's per-user maths, in this process.
+  # Evaluation.
 
   def evaluate(self, state, clients) -> dict[str, float]:
     """Metric totals over `clients` (`tasks.EvalClients`), as `fed_recon.TffEngine.evaluate`."""
-    return self._evaluator.evaluate(list(state['weights']), clients)
+    items, labels, mask = pad_examples(clients.support, self.batch_size)
+    query_items, query_mask = pad_rows([q[0] for q in clients.queries], np.int64)
+    query_labels, _ = pad_rows([q[1] for q in clients.queries], np.float32)
+    rows = self.model_config.num_items + 1
+    seen = np.zeros((len(clients.client_ids), rows), bool)
+    relevant = np.zeros_like(seen)
+    for c, (s, r) in enumerate(zip(clients.seen, clients.relevant)):
+      seen[c, s], relevant[c, r] = True, True
+    weights = tuple(tf.constant(w) for w in state['weights'])
+    totals = self._evaluate(weights, items, labels, mask, query_items, query_labels, query_mask, seen, relevant)
+    return {k: float(v) for k, v in totals.items()}
 
   def client_losses(self, state, clients) -> np.ndarray:
     """Each client's mean training loss on its support data after reconstruction (membership-inference signal)."""
     items, labels, mask = pad_examples(clients.support, self.batch_size)
     weights = tuple(tf.constant(w) for w in state['weights'])
-    return self._client_losses(weights, items, labels, mask, objective=self.model_config.objective,
-                               l2=self.model_config.l2, learning_rate=self.eval_learning_rate,
-                               epochs=self.eval_epochs).numpy()
+    return self._client_losses(weights, items, labels, mask).numpy()
+
+  def _client_losses_fn(self, weights, items, labels, mask):
+    user = self._reconstruct(weights, items, labels, mask, learning_rate=self.eval_learning_rate,
+                             epochs=self.eval_epochs)
+    embedding, bias, mean = self._split(weights)
+    mu = None if mean is None else tf.fill([tf.shape(items)[0], 1, 1], mean)
+    total = tf.zeros([tf.shape(items)[0]])
+    for t in tf.range(tf.shape(items)[1]):
+      losses, counts = self._batch_losses(user, tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]), mu,
+                                          labels[:, t], mask[:, t])
+      total += losses * counts
+    return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=[1, 2]))
+
+  def _evaluate_fn(self, weights, items, labels, mask, query_items, query_labels, query_mask, seen, relevant):
+    user = self._reconstruct(weights, items, labels, mask, learning_rate=self.eval_learning_rate,
+                             epochs=self.eval_epochs)
+    embedding, bias, mean = self._split(weights)
+    p_u = user[0]
+    b_u = user[1] if self.rating else None
+
+    def score(indices):  # indices [C, ...] -> scores [C, ...]
+      flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
+      mu = None if mean is None else mean
+      out = mf.predict(p_u, tf.gather(embedding, flat), tf.gather(bias, flat), b_u, mu)[..., 0]
+      return tf.reshape(out, tf.shape(indices))
+
+    if self.rating:
+      sums = client_eval.rating_sums(score(query_items), query_labels, query_mask)
+    else:
+      sums = client_eval.ranking_sums(score(query_items), query_mask)
+    all_items = tf.tile(tf.range(tf.shape(embedding)[0], dtype=tf.int64)[None], [tf.shape(items)[0], 1])
+    sums.update(client_eval.catalogue_sums(score(all_items), seen, relevant))
+    return sums
+
