@@ -42,7 +42,7 @@ _ALGORITHM = flags.DEFINE_enum(
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
                             'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
                             '--users_per_shard users (MF Federated Reconstruction cross-device, --nosplit_dataset, '
-                            'user-level DP but not --dp=distributed, --secure_aggregation or --compression for now; '
+                            'user-level DP or --secure_aggregation, not --dp=distributed or --compression for now; '
                             'also with --workers); vectorized: the whole cohort in one TF graph outside TFF (fed_als, '
                             'cross-silo DP); tff: TFF\'s own '
                             'processes, one TFF client per client; auto: shards, else vectorized, else tff, where each '
@@ -105,7 +105,8 @@ _WORKERS = flags.DEFINE_string('workers', '', 'host:port,host:port,...: run TFF\
                                'round\'s clients split between them; TFF engines only. Empty: the local runtime.')
 _SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum client updates with TFF\'s secure sum '
                             '(tff.learning.secure_aggregator: bounded, quantised values; an unweighted mean). TFF\'s '
-                            'local runtime simulates the protocol. TFF engines only.')
+                            'local runtime simulates the protocol. TFF engines (the shard process: each user\'s update is '
+                            'bounded and quantised before its shard adds them).')
 _COMPRESSION = flags.DEFINE_bool('compression', False, 'Quantize each client\'s update to 8 bits (tensors over 20,000 '
                                   'values) before it leaves the client: TFF\'s encoded mean, as '
                                   'tff.learning.compression_aggregator builds it. TFF engines; not with DP or secure '
@@ -172,7 +173,7 @@ class ExperimentConfig:
                        f'(--clients_per_round={cohort})')
     if self.engine == 'shards' and not self.shardable:
       raise ValueError('--engine=shards runs MF Federated Reconstruction cross-device with --nosplit_dataset, without '
-                       f'--dp=distributed, --secure_aggregation or --compression for now (got --model={self.model} '
+                       f'--dp=distributed or --compression for now (got --model={self.model} '
                        f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
                        '--engine=auto')
     if self.workers and self.engine == 'vectorized':
@@ -229,8 +230,7 @@ class ExperimentConfig:
   @property
   def shardable(self) -> bool:
     return (self.algorithm == 'fed_recon' and self.model == tasks.MF and self.data.view == 'cross_device'
-            and not self.recon.split_dataset and self.dp.mechanism != dp.DISTRIBUTED and not self.secure_aggregation
-            and not self.compression)
+            and not self.recon.split_dataset and self.dp.mechanism != dp.DISTRIBUTED and not self.compression)
 
   @property
   def resolved_engine(self) -> str:
@@ -380,6 +380,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
         aggregator=aggregator, **evaluation)
   if config.resolved_engine == 'shards':
     shard_aggregation = aggregation.MeanFactory
+    if config.secure_aggregation:
+      shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
     if config.dp.enabled:
       query = dp.dp_query(config.dp, clients, **dp_kwargs)
       shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)

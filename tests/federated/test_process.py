@@ -1,5 +1,6 @@
 """The shard process (a TFF client per shard of users) gives TFF's own `build_fed_recon` model and metrics."""
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -11,7 +12,7 @@ from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsi
 from tff_rec import tasks
 from tff_rec.federated import aggregation, fed_recon, process, shard_math, vectorized
 from tff_rec.models import mf
-from tff_rec.privacy import dp
+from tff_rec.privacy import dp, secure
 from tff_rec.training_loop import flatten_metrics
 
 CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=0.5,
@@ -161,14 +162,22 @@ def test_shard_sum_scatters_each_users_weighted_rows():
   assert table.numpy().ravel().tolist() == [0.0, 1.0, 2.0 + 5.0, 0.0] and float(scalar) == 3.0 + 2.0
 
 
-def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task):
-  engine = _engine(task, 4)
+@pytest.mark.parametrize('aggregator', ['mean', 'dp', 'secure'])
+def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task, aggregator):
+  query = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_ADAPTIVE, noise_multiplier=1.0, clip_norm=0.05), 100)
+  factories = {'mean': aggregation.MeanFactory, 'dp': lambda dense: aggregation.DPFactory(query, dense, 0),
+               'secure': lambda dense: aggregation.SecureMeanFactory(dense, 4)}
+  engine = process.ShardEngine(task, CONFIG, users_per_shard=4, eval_learning_rate=0.5, eval_epochs=2,
+                               aggregation=factories[aggregator])
   state = engine.initialize()
   assert isinstance(engine.process, tff.learning.templates.LearningProcess)
   assert state._fields == ('global_model_weights', 'distributor', 'client_work', 'aggregator', 'finalizer')
   for computation in (engine.process.next, engine._evaluation):
     moved = client_to_server_intrinsics(computation)
     assert moved and set(moved) <= AGGREGATIONS, moved
+  if aggregator == 'secure':  # The update crosses only through the secure sum; training metrics are plain sums.
+    moved = client_to_server_intrinsics(engine.process.next)
+    assert moved.count('federated_secure_sum_bitwidth') == 4 and moved.count('federated_sum') == 1, moved
   # No user parameter anywhere in the server state or in what a client sends: only item-side shapes.
   rows = task.model_config.num_items + 1
   update = engine.process.next.type_signature.parameter[0].member.global_model_weights.trainable
@@ -259,3 +268,61 @@ def test_dp_rounds_equal_the_vectorized_engines_with_the_same_seed(tiny_dataset,
     assert flatten_metrics(out.metrics)['aggregator/clip_norm'] == pytest.approx(
         flatten_metrics(ref_out.metrics)['privacy/clip_norm'], rel=1e-5)
   _assert_weights_close(ours.global_weights(state), reference.global_weights(ref_state), atol=2e-5)
+
+
+def _secure_engine(task, users_per_shard, config):
+  return process.ShardEngine(task, config, users_per_shard=users_per_shard, eval_learning_rate=0.5, eval_epochs=1,
+                             aggregation=lambda dense: aggregation.SecureMeanFactory(dense, users_per_shard))
+
+
+def test_secure_aggregation_per_user_equals_tffs_secure_aggregator_one_client_per_user(tiny_dataset):
+  """TFF's `secure_aggregator(zeroing=False, clipping=False, weighted=False)` over one TFF client per user."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  config = dataclasses.replace(CONFIG, server_optimizer='sgd', server_learning_rate=1.0, client_weighting='uniform')
+  reference = fed_recon.TffEngine(task, config, aggregator=secure.secure_mean(), eval_learning_rate=0.5,
+                                  eval_epochs=1)
+  engines = [_secure_engine(task, k, config) for k in (1, 4)]
+  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+  ref_state, states = reference.initialize(), [e.initialize() for e in engines]
+  for r in range(3):
+    examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0) + [empty]
+    ref_out = reference.next(ref_state, examples)
+    outs = [e.next(s, examples) for e, s in zip(engines, states)]
+    ref_state, states = ref_out.state, [o.state for o in outs]
+    expected = flatten_metrics(ref_out.metrics)
+    for out in outs:
+      got = flatten_metrics(out.metrics)
+      for key in ('secure_upper_threshold', 'secure_lower_threshold', 'secure_upper_clipped_count'):
+        assert got[f'aggregator/{key}'] == pytest.approx(expected[f'aggregator/mean_value/{key}'], rel=1e-6), key
+  assert expected['aggregator/mean_value/secure_upper_threshold'] < secure.INITIAL_BOUND  # The bound adapted.
+  for engine, state in zip(engines, states):
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=1e-7)
+
+
+def test_secure_aggregation_bounds_each_user_before_its_shard_adds_them():
+  """Bound 100: users at 150 and 30 average to (100 + 30) / 2, not min(180, 100) / 2; an empty user takes no part."""
+  dense = [tf.TensorSpec([4, 2], tf.float32)]
+  factory = aggregation.SecureMeanFactory(dense, users_per_shard=3)
+  agg = factory.create(aggregation.user_updates_type(dense))
+
+  def users(rows, deltas, examples):
+    return collections.OrderedDict(rows=np.array(rows, np.int64), deltas=[np.array(deltas, np.float32)],
+                                   weight=np.ones(len(rows), np.float32), examples=np.array(examples, np.float32))
+
+  a = ([1, 0], [[150.0, 1.0], [0.0, 0.0]], 3)  # Row 0 is padding.
+  b = ([1, 2], [[30.0, -2.0], [4.0, 0.0]], 5)
+  empty = ([3, 0], [[500.0, 500.0], [0.0, 0.0]], 0)
+  together = [users(*zip(a, b, empty))]
+  apart = [users(*zip(a)), users(*zip(b, empty))]
+  expected = np.zeros([4, 2], np.float32)
+  expected[1], expected[2] = [65.0, -0.5], [2.0, 0.0]
+  results = []
+  for shards in (together, apart):
+    state = agg.initialize()
+    out = agg.next(state, shards)
+    np.testing.assert_allclose(out.result[0], expected, atol=1e-6)
+    assert out.measurements['secure_upper_clipped_count'] == 1 and out.measurements['secure_upper_threshold'] == 100
+    # Half the users' largest value is under the estimate 50: it moves by exp(-(0.5 - 0.95)) (Andrew et al.).
+    results.append(agg.next(out.state, shards).measurements['secure_upper_threshold'])
+  assert results == pytest.approx([100 * np.exp(0.45)] * 2, rel=1e-5)

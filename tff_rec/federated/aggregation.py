@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.aggregators import primitives as _tff_primitives
+import tensorflow_privacy as tfp
 
-from tff_rec.privacy import queries
+from tff_rec.privacy import queries, secure
 
 
 def user_updates_type(dense: list[tf.TensorSpec]) -> tff.Type:
@@ -153,6 +155,110 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
       params = tff.federated_broadcast(tff.federated_map(sample_params, state))
       total = tff.federated_sum(tff.federated_map(shard_records, (value, params)))
       out = tff.federated_map(noised, (state, total))
+      return tff.templates.MeasuredProcessOutput(out[0], out[1], out[2])
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+# TFF's own quantisation of a value for its secure sum (private helpers of `tff.aggregators.SecureSumFactory`,
+# TFF 0.87): a user's update is quantised exactly as TFF quantises one client's.
+_quantize = _tff_primitives._client_tensor_shift_for_secure_sum  # pylint: disable=protected-access
+_dequantize = _tff_primitives._server_tensor_shift_for_secure_sum  # pylint: disable=protected-access
+
+
+def _bitwidth(values_bits: int, summands: int) -> int:
+  """Bits of a sum of `summands` values each in [0, 2**values_bits - 1]."""
+  return values_bits + max(0, int(np.ceil(np.log2(summands))))
+
+
+class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
+  """The unweighted mean of users' updates, summed securely (Bonawitz et al., CCS 2017).
+
+  Per user, what `tff.learning.secure_aggregator(zeroing=False, clipping=False,
+  weighted=False)` does per client: each coordinate clipped to the adaptive
+  bound [-b, b] and quantised to [0, 2**32 - 1] (TFF's own quantisation), the
+  bound following the 0.95 quantile of users' largest coordinate (TFF's
+  no-noise quantile estimate x 2, from users' records quantised the same way),
+  and a count of users taking part. The shard adds its users' integers (a
+  user's untouched rows are its quantised zeros, added in closed form), and
+  shards' integers cross with `tff.federated_secure_sum_bitwidth`, widened by
+  log2(`users_per_shard`) bits: the server only sees the sum over users.
+  Measurements as TFF's secure sum: the bound and how many users it clipped.
+  """
+
+  def __init__(self, dense: list[tf.TensorSpec], users_per_shard: int):
+    self._dense, self._users = dense, users_per_shard
+
+  def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
+    num_rows, users = _num_rows(self._dense), self._users
+    query = tfp.NoPrivacyQuantileEstimatorQuery(secure.INITIAL_ESTIMATE, secure.TARGET_QUANTILE,
+                                                learning_rate=secure.LEARNING_RATE, geometric_update=True)
+    bits = _bitwidth(32, users)
+
+    @tff.tensorflow.computation
+    def init_tf():
+      return query.initial_global_state()
+
+    state_type = init_tf.type_signature.result
+
+    @tff.tensorflow.computation(state_type)
+    def params(state):
+      return query.derive_sample_params(state), secure.MULTIPLIER * state.current_estimate
+
+    @tff.tensorflow.computation(value_type, params.type_signature.result)
+    @tf.function  # Its control dependencies run TFF's range assertions.
+    def shard_integers(value, params):
+      sample_params, bound = params
+      deltas = list(value['deltas'])
+      participates = tf.greater(value['examples'], 0.0)  # An empty user takes no part.
+      count = tf.reduce_sum(tf.cast(participates, tf.int64))
+      flat = tf.concat([tf.reshape(d, [tf.shape(d)[0], -1]) for d in deltas], axis=1)  # [U, all touched values]
+      largest, smallest = tf.reduce_max(flat, axis=1), tf.reduce_min(flat, axis=1)
+      records = tf.vectorized_map(lambda x: query.preprocess_record(sample_params, x), tf.maximum(largest, -smallest))
+      weight = tf.cast(participates, tf.int64)
+      zero = _quantize(tf.constant(0.0), -1.0, 1.0)
+      record_ints = [tf.reduce_sum((_quantize(r, -1.0, 1.0) - zero) * weight) + count * zero for r in records]
+
+      def integers(leaf):
+        quantized = _quantize(leaf, -bound, bound) - _quantize(tf.zeros([], leaf.dtype), -bound, bound)
+        quantized *= tf.reshape(weight, [-1] + [1] * (leaf.shape.rank - 1))
+        return quantized
+
+      value_zero = _quantize(tf.constant(0.0), -bound, bound)
+      sums = shard_sum([integers(d) for d in deltas], value['rows'], num_rows)
+      sums = [s + count * value_zero for s in sums]  # Every user's untouched (and touched) rows, from zero.
+      clipped = collections.OrderedDict(
+          upper=tf.reduce_sum(tf.cast(tf.logical_and(participates, tf.greater(largest, bound)), tf.int32)),
+          lower=tf.reduce_sum(tf.cast(tf.logical_and(participates, tf.less(smallest, -bound)), tf.int32)))
+      return sums, record_ints, tf.cast(count, tf.int32), clipped
+
+    @tff.tensorflow.computation(state_type, shard_integers.type_signature.result[0],
+                                shard_integers.type_signature.result[1], tf.int32,
+                                shard_integers.type_signature.result[3])
+    @tf.function
+    def finish(state, sums, record_ints, count, clipped):
+      bound = secure.MULTIPLIER * state.current_estimate
+      total = [tf.cast(_dequantize(count, s, -bound, bound, tf.float32), tf.float32) for s in sums]
+      mean = [tf.math.divide(t, tf.cast(count, tf.float32)) for t in total]
+      records = tuple(_dequantize(count, r, -1.0, 1.0, tf.float32) for r in record_ints)
+      _, new_state, _ = query.get_noised_result(records, state)
+      return new_state, mean, collections.OrderedDict(
+          secure_upper_clipped_count=clipped['upper'], secure_lower_clipped_count=clipped['lower'],
+          secure_upper_threshold=bound, secure_lower_threshold=-bound)
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_eval(init_tf, tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      integers = tff.federated_map(shard_integers, (value, tff.federated_broadcast(tff.federated_map(params, state))))
+      sums = tff.federated_secure_sum_bitwidth(integers[0], [bits] * len(self._dense))
+      record_sums = tff.federated_secure_sum_bitwidth(integers[1], [bits, bits])
+      count = tff.federated_secure_sum_bitwidth(integers[2], _bitwidth(1, users))
+      clipped = tff.federated_secure_sum_bitwidth(integers[3], collections.OrderedDict(
+          upper=_bitwidth(1, users), lower=_bitwidth(1, users)))
+      out = tff.federated_map(finish, (state, sums, record_sums, count, clipped))
       return tff.templates.MeasuredProcessOutput(out[0], out[1], out[2])
 
     return tff.templates.AggregationProcess(init_fn, next_fn)

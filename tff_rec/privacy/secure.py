@@ -3,7 +3,8 @@
 TFF's secure sum (Bonawitz et al., "Practical Secure Aggregation for
 Privacy-Preserving Machine Learning", CCS 2017) through
 `tff.learning.secure_aggregator`: each value is clipped to an adaptive bound
-(initially [-50, 50]) and uniformly quantised to 32-bit integers, which the
+(twice the 0.95 quantile of clients' largest coordinate, estimated without
+noise; initially [-100, 100]) and uniformly quantised to 32-bit integers, which the
 `federated_secure_sum_bitwidth` intrinsic adds. TFF's local runtime simulates
 the protocol (no cryptography runs); the computation's types are the same as
 in a deployment.
@@ -15,7 +16,9 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 
-INITIAL_BOUND = 50.0  # tff.learning.secure_aggregator's initial per-coordinate bound.
+# tff.learning.secure_aggregator's bound: MULTIPLIER x the estimate of the TARGET_QUANTILE of clients' largest |value|.
+INITIAL_ESTIMATE, TARGET_QUANTILE, LEARNING_RATE, MULTIPLIER = 50.0, 0.95, 1.0, 2.0
+INITIAL_BOUND = MULTIPLIER * INITIAL_ESTIMATE
 
 
 def secure_mean() -> tff.aggregators.UnweightedAggregationFactory:
