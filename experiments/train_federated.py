@@ -50,7 +50,8 @@ _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
 _USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, '--engine=shards: users per TFF client (a shard\'s '
                                         'users are computed side by side; 1 is the deployment form, one TFF client '
                                         'per user). Any size gives the same model. Default: '
-                                        f'{DEFAULT_USERS_PER_SHARD}, or the cohort if smaller.')
+                                        f'{DEFAULT_USERS_PER_SHARD}, or the cohort if smaller. Cross-silo: each '
+                                        'platform is one TFF client, whatever this says.')
 _PROX = flags.DEFINE_float('proximal_strength', 0.01, 'FedProx mu (--algorithm=fed_prox).')
 _ALS_ALPHA = flags.DEFINE_float('als_alpha', 5.0, 'fed_als: confidence of a rated item over an unrated one, minus 1 '
                                 '(Hu et al. 2008).')
@@ -168,7 +169,7 @@ class ExperimentConfig:
     if self.users_per_shard < 1:
       raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
     cohort = self.sampling.clients_per_round
-    if self.resolved_engine == 'shards' and cohort and self.users_per_shard > cohort:
+    if self.resolved_engine == 'shards' and cohort and self.users_per_shard > cohort and not self.silo_dp:
       raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
                        f'(--clients_per_round={cohort})')
     if self.engine == 'shards' and not self.shardable:
@@ -194,7 +195,8 @@ class ExperimentConfig:
     if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF or self.engine == 'tff'
                          or self.dp.mechanism in (dp.TREE, dp.DISTRIBUTED)):
       raise ValueError('--dp with --view=cross_silo runs each platform\'s users\' updates, clipped per user, on the '
-                       'vectorized engine: MF Federated Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
+                       'shard process (a platform a TFF client) or the vectorized engine: MF Federated '
+                       'Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
     if self.secure_aggregation and self.dp.enabled:
       raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
                        'securely) instead of both')
@@ -229,8 +231,8 @@ class ExperimentConfig:
 
   @property
   def shardable(self) -> bool:
-    return (self.algorithm == 'fed_recon' and self.model == tasks.MF and self.data.view == 'cross_device'
-            and not self.recon.split_dataset and self.dp.mechanism != dp.DISTRIBUTED and not self.compression)
+    return (self.algorithm == 'fed_recon' and self.model == tasks.MF
+            and (self.data.view == 'cross_device' or self.silo_dp) and not self.recon.split_dataset and self.dp.mechanism != dp.DISTRIBUTED and not self.compression)
 
   @property
   def resolved_engine(self) -> str:
@@ -412,11 +414,12 @@ def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, A
 def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   population = len(task.train_data.client_ids)
   cohort_fn = lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling)
-  unit, accounting, note = 'one user', None, None
+  unit, accounting, note, group_fn = 'one user', None, None, None
   if config.silo_dp:  # Sampled are platforms: a user takes part when its platform does.
     members = platforms(task)
     population = len(members)
     cohort_fn = lambda r: sampling.sample_silo_users(members, r, config.seed, config.sampling)
+    group_fn = lambda ids: sampling.groups_of(ids, members)  # On the shard process, a platform is one TFF client.
     unit = 'one user (cross-silo: platforms sampled; each clips every one of its users\' updates)'
     accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
     note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
@@ -440,7 +443,7 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
       loss_key='client_work/train/loss',
       eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
       privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note, accountant)
-               if config.dp.enabled else None))
+               if config.dp.enabled else None), group_fn=group_fn)
   return final
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
-from tff_rec import atomic, runtime, tasks, training_loop
+from tff_rec import atomic, preprocessing, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval
 from tff_rec.models import reconstruction
@@ -53,13 +53,17 @@ def configure_determinism(reproducible: bool) -> None:
 def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int], list[str]], seed: int,
         loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str,
         eval_reconstruction: reconstruction.EvalSettings, privacy: Any = None,
-        export_to: tuple[str | None, int] = (None, 10)) -> dict[str, Any]:
+        export_to: tuple[str | None, int] = (None, 10),
+        group_fn: Callable[[list[str]], list[list[int]]] | None = None) -> dict[str, Any]:
   """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
 
   Args:
     engine: `initialize`, `next(state, examples)`, `evaluate(state, clients)`.
     task: Data and model.
     cohort_fn: round -> the client ids whose examples that round trains on.
+    group_fn: cohort ids -> the indices of each group of them that one client
+      holds (a cross-silo platform's users); the round's examples are then
+      `preprocessing.GroupedExamples`.
     seed: Seed of the examples (negatives, shuffling) and evaluation support.
     loop: Rounds and cadences.
     output_dir: Where everything is written.
@@ -90,8 +94,12 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
     return client_eval.finalize(engine.evaluate(state, eval_clients_for(part, heldout)), task.eval_kind, prefix)
 
+  def data_fn(ids: list[str], round_num: int) -> list:
+    examples = task.train_examples(ids, round_num, seed)
+    return preprocessing.GroupedExamples(examples, group_fn(ids)) if group_fn else examples
+
   state, rounds = training_loop.run(
-      engine, cohort_fn=cohort_fn, data_fn=lambda ids, r: task.train_examples(ids, r, seed),
+      engine, cohort_fn=cohort_fn, data_fn=data_fn,
       evaluate_fn=lambda state: evaluate(state, schema.VAL, prefix='val/'), config=loop, output_dir=output_dir,
       round_metrics_fn=privacy.round_metrics if privacy else None, budget_fn=privacy.budget if privacy else None)
   final = evaluate(state, schema.TEST)

@@ -20,6 +20,15 @@ from tff_rec.models.mf import IMPLICIT, RATING
 Examples = tuple[np.ndarray, np.ndarray]  # (item indices int64 [n], labels float32 [n])
 
 
+class GroupedExamples(list):
+  """A round's examples (one `Examples` per user) and `groups`: the users (indices) of each client that holds
+  several, such as a cross-silo platform's; the shard process makes each group one TFF client."""
+
+  def __init__(self, examples: list[Examples], groups: list[list[int]]):
+    super().__init__(examples)
+    self.groups = groups
+
+
 def _ids(db_path: str, query: str) -> list[str]:
   con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
   try:

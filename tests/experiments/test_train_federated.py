@@ -93,6 +93,18 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
 
 
 @pytest.mark.slow
+def test_cross_silo_dp_with_platforms_as_shards_trains_the_vectorized_engines_model(tiny_dataset, tmp_path):
+  """Each platform one TFF client, its users clipped one by one: the same noisy rounds as the vectorized engine."""
+  silo = dict(dp='gaussian_adaptive', noise_multiplier=0.5, view='cross_silo', clients_per_round=2, rounds=3)
+  with flagsaver.flagsaver(data_dir=tiny_dataset, **silo):
+    assert train_federated.config_from_flags().resolved_engine == 'shards'
+  shards = _run(tiny_dataset, tmp_path, 'shards', **silo)
+  reference = _run(tiny_dataset, tmp_path, 'vectorized', engine='vectorized', **silo)
+  for key in ('hr@10', 'ndcg@10', 'recall@20', 'heldout_users/hr@10', 'epsilon'):
+    assert shards[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+@pytest.mark.slow
 def test_privacy_budget_calibrates_noise_and_stops_the_run(tiny_dataset, tmp_path):
   final = _run(tiny_dataset, tmp_path, 'calibrated', dp='gaussian_fixed', target_epsilon=5.0, rounds=3)
   hparams = json.loads((tmp_path / 'calibrated' / 'hparams.json').read_text())

@@ -64,3 +64,8 @@ def test_silo_users_are_the_users_of_the_sampled_platforms():
     users = sampling.sample_silo_users(members, r, 0, config)
     platforms = sampling.sample_clients(sorted(members), r, 0, config)
     assert users == sorted(u for p in platforms for u in members[p])
+
+
+def test_groups_are_each_platforms_users_positions_in_the_cohort():
+  members = {'p1': ['u3'], 'p0': ['u1', 'u5'], 'p2': ['u4', 'u6']}
+  assert sampling.groups_of(['u1', 'u3', 'u5'], members) == [[0, 2], [1]]  # p2 took no part.

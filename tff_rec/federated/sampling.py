@@ -76,6 +76,13 @@ def sample_clients(client_ids: Sequence[str], round_num: int, seed: int, config:
   return sorted(ids[chosen].tolist())
 
 
+def groups_of(ids: Sequence[str], members: Mapping[str, Sequence[str]]) -> list[list[int]]:
+  """The positions in `ids` of each platform's users (platforms in sorted order; those with none left out)."""
+  position = {user: i for i, user in enumerate(ids)}
+  groups = [[position[u] for u in members[p] if u in position] for p in sorted(members)]
+  return [g for g in groups if g]
+
+
 def sample_silo_users(members: Mapping[str, Sequence[str]], round_num: int, seed: int,
                       config: SamplingConfig) -> list[str]:
   """Cross-silo with user-level DP: this round's platforms (sampled as clients are), expanded to their users."""

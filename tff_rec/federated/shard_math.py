@@ -73,7 +73,11 @@ def size_shards(examples: list[Examples], users_per_shard: int) -> list[list[int
 
 
 def by_size(examples: list[Examples], users_per_shard: int) -> list[list[Examples]]:
-  """`examples` cut into shards of users of similar size (`size_shards`)."""
+  """`examples` cut into shards of users of similar size (`size_shards`); a `GroupedExamples`' groups (a
+  platform's users) are its shards as they are."""
+  groups = getattr(examples, 'groups', None)
+  if groups is not None:
+    return [[examples[u] for u in group] for group in groups if group]
   return [[examples[u] for u in part] for part in size_shards(examples, users_per_shard)]
 
 
