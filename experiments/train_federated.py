@@ -41,10 +41,10 @@ _ALGORITHM = flags.DEFINE_enum(
     'receives and updates (every user\'s embedding leaves its client).')
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
                             'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
-                            '--users_per_shard users (MF Federated Reconstruction cross-device, --nosplit_dataset, '
-                            'user-level DP or --secure_aggregation, not --dp=distributed or --compression for now; '
-                            'also with --workers); vectorized: the whole cohort in one TF graph outside TFF (fed_als, '
-                            'cross-silo DP); tff: TFF\'s own '
+                            '--users_per_shard users (MF cross-device: Federated Reconstruction with user-level DP or '
+                            '--secure_aggregation, also cross-silo with DP; FedAvg / FedProx without DP; '
+                            '--nosplit_dataset; not --dp=distributed or --compression for now; also with --workers); '
+                            'vectorized: the whole cohort in one TF graph outside TFF (fed_als); tff: TFF\'s own '
                             'processes, one TFF client per client; auto: shards, else vectorized, else tff, where each '
                             'applies. All three give the same model (tested).')
 _USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, '--engine=shards: users per TFF client (a shard\'s '
@@ -173,8 +173,9 @@ class ExperimentConfig:
       raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
                        f'(--clients_per_round={cohort})')
     if self.engine == 'shards' and not self.shardable:
-      raise ValueError('--engine=shards runs MF Federated Reconstruction cross-device with --nosplit_dataset, without '
-                       f'--dp=distributed or --compression for now (got --model={self.model} '
+      raise ValueError('--engine=shards runs MF cross-device (Federated Reconstruction, also cross-silo with DP; '
+                       'FedAvg / FedProx without DP) with --nosplit_dataset, without --dp=distributed or '
+                       f'--compression for now (got --model={self.model} '
                        f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
                        '--engine=auto')
     if self.workers and self.engine == 'vectorized':
@@ -231,8 +232,12 @@ class ExperimentConfig:
 
   @property
   def shardable(self) -> bool:
-    return (self.algorithm == 'fed_recon' and self.model == tasks.MF
-            and (self.data.view == 'cross_device' or self.silo_dp) and not self.recon.split_dataset and self.dp.mechanism != dp.DISTRIBUTED and not self.compression)
+    if self.model != tasks.MF or self.recon.split_dataset or self.dp.mechanism == dp.DISTRIBUTED or self.compression:
+      return False
+    if self.algorithm == 'fed_recon':
+      return self.data.view == 'cross_device' or self.silo_dp
+    # FedAvg / FedProx: each user's row of the global table is that user's own client's (DP stays on TFF's engine).
+    return self.algorithm in ('fed_avg', 'fed_prox') and self.data.view == 'cross_device' and not self.dp.enabled
 
   @property
   def resolved_engine(self) -> str:
@@ -373,7 +378,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   if config.algorithm == 'fed_als':
     return fed_als.AlsEngine(task, config.als, clients=clients, seed=config.seed,
                              dp_query=dp.dp_query(config.dp, clients) if aggregator else None)
-  if config.algorithm in ('fed_avg', 'fed_prox'):
+  if config.algorithm in ('fed_avg', 'fed_prox') and config.resolved_engine != 'shards':
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
         recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
@@ -388,7 +393,9 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
       query = dp.dp_query(config.dp, clients, **dp_kwargs)
       shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
     return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
-                               aggregation=shard_aggregation, **evaluation)
+                               aggregation=shard_aggregation, algorithm=config.algorithm,
+                               proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
+                               **evaluation)
   if config.resolved_engine == 'vectorized':
     return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)
                                        if aggregator else None, seed=config.seed, **evaluation)

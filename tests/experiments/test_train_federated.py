@@ -211,8 +211,10 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'compression': True, 'engine': 'vectorized'}, '--compression runs TFF'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
-    ({'engine': 'shards', 'dp': 'distributed', 'noise_multiplier': 1.0}, '--engine=shards runs MF Federated '
-     'Reconstruction cross-device .* \(got .*--dp=distributed\)'),
+    ({'engine': 'shards', 'dp': 'distributed', 'noise_multiplier': 1.0}, '--engine=shards runs MF cross-device '
+     '.* \(got .*--dp=distributed\)'),
+    ({'engine': 'shards', 'algorithm': 'fed_avg', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0},
+     '--engine=shards runs MF cross-device .*FedAvg / FedProx without DP'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

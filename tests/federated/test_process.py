@@ -10,7 +10,7 @@ import tensorflow_federated as tff
 
 from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsics
 from tff_rec import tasks
-from tff_rec.federated import aggregation, fed_recon, process, shard_math, vectorized
+from tff_rec.federated import aggregation, fed_avg, fed_recon, process, shard_math, vectorized
 from tff_rec.models import mf
 from tff_rec.privacy import dp, secure
 from tff_rec.training_loop import flatten_metrics
@@ -158,7 +158,7 @@ def test_shard_sum_scatters_each_users_weighted_rows():
   # Two users, dim 1: user 0 rows [1, 2] deltas [1, 2]; user 1 rows [2, 0] deltas [10, 0]; weights 1 and 0.5.
   deltas = [np.array([[[1.0], [2.0]], [[10.0], [0.0]]], np.float32), np.array([3.0, 4.0], np.float32)]
   rows = np.array([[1, 2], [2, 0]])
-  table, scalar = aggregation.shard_sum(deltas, rows, 4, np.array([1.0, 0.5], np.float32))
+  table, scalar = aggregation.shard_sum(deltas, [rows], [4], np.array([1.0, 0.5], np.float32))
   assert table.numpy().ravel().tolist() == [0.0, 1.0, 2.0 + 5.0, 0.0] and float(scalar) == 3.0 + 2.0
 
 
@@ -307,7 +307,7 @@ def test_secure_aggregation_bounds_each_user_before_its_shard_adds_them():
   agg = factory.create(aggregation.user_updates_type(dense))
 
   def users(rows, deltas, examples):
-    return collections.OrderedDict(rows=np.array(rows, np.int64), deltas=[np.array(deltas, np.float32)],
+    return collections.OrderedDict(rows=[np.array(rows, np.int64)], deltas=[np.array(deltas, np.float32)],
                                    weight=np.ones(len(rows), np.float32), examples=np.array(examples, np.float32))
 
   a = ([1, 0], [[150.0, 1.0], [0.0, 0.0]], 3)  # Row 0 is padding.
@@ -326,3 +326,81 @@ def test_secure_aggregation_bounds_each_user_before_its_shard_adds_them():
     # Half the users' largest value is under the estimate 50: it moves by exp(-(0.5 - 0.95)) (Andrew et al.).
     results.append(agg.next(out.state, shards).measurements['secure_upper_threshold'])
   assert results == pytest.approx([100 * np.exp(0.45)] * 2, rel=1e-5)
+
+
+@pytest.fixture(scope='module', params=[mf.IMPLICIT, mf.RATING])
+def global_users_task(request, tiny_dataset):
+  """FedAvg's task: a global user table, examples as (user, item) pairs."""
+  return tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  objective=request.param, embedding_dim=4, l2=0.01, user_table=tasks.GLOBAL)
+
+
+def _tff_weights_by_layer(engine, state, task) -> dict[str, np.ndarray]:
+  names = [v.name.split('/')[0] for v in task.model_fn().model.trainable_variables]
+  return {n: np.asarray(w) for n, w in zip(names, engine.process.get_model_weights(state).trainable)}
+
+
+def test_fed_avg_shards_equal_tffs_build_weighted_fed_avg_user_table_included(global_users_task):
+  task = global_users_task
+  reference = fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig('adam', 0.05, 0.5, local_epochs=2),
+                                   eval_learning_rate=0.5, eval_epochs=1)
+  config = dataclasses.replace(CONFIG, client_learning_rate=0.5)
+  engines = [process.ShardEngine(task, config, users_per_shard=k, eval_learning_rate=0.5, eval_epochs=1,
+                                 algorithm='fed_avg') for k in (1, 4)]
+  ref_state, states = reference.initialize(), [e.initialize() for e in engines]
+  for r in range(3):
+    examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0)
+    ref_out = reference.next(ref_state, examples)
+    outs = [e.next(s, examples) for e, s in zip(engines, states)]
+    ref_state, states = ref_out.state, [o.state for o in outs]
+    for out in outs:  # TFF's FedAvg loss: the example-weighted mean.
+      assert flatten_metrics(out.metrics)['client_work/train/loss'] == pytest.approx(
+          flatten_metrics(ref_out.metrics)['client_work/train/loss'], rel=1e-5)
+  expected = _tff_weights_by_layer(reference, ref_state, task)
+  for engine, state in zip(engines, states):
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=2e-5)
+    users = engine.user_table(state)
+    assert len(users) == (2 if task.objective == mf.RATING else 1) and np.abs(users[0]).max() > 0
+    _assert_weights_close([expected[n] for n in ('user_embedding', 'user_bias')[:len(users)]], users, atol=2e-5)
+
+
+def _dense_prox_steps(task, weights: dict[str, np.ndarray], examples, *, lr: float, mu: float, epochs: int):
+  """One client's FedProx by hand on the dense Keras model: w <- w - lr (grad + mu (w - w0)) per batch."""
+  model, loss_fn = task.model_fn().model, task.loss_fn()
+  variables = {v.name.split('/')[0]: v for v in model.trainable_variables}
+  for name, value in weights.items():
+    variables[name].assign(value)
+  start = {n: tf.constant(v) for n, v in weights.items()}
+  for x, y in task.client_dataset(examples).repeat(epochs):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x))
+    grads = tape.gradient(loss, list(variables.values()))
+    for (name, v), g in zip(variables.items(), grads):
+      v.assign(v - lr * (tf.convert_to_tensor(g) + mu * (v - start[name])))
+  return {n: v.numpy() for n, v in variables.items()}
+
+
+def test_fed_prox_takes_li_et_als_proximal_step_and_tff_087_the_opposite_one(tiny_dataset):
+  """Server SGD at rate 1 and one user: the new model is that user's. Ours pulls towards the server model (mu);
+  TFF 0.87's `build_weighted_fed_prox` adds mu (w0 - w) to the gradient, i.e. our steps with -mu."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01, user_table=tasks.GLOBAL)
+  mu, config = 0.5, dataclasses.replace(CONFIG, server_optimizer='sgd', server_learning_rate=1.0,
+                                        client_learning_rate=0.5)
+  ours = [process.ShardEngine(task, config, users_per_shard=k, eval_learning_rate=0.5, eval_epochs=1,
+                              algorithm='fed_prox', proximal_strength=mu) for k in (1, 3)]
+  theirs = fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig('sgd', 1.0, 0.5, local_epochs=2, proximal_strength=mu),
+                                eval_learning_rate=0.5, eval_epochs=1)
+  user = task.train_examples(task.train_data.client_ids[:1], 0, seed=0)
+  start = _tff_weights_by_layer(theirs, theirs.initialize(), task)
+  assert len(user[0][0]) > 8  # Several batches: the proximal term acts from the second step on.
+  for engine, sign in [(e, 1.0) for e in ours] + [(theirs, -1.0)]:
+    expected = _dense_prox_steps(task, start, user[0], lr=0.5, mu=sign * mu, epochs=2)
+    state = engine.next(engine.initialize(), user).state
+    got = (_tff_weights_by_layer(engine, state, task) if engine is theirs else
+           dict(zip([n for n in process.FEDAVG_LAYERS if n in start],
+                    engine.user_table(state) + engine.global_weights(state), strict=True)))
+    for name, value in expected.items():
+      np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
+  no_prox = _dense_prox_steps(task, start, user[0], lr=0.5, mu=0.0, epochs=2)
+  assert not np.allclose(no_prox['item_embedding'], expected['item_embedding'], atol=1e-4)  # mu matters here.

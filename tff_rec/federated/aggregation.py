@@ -36,19 +36,21 @@ from tff_rec.privacy import queries, secure
 def user_updates_type(dense: list[tf.TensorSpec]) -> tff.Type:
   """The TFF type of a shard's `UserUpdates` for a model with trainable weights `dense`.
 
-  rows [U, K] (the catalogue rows each user touched), deltas (per dense
-  weight: [U, K, ...] for a table of rows, [U] for a scalar), weight [U]
-  (the weighted mean's) and examples [U].
+  rows (per dense weight: [U, K] the rows of it each user touched; [U, 0]
+  for a scalar), deltas (per dense weight: [U, K, ...] for a table of rows,
+  [U] for a scalar), weight [U] (the weighted mean's) and examples [U].
   """
   deltas = [tff.TensorType(np.float32, [None] + ([None] + list(s.shape[1:]) if s.shape.rank else [])) for s in dense]
   return tff.to_type(collections.OrderedDict(
-      rows=tff.TensorType(np.int64, [None, None]), deltas=deltas, weight=tff.TensorType(np.float32, [None]),
-      examples=tff.TensorType(np.float32, [None])))
+      rows=[tff.TensorType(np.int64, [None, None]) for _ in dense], deltas=deltas,
+      weight=tff.TensorType(np.float32, [None]), examples=tff.TensorType(np.float32, [None])))
 
 
-def shard_sum(per_user, rows, num_rows, scale=None):
-  """Sum over users of each leaf of `per_user`, dense: [U, K, ...] leaves scattered to [num_rows, ...] by `rows`,
-  [U] leaves summed. `scale` [U] multiplies each user's leaves first."""
+def shard_sum(per_user, rows, num_rows, scale=None) -> list[tf.Tensor]:
+  """Sum over users of each of the leaves `per_user`, dense: a [U] leaf summed, and the [U, K, ...] leaves, in
+  order, scattered to [num_rows[i], ...] by `rows[i]` (`table_rows`). `scale` [U] multiplies each user's leaves
+  first."""
+  tables = iter(zip(rows, num_rows, strict=True))
 
   def one(leaf):
     leaf = tf.convert_to_tensor(leaf)
@@ -56,14 +58,20 @@ def shard_sum(per_user, rows, num_rows, scale=None):
       leaf = leaf * tf.reshape(scale, [-1] + [1] * (leaf.shape.rank - 1))
     if leaf.shape.rank == 1:
       return tf.reduce_sum(leaf)
+    leaf_rows, leaf_num_rows = next(tables)
     flat = tf.reshape(leaf, tf.concat([[-1], tf.shape(leaf)[2:]], 0))
-    return tf.math.unsorted_segment_sum(flat, tf.reshape(rows, [-1]), num_rows)
+    return tf.math.unsorted_segment_sum(flat, tf.reshape(leaf_rows, [-1]), leaf_num_rows)
 
-  return tf.nest.map_structure(one, per_user)
+  out = [one(leaf) for leaf in per_user]
+  if next(tables, None) is not None:
+    raise ValueError('more row indices than [U, K, ...] leaves')
+  return out
 
 
-def _num_rows(dense: list[tf.TensorSpec]) -> int:
-  return int(dense[0].shape[0])
+def table_rows(value, dense: list[tf.TensorSpec]) -> tuple[list[tf.Tensor], list[int]]:
+  """The row indices and row counts of the table weights (not the scalars) of `value` (`user_updates_type`)."""
+  tables = [i for i, s in enumerate(dense) if s.shape.rank]
+  return [value['rows'][i] for i in tables], [int(dense[i].shape[0]) for i in tables]
 
 
 class MeanFactory(tff.aggregators.UnweightedAggregationFactory):
@@ -77,12 +85,12 @@ class MeanFactory(tff.aggregators.UnweightedAggregationFactory):
     self._dense = dense
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    num_rows = _num_rows(self._dense)
+    dense = self._dense
 
     @tff.tensorflow.computation(value_type)
     def shard_total(value):
       deltas = list(value['deltas'])
-      return collections.OrderedDict(total=shard_sum(deltas, value['rows'], num_rows, value['weight']),
+      return collections.OrderedDict(total=shard_sum(deltas, *table_rows(value, dense), value['weight']),
                                      weight=tf.reduce_sum(value['weight']))
 
     @tff.tensorflow.computation(shard_total.type_signature.result)
@@ -119,7 +127,7 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
     self._query, self._dense, self._seed = query, dense, seed
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    query, num_rows, seed = self._query, _num_rows(self._dense), self._seed
+    query, seed = self._query, self._seed
     dense = [tf.TensorSpec(s.shape, s.dtype) for s in self._dense]
 
     @tff.tensorflow.computation
@@ -136,7 +144,7 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
     def shard_records(value, params):
       records = tf.vectorized_map(lambda record: query.preprocess_record(params, record), tuple(value['deltas']))
       participates = tf.cast(tf.greater(value['examples'], 0.0), tf.float32)  # An empty user takes no part.
-      return tf.nest.flatten(shard_sum(records, value['rows'], num_rows, participates))
+      return shard_sum(tf.nest.flatten(records), *table_rows(value, dense), participates)
 
     @tff.tensorflow.computation(state_type, shard_records.type_signature.result)
     def noised(state, leaves):
@@ -190,7 +198,7 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
     self._dense, self._users = dense, users_per_shard
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    num_rows, users = _num_rows(self._dense), self._users
+    dense, users = self._dense, self._users
     query = tfp.NoPrivacyQuantileEstimatorQuery(secure.INITIAL_ESTIMATE, secure.TARGET_QUANTILE,
                                                 learning_rate=secure.LEARNING_RATE, geometric_update=True)
     bits = _bitwidth(32, users)
@@ -225,7 +233,7 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
         return quantized
 
       value_zero = _quantize(tf.constant(0.0), -bound, bound)
-      sums = shard_sum([integers(d) for d in deltas], value['rows'], num_rows)
+      sums = shard_sum([integers(d) for d in deltas], *table_rows(value, dense))
       sums = [s + count * value_zero for s in sums]  # Every user's untouched (and touched) rows, from zero.
       clipped = collections.OrderedDict(
           upper=tf.reduce_sum(tf.cast(tf.logical_and(participates, tf.greater(largest, bound)), tf.int32)),

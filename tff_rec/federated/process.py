@@ -1,7 +1,10 @@
-"""Federated Reconstruction as a TFF learning process whose clients are shards of users.
+"""Federated Reconstruction, FedAvg and FedProx as TFF learning processes whose clients are shards of users.
 
-Singhal et al., "Federated Reconstruction: Partially Local Federated
-Learning", NeurIPS 2021. The process is composed from TFF's four templates
+Federated Reconstruction (Singhal et al., "Federated Reconstruction: Partially
+Local Federated Learning", NeurIPS 2021) is the default; FedAvg (McMahan et
+al., AISTATS 2017) and FedProx (Li et al., MLSys 2020) with a global user table
+are the baselines, the same process with another client work
+(`shard_math.ClientSettings.algorithm`). The process is composed from TFF's four templates
 (`tff.learning.templates.compose_learning_process`): TFF's broadcast
 distributor, a client work process of ours (`shard_math.user_updates` on every
 user of a shard, batched), a shard aggregator (the weighted mean, or user-level
@@ -49,11 +52,22 @@ def weights_type(weights: list[np.ndarray]) -> tff.Type:
       trainable=[tff.TensorType(_F32, w.shape) for w in weights], non_trainable=[]))
 
 
+def fedavg_initial_weights(task) -> list[np.ndarray]:
+  """FedAvg's global weights from the Keras user-table model's initializers: the user table (embedding[, bias])
+  first, then the item side as `initial_weights` orders it."""
+  variables = {v.name.split('/')[0]: v.numpy() for v in task.model_fn().model.trainable_variables}
+  return [variables[name] for name in FEDAVG_LAYERS if name in variables]
+
+
+FEDAVG_LAYERS = ('user_embedding', 'user_bias', 'item_embedding', 'item_bias', 'global_mean')
+
+
 def shard_type() -> tff.SequenceType:
   """A shard's training data (`shard_math.pack_shard`) as a one-element sequence (TFF clients hold sequences)."""
   return tff.SequenceType(collections.OrderedDict(
       local=tff.TensorType(np.int32, [None, None, None]), labels=tff.TensorType(_F32, [None, None, None]),
-      mask=tff.TensorType(_F32, [None, None, None]), rows=tff.TensorType(np.int64, [None, None])))
+      mask=tff.TensorType(_F32, [None, None, None]), rows=tff.TensorType(np.int64, [None, None]),
+      users=tff.TensorType(np.int64, [None])))
 
 
 def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
@@ -74,7 +88,7 @@ def build_client_work(model_weights_type: tff.Type,
   @tf.function
   def client_update(weights, dataset):
     updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings)
-    updates['deltas'] = list(updates['deltas'])
+    updates['deltas'], updates['rows'] = list(updates['deltas']), list(updates['rows'])
     return tff.learning.templates.ClientResult(update=updates, update_weight=tf.reduce_sum(updates['weight'])), sums
 
   sums_type = client_update.type_signature.result[1]
@@ -101,29 +115,33 @@ def build_client_work(model_weights_type: tff.Type,
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
-def client_settings(task, config: fed_recon.ReconConfig) -> shard_math.ClientSettings:
+def client_settings(task, config: fed_recon.ReconConfig, algorithm: str = shard_math.FED_RECON,
+                    proximal_strength: float = 0.0) -> shard_math.ClientSettings:
   return shard_math.ClientSettings(
       objective=task.model_config.objective, l2=task.model_config.l2,
       client_learning_rate=config.client_learning_rate,
       reconstruction_learning_rate=config.reconstruction_learning_rate,
       reconstruction_epochs=config.reconstruction_epochs, local_epochs=config.local_epochs,
-      client_weighting=config.client_weighting)
+      client_weighting=config.client_weighting, algorithm=algorithm, proximal_strength=proximal_strength)
 
 
 Aggregation = Callable[[list[tf.TensorSpec]], tff.aggregators.UnweightedAggregationFactory]
+FED_PROX = 'fed_prox'
+ALGORITHMS = (shard_math.FED_RECON, shard_math.FED_AVG, FED_PROX)
 
 
-def build_fed_recon(model_config: mf.MFConfig, settings: shard_math.ClientSettings, config: fed_recon.ReconConfig,
-                    *, aggregation: Aggregation = aggregation_lib.MeanFactory) -> tff.learning.templates.LearningProcess:
-  """Fed Recon MF: TFF's broadcast, shard client work, a shard aggregator, TFF's optimizer finalizer.
+def build_learning_process(initial: list[np.ndarray], settings: shard_math.ClientSettings,
+                           config: fed_recon.ReconConfig, *, aggregation: Aggregation = aggregation_lib.MeanFactory
+                           ) -> tff.learning.templates.LearningProcess:
+  """TFF's broadcast, the shard client work of `settings`, a shard aggregator, TFF's optimizer finalizer.
 
+  `initial`: the global weights (`initial_weights`, `fedavg_initial_weights`).
   `aggregation`: the trainable weights' specs -> a factory of
-  `tff_rec.federated.aggregation` (the weighted mean by default; DP).
+  `tff_rec.federated.aggregation` (the weighted mean by default; DP; secure).
   """
   config.validate()
   if config.split_dataset:
     raise ValueError('the shard process uses every batch for both stages (split_dataset=False)')
-  initial = initial_weights(model_config)
   model_weights_type = weights_type(initial)
 
   @tff.tensorflow.computation
@@ -157,14 +175,16 @@ def eval_type(kind: str) -> tff.SequenceType:
 
 
 def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
-                     epochs: int) -> tff.Computation:
-  """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard."""
+                     epochs: int, item_side: int = 0) -> tff.Computation:
+  """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard
+  from the item side (the weights from position `item_side` on; FedAvg's user table is not used)."""
   data_type = eval_type(kind)
 
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_sums(weights, dataset):
-    return shard_math.evaluation_sums(tuple(weights.trainable), dataset.get_single_element(), objective=objective,
+    return shard_math.evaluation_sums(tuple(weights.trainable)[item_side:], dataset.get_single_element(),
+                                      objective=objective,
                                       l2=l2, learning_rate=learning_rate, epochs=epochs)
 
   @tff.federated_computation(tff.FederatedType(model_weights_type, tff.SERVER),
@@ -176,21 +196,37 @@ def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str,
 
 
 class ShardEngine:
-  """Fed Recon MF on TFF's runtime, a TFF client per shard of users; the interface of the other engines."""
+  """MF on TFF's runtime, a TFF client per shard of users; the interface of the other engines.
+
+  `algorithm`: `fed_recon` (the task's users are local rows), `fed_avg` or
+  `fed_prox` (with `proximal_strength`; the task's user table is global).
+  """
 
   _communication: dict[str, float] | None = None
 
   def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
-               eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory):
+               eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory,
+               algorithm: str = shard_math.FED_RECON, proximal_strength: float = 0.0):
     if users_per_shard < 1:
       raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
+    if algorithm not in ALGORITHMS:
+      raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {algorithm!r}')
+    global_users = algorithm != shard_math.FED_RECON
+    if (task.user_table == 'global') != global_users:
+      raise ValueError(f'{algorithm} needs a task whose user table is '
+                       f'{"global" if global_users else "a local row (user_table=None)"}, got {task.user_table!r}')
+    if (algorithm == FED_PROX) != (proximal_strength > 0):
+      raise ValueError(f'proximal_strength must be > 0 exactly for fed_prox, got {proximal_strength} for {algorithm}')
     self.task, self.users_per_shard = task, users_per_shard
-    self.settings = client_settings(task, config)
-    self.process = build_fed_recon(task.model_config, self.settings, config, aggregation=aggregation)
+    self.settings = client_settings(task, config, shard_math.FED_AVG if global_users else shard_math.FED_RECON,
+                                    proximal_strength)
+    initial = fedavg_initial_weights(task) if global_users else initial_weights(task.model_config)
+    self._item_side = len(initial) - (3 if task.objective == mf.RATING else 2)
+    self.process = build_learning_process(initial, self.settings, config, aggregation=aggregation)
     self._weights_type = self.process.get_model_weights.type_signature.result
     self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
                       epochs=eval_epochs)
-    self._evaluation = build_evaluation(self._weights_type, task.eval_kind, **self._eval)
+    self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side, **self._eval)
     self._losses = tf.function(shard_math.support_losses, reduce_retracing=True)
 
   def initialize(self):
@@ -214,7 +250,12 @@ class ShardEngine:
     return fed_recon.as_numpy(self._evaluation(self.process.get_model_weights(state), data))
 
   def global_weights(self, state) -> list[np.ndarray]:
-    return [np.asarray(w) for w in self.process.get_model_weights(state).trainable]
+    """The item side (what evaluation and export use)."""
+    return [np.asarray(w) for w in self.process.get_model_weights(state).trainable[self._item_side:]]
+
+  def user_table(self, state) -> list[np.ndarray]:
+    """FedAvg's global user table (embedding[, bias]); empty for Fed Recon, whose users never leave clients."""
+    return [np.asarray(w) for w in self.process.get_model_weights(state).trainable[:self._item_side]]
 
   def client_losses(self, state, clients) -> np.ndarray:
     """Each user's mean support loss after reconstruction (the membership-inference audit's signal, simulated)."""

@@ -32,6 +32,7 @@ from tff_rec.models import mf, reconstruction
 from tff_rec.preprocessing import Examples, pad_rows
 
 UNIFORM, NUM_EXAMPLES = 'uniform', 'num_examples'
+FED_RECON, FED_AVG = 'fed_recon', 'fed_avg'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ClientSettings:
   reconstruction_epochs: int
   local_epochs: int
   client_weighting: str = NUM_EXAMPLES
+  algorithm: str = 'fed_recon'  # FED_RECON: the user reconstructed, local; FED_AVG: its row of a global table.
+  proximal_strength: float = 0.0  # FedProx's mu (FED_AVG).
 
 
 def shard_sizes(num_users: int, users_per_shard: int) -> list[int]:
@@ -104,8 +107,14 @@ def pack_shard(examples: list[Examples], batch_size: int) -> collections.Ordered
 
   Returns OrderedDict(local [U, T, B] int32 (index into the user's rows),
   labels [U, T, B], mask [U, T, B], rows [U, K] int64 (the catalogue rows
-  user u touches, padded with row 0, which then gets no gradient)).
+  user u touches, padded with row 0, which then gets no gradient), users [U]
+  int64 (each user's row of a global user table, from (user, item) pairs;
+  else 0)).
   """
+  users = np.zeros(len(examples), np.int64)
+  if examples and np.ndim(examples[0][0]) == 2:  # (user, item) pairs, a global user table's: one user each.
+    users = np.array([pairs[0, 0] if len(pairs) else 0 for pairs, _ in examples], np.int64)
+    examples = [(pairs[:, 1], labels) for pairs, labels in examples]
   items, labels, mask = pack_batches(examples, batch_size)
   local = np.zeros(items.shape, np.int32)
   touched = []
@@ -114,7 +123,7 @@ def pack_shard(examples: list[Examples], batch_size: int) -> collections.Ordered
     touched.append(rows)
     local[u] = inverse.reshape(items.shape[1:])
   rows, _ = pad_rows(touched, np.int64)
-  return collections.OrderedDict(local=local, labels=labels, mask=mask, rows=rows)
+  return collections.OrderedDict(local=local, labels=labels, mask=mask, rows=rows, users=users)
 
 
 def split_weights(weights, objective: str):
@@ -132,54 +141,82 @@ def user_updates(weights, shard, settings: ClientSettings):
   """Every user's sparse update and weight, and the shard's training sums.
 
   Args:
-    weights: The global (item embedding, item bias[, mean]).
+    weights: The global weights: Fed Recon's (item embedding, item bias[,
+      mean]); FedAvg's user table (embedding[, bias]) first, then those.
     shard: `pack_shard`'s tensors.
     settings: The client work.
 
   Returns:
     (updates, sums): updates an OrderedDict (`aggregation.user_updates_type`)
-    of rows [U, K] (the user's catalogue rows), deltas [rows deltas [U, K, d],
-    bias deltas [U, K, 1] (, mean deltas [U])], each user's `initial - final`
-    on its own rows, zeroed if not finite; weight [U] per `client_weighting`
-    (0 for an empty or non-finite user) and examples [U]; sums an OrderedDict
-    of the shard's loss sum, batch count, examples, non-finite and empty users.
+    of rows (per weight: [U, K] the rows of it the user touched; [U, 0] for a
+    scalar), deltas (per weight: [U, K, ...] on those rows; [U] for a scalar),
+    each user's `initial - final`, zeroed if not finite; weight [U] per
+    `client_weighting` (0 for an empty or non-finite user) and examples [U];
+    sums an OrderedDict of the shard's loss sum, batch count, examples,
+    non-finite and empty users.
   """
-  objective = settings.objective
-  rating = objective == mf.RATING
-  embedding, bias, mean = split_weights(weights, objective)
-  local_items, labels, mask, rows = shard['local'], shard['labels'], shard['mask'], shard['rows']
-  users, touched = tf.shape(rows)[0], tf.shape(rows)[1]
-  items = tf.gather(rows, local_items, batch_dims=1)  # The catalogue rows of each example.
-  user = reconstruction.reconstruct(embedding, bias, mean, items, labels, mask, objective=objective, l2=settings.l2,
+  if settings.algorithm == FED_AVG:  # The user's row of the global table, trained with the items (McMahan et al.).
+    tables = 2 if settings.objective == mf.RATING else 1
+    user = [tf.gather(table, shard['users'])[:, None, :] for table in weights[:tables]]
+    return _local_updates(user, weights[tables:], shard, settings, user_rows=shard['users'])
+  embedding, bias, mean = split_weights(weights, settings.objective)
+  items = tf.gather(shard['rows'], shard['local'], batch_dims=1)  # The catalogue rows of each example.
+  user = reconstruction.reconstruct(embedding, bias, mean, items, shard['labels'], shard['mask'],
+                                    objective=settings.objective, l2=settings.l2,
                                     learning_rate=settings.reconstruction_learning_rate,
                                     epochs=settings.reconstruction_epochs)
+  return _local_updates(user, weights, shard, settings)
+
+
+def _local_updates(user, item_weights, shard, settings: ClientSettings, user_rows=None):
+  """`local_epochs` of SGD on each user's item rows (and, with `user_rows`, on its user row, FedAvg / FedProx:
+  Li et al., MLSys 2020, adds mu (w - w0) to every local weight's gradient on a user's non-empty steps; TFF 0.87's
+  `build_weighted_fed_prox` adds mu (w0 - w), the opposite sign)."""
+  objective = settings.objective
+  rating = objective == mf.RATING
+  embedding, bias, mean = split_weights(item_weights, objective)
+  local_items, labels, mask, rows = shard['local'], shard['labels'], shard['mask'], shard['rows']
+  users, touched = tf.shape(rows)[0], tf.shape(rows)[1]
   start = [tf.gather(embedding, rows), tf.gather(bias, rows)]  # [U, K, d], [U, K, 1]
   if rating:
     start.append(tf.fill([users, 1, 1], mean))
   offsets = tf.range(users)[:, None] * touched
-  local = [tf.reshape(start[0], [-1, tf.shape(embedding)[1]]), tf.reshape(start[1], [-1, 1])] + start[2:]
+  trained_user = list(user) if user_rows is not None else []
+  local = trained_user + [tf.reshape(start[0], [-1, tf.shape(embedding)[1]]),
+                          tf.reshape(start[1], [-1, 1])] + start[2:]
+  initial, first_item = list(local), len(trained_user)
   batches = tf.shape(local_items)[1]
+  mu = settings.proximal_strength
 
   def step(s, local, loss_sum, loss_batches):
     t = s % batches
     index = local_items[:, t] + offsets
     with tf.GradientTape() as tape:
       tape.watch(local)
-      losses, counts = reconstruction.batch_losses(user, tf.gather(local[0], index), tf.gather(local[1], index),
-                                                   local[2] if rating else None, labels[:, t], mask[:, t],
-                                                   objective=objective, l2=settings.l2)
+      items = local[first_item:]
+      losses, counts = reconstruction.batch_losses(local[:first_item] or user, tf.gather(items[0], index),
+                                                   tf.gather(items[1], index), items[2] if rating else None,
+                                                   labels[:, t], mask[:, t], objective=objective, l2=settings.l2)
       total = tf.reduce_sum(losses)
     grads = tape.gradient(total, local)
-    local = [_sgd(v, g, settings.client_learning_rate) for v, g in zip(local, grads)]
     nonempty = tf.cast(counts > 0, tf.float32)
-    return s + 1, local, loss_sum + losses * nonempty, loss_batches + nonempty
+    if mu:  # An empty step is no step: no proximal pull either.
+      per_row = tf.reshape(tf.repeat(nonempty, touched), [-1, 1])
+      grads = [tf.convert_to_tensor(g) + mu * (v - v0) * (per_row if v.shape.rank == 2 else nonempty[:, None, None])
+               for g, v, v0 in zip(grads, local, initial)]
+    local = [_sgd(v, g, settings.client_learning_rate) for v, g in zip(local, grads)]
+    # The reported loss: TFF's Fed Recon averages batch losses; its FedAvg (Keras metrics) weighs them by batch size.
+    weight = counts if user_rows is not None else nonempty
+    return s + 1, local, loss_sum + losses * weight, loss_batches + weight
 
   _, local, loss_sum, loss_batches = tf.while_loop(  # Per user: a non-finite user's loss is left out below.
       lambda s, *_: s < settings.local_epochs * batches, step,
       (tf.constant(0), local, tf.zeros([users]), tf.zeros([users])))
-  deltas = [start[0] - tf.reshape(local[0], tf.shape(start[0])), start[1] - tf.reshape(local[1], tf.shape(start[1]))]
+  deltas = [a - b for a, b in zip(initial[:first_item], local[:first_item])]  # [U, 1, ...]
+  items = local[first_item:]
+  deltas += [start[0] - tf.reshape(items[0], tf.shape(start[0])), start[1] - tf.reshape(items[1], tf.shape(start[1]))]
   if rating:
-    deltas.append(tf.reshape(start[2] - local[2], [users]))  # TFF's convention: initial - final.
+    deltas.append(tf.reshape(start[2] - items[2], [users]))  # TFF's convention: initial - final.
   finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [users, -1])), axis=1)
                                    for d in deltas]), axis=0)
   deltas = [tf.where(tf.reshape(finite, [-1] + [1] * (d.shape.rank - 1)), d, 0.0) for d in deltas]
@@ -196,7 +233,8 @@ def user_updates(weights, shard, settings: ClientSettings):
       num_examples=tf.reduce_sum(examples),
       non_finite_users=tf.reduce_sum(1.0 - counted),
       empty_users=tf.reduce_sum(tf.cast(tf.equal(examples, 0.0), tf.float32)))
-  updates = collections.OrderedDict(rows=rows, deltas=deltas, weight=weight, examples=examples)
+  all_rows = ([user_rows[:, None]] * first_item if first_item else []) + [rows, rows] + ([tf.zeros([users, 0], tf.int64)] if rating else [])
+  updates = collections.OrderedDict(rows=all_rows, deltas=deltas, weight=weight, examples=examples)
   return updates, sums
 
 
