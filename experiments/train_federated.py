@@ -36,7 +36,7 @@ _ALGORITHM = flags.DEFINE_enum(
     'algorithm', 'fed_recon', list(ALGORITHMS),
     'fed_recon: Federated Reconstruction, user parameters stay on clients (cross-device: one user row; cross-silo: '
     'the platform\'s user table). fed_als: federated implicit ALS, each user solved exactly on its device, only its '
-    'ALS statistics aggregated (private ALS with --dp; MF, implicit, cross-device, vectorized engine). '
+    'ALS statistics aggregated (private ALS with --dp; MF, implicit, cross-device). '
     'fed_avg / fed_prox: BASELINES with a global user table that every client '
     'receives and updates (every user\'s embedding leaves its client).')
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
@@ -161,11 +161,14 @@ class ExperimentConfig:
     if self.algorithm == 'fed_als':
       self.als.validate()
       if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
-          or self.engine == 'tff' or self.workers or self.secure_aggregation or self.compression
+          or self.engine == 'tff' or self.compression
           or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
-        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the vectorized engine, '
-                         'with --dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff, --workers, '
-                         '--secure_aggregation or --compression)')
+        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the shard process (or '
+                         'the vectorized engine), with --dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff '
+                         'or --compression)')
+      if self.engine == 'vectorized' and (self.workers or self.secure_aggregation):
+        raise ValueError('--algorithm=fed_als with --workers or --secure_aggregation runs on TFF\'s runtime: use '
+                         '--engine=auto (the shard process)')
     if self.users_per_shard < 1:
       raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
     cohort = self.sampling.clients_per_round
@@ -236,12 +239,14 @@ class ExperimentConfig:
       return False
     if self.algorithm == 'fed_recon':
       return self.data.view == 'cross_device' or self.silo_dp
+    if self.algorithm == 'fed_als':  # Its statistics aggregate as any update; its item solve is its finalizer.
+      return self.data.view == 'cross_device' and self.dp.mechanism != dp.TREE
     # FedAvg / FedProx: each user's row of the global table is that user's own client's (DP stays on TFF's engine).
     return self.algorithm in ('fed_avg', 'fed_prox') and self.data.view == 'cross_device' and not self.dp.enabled
 
   @property
   def resolved_engine(self) -> str:
-    if self.algorithm == 'fed_als':
+    if self.algorithm == 'fed_als' and self.engine == 'vectorized':
       return 'vectorized'
     if self.engine in ('auto', 'shards') and self.shardable:
       return 'shards'
@@ -375,7 +380,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     aggregator = secure.secure_mean()
   if config.compression:
     aggregator = compression.aggregator()
-  if config.algorithm == 'fed_als':
+  if config.algorithm == 'fed_als' and config.resolved_engine == 'vectorized':
     return fed_als.AlsEngine(task, config.als, clients=clients, seed=config.seed,
                              dp_query=dp.dp_query(config.dp, clients) if aggregator else None)
   if config.algorithm in ('fed_avg', 'fed_prox') and config.resolved_engine != 'shards':
@@ -392,6 +397,11 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     if config.dp.enabled:
       query = dp.dp_query(config.dp, clients, **dp_kwargs)
       shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
+    if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
+      return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
+                                 users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
+                                 aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
+                                 clients=clients)
     return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
                                aggregation=shard_aggregation, algorithm=config.algorithm,
                                proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,

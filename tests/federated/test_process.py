@@ -11,7 +11,8 @@ import tensorflow_federated as tff
 from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsics
 from tff_rec import tasks
 from tff_rec.federated import aggregation, fed_avg, fed_recon, process, shard_math, vectorized
-from tff_rec.models import mf
+from tff_rec.federated import als as fed_als
+from tff_rec.models import als, mf
 from tff_rec.privacy import dp, secure
 from tff_rec.training_loop import flatten_metrics
 
@@ -404,3 +405,38 @@ def test_fed_prox_takes_li_et_als_proximal_step_and_tff_087_the_opposite_one(tin
       np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
   no_prox = _dense_prox_steps(task, start, user[0], lr=0.5, mu=0.0, epochs=2)
   assert not np.allclose(no_prox['item_embedding'], expected['item_embedding'], atol=1e-4)  # mu matters here.
+
+
+@pytest.mark.parametrize('private, prior', [(False, True), (True, False)])
+def test_fed_als_shards_equal_the_vectorized_als_engine(tiny_dataset, private, prior):
+  """Exact user solves, per-user statistics (clipped per user under DP, the same (seed, round) noise), the item
+  solve as the finalizer: the same items, evaluation and audit losses, at shard sizes 1 and 4."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  config = als.AlsConfig(alpha=5.0, regularization=10.0, item_prior=prior)
+  query = lambda: dp.dp_query(dp.DPConfig(dp.GAUSSIAN_ADAPTIVE, noise_multiplier=0.5, clip_norm=0.5), 10)
+  reference = fed_als.AlsEngine(task, config, clients=10, dp_query=query() if private else None, seed=3)
+  factory = (lambda dense: aggregation.DPFactory(query(), dense, 3)) if private else aggregation.MeanFactory
+  engines = [process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False), users_per_shard=k,
+                                 eval_learning_rate=1.0, eval_epochs=1, aggregation=factory, algorithm='fed_als',
+                                 als_config=config, clients=10) for k in (1, 4)]
+  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+  ref_state, states = reference.initialize(), [e.initialize() for e in engines]
+  for r in range(3):
+    examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0) + [empty]
+    ref_out = reference.next(ref_state, examples)
+    outs = [e.next(s, examples) for e, s in zip(engines, states)]
+    ref_state, states = ref_out.state, [o.state for o in outs]
+    expected = flatten_metrics(ref_out.metrics)
+    for out in outs:
+      got = flatten_metrics(out.metrics)
+      for key in ('client_work/train/loss', 'communication/upload_bytes_per_client', 'client_work/empty_clients'):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+  clients = task.eval_clients('val')
+  ref_totals = reference.evaluate(ref_state, clients)
+  for engine, state in zip(engines, states):
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=1e-5)
+    assert engine.evaluate(state, clients) == pytest.approx(ref_totals, rel=1e-5, abs=1e-5)
+    np.testing.assert_allclose(engine.client_losses(state, clients), reference.client_losses(ref_state, clients),
+                               atol=1e-5)
+  assert not np.allclose(engines[0].global_weights(states[0])[0], engines[0].global_weights(engines[0].initialize())[0])

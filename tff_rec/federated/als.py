@@ -37,6 +37,14 @@ from tff_rec.models import als, mf, two_tower
 from tff_rec.preprocessing import Examples
 
 
+def item_prior(task, config: als.AlsConfig) -> np.ndarray | None:
+  """The item prior's design matrix from the task's public catalogue (genres, year bucket), if `config` has one."""
+  if not config.item_prior:
+    return None
+  catalogue = two_tower.item_features(task.db_path, task.vocabulary)
+  return als.prior_features(catalogue.genres, catalogue.year_buckets, two_tower.NUM_YEAR_BUCKETS)
+
+
 class AlsEngine(VectorizedEngine):
   """ALS rounds with the interface of the other engines (initialize, next, evaluate, global_weights).
 
@@ -58,11 +66,8 @@ class AlsEngine(VectorizedEngine):
     super().__init__(task, ReconConfig(server_optimizer='sgd', split_dataset=False), eval_learning_rate=1.0,
                      eval_epochs=1, dp_query=dp_query, seed=seed)
     self.als, self.clients = config, float(clients)
-    self.prior = None
-    if config.item_prior:
-      catalogue = two_tower.item_features(task.db_path, task.vocabulary)
-      self.prior = tf.constant(als.prior_features(catalogue.genres, catalogue.year_buckets,
-                                                  two_tower.NUM_YEAR_BUCKETS))
+    prior = item_prior(task, config)
+    self.prior = None if prior is None else tf.constant(prior)
 
   def next(self, state, examples: list[Examples]) -> RoundOutput:
     output = super().next(state, examples)

@@ -25,6 +25,7 @@ deployment form: one TFF client per user.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -34,8 +35,9 @@ import tensorflow_federated as tff
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
 from tff_rec.federated import aggregation as aggregation_lib
+from tff_rec.federated import als as fed_als
 from tff_rec.federated import fed_recon, shard_math
-from tff_rec.models import mf
+from tff_rec.models import als, mf
 
 _F32 = np.float32
 
@@ -127,17 +129,23 @@ def client_settings(task, config: fed_recon.ReconConfig, algorithm: str = shard_
 
 Aggregation = Callable[[list[tf.TensorSpec]], tff.aggregators.UnweightedAggregationFactory]
 FED_PROX = 'fed_prox'
-ALGORITHMS = (shard_math.FED_RECON, shard_math.FED_AVG, FED_PROX)
+ALGORITHMS = (shard_math.FED_RECON, shard_math.FED_AVG, FED_PROX, shard_math.FED_ALS)
 
 
 def build_learning_process(initial: list[np.ndarray], settings: shard_math.ClientSettings,
-                           config: fed_recon.ReconConfig, *, aggregation: Aggregation = aggregation_lib.MeanFactory
-                           ) -> tff.learning.templates.LearningProcess:
-  """TFF's broadcast, the shard client work of `settings`, a shard aggregator, TFF's optimizer finalizer.
+                           config: fed_recon.ReconConfig, *, aggregation: Aggregation = aggregation_lib.MeanFactory,
+                           update_specs: list[tf.TensorSpec] | None = None,
+                           finalizer: Callable[[tff.Type, tff.Type], tff.learning.templates.FinalizerProcess] | None
+                           = None) -> tff.learning.templates.LearningProcess:
+  """TFF's broadcast, the shard client work of `settings`, a shard aggregator, a finalizer.
 
   `initial`: the global weights (`initial_weights`, `fedavg_initial_weights`).
-  `aggregation`: the trainable weights' specs -> a factory of
+  `aggregation`: the update's dense specs -> a factory of
   `tff_rec.federated.aggregation` (the weighted mean by default; DP; secure).
+  `update_specs`: the dense shapes of the aggregated update, if not the
+  weights' (ALS's statistics). `finalizer`: (model weights type, aggregated
+  update type) -> the finalizer; default TFF's `build_apply_optimizer_finalizer`
+  with the server optimizer and its rate schedule.
   """
   config.validate()
   if config.split_dataset:
@@ -150,17 +158,50 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
 
   client_work = build_client_work(model_weights_type, settings)
   update_type = client_work.next.type_signature.result.result.member.update
-  dense = [tf.TensorSpec(w.shape, _F32) for w in initial]
+  dense = update_specs or [tf.TensorSpec(w.shape, _F32) for w in initial]
   aggregation_lib.user_updates_type(dense).check_assignable_from(update_type)  # What every shard aggregator takes.
-  factory = tff.aggregators.as_weighted_aggregator(aggregation(dense))
+  aggregator = tff.aggregators.as_weighted_aggregator(aggregation(dense)).create(update_type, tff.TensorType(_F32))
+  if finalizer is None:
+    finalizer_process = tff.learning.templates.build_apply_optimizer_finalizer(
+        fed_recon.server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon,
+                                   config.server_lr_schedule), model_weights_type)
+  else:
+    finalizer_process = finalizer(model_weights_type, aggregator.next.type_signature.result.result.member)
   return tff.learning.templates.compose_learning_process(
-      initial_model_weights,
-      tff.learning.templates.build_broadcast_process(model_weights_type),
-      client_work,
-      factory.create(update_type, tff.TensorType(_F32)),
-      tff.learning.templates.build_apply_optimizer_finalizer(
-          fed_recon.server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon,
-                                     config.server_lr_schedule), model_weights_type))
+      initial_model_weights, tff.learning.templates.build_broadcast_process(model_weights_type), client_work,
+      aggregator, finalizer_process)
+
+
+def build_als_finalizer(config: als.AlsConfig, clients: float, prior: np.ndarray | None
+                        ) -> Callable[[tff.Type, tff.Type], tff.learning.templates.FinalizerProcess]:
+  """Federated ALS's server step as a TFF finalizer: every item's ridge regression on the (noised) mean statistics
+  (`als.solve_items`, regularization / `clients` in mean units); a non-finite mean keeps the items
+  (`update_non_finite`), as TFF's optimizer finalizer does."""
+
+  def build(model_weights_type: tff.Type, update_type: tff.Type) -> tff.learning.templates.FinalizerProcess:
+    @tff.tensorflow.computation(model_weights_type, update_type)
+    def solve(weights, update):
+      gram, sums = update
+      table, bias = weights.trainable
+      finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(gram)), tf.reduce_all(tf.math.is_finite(sums)))
+      table = tf.cond(finite, lambda: als.solve_items(gram, sums, config.regularization / clients, prior,
+                                                      config.prior_regularization), lambda: table)
+      return (tff.learning.models.ModelWeights(trainable=[table, bias], non_trainable=[]),
+              collections.OrderedDict(update_non_finite=tf.cast(tf.logical_not(finite), tf.int32)))
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(model_weights_type, tff.SERVER),
+                               tff.FederatedType(update_type, tff.SERVER))
+    def next_fn(state, weights, update):
+      out = tff.federated_map(solve, (weights, update))
+      return tff.templates.MeasuredProcessOutput(state, out[0], out[1])
+
+    return tff.learning.templates.FinalizerProcess(init_fn, next_fn)
+
+  return build
 
 
 def eval_type(kind: str) -> tff.SequenceType:
@@ -175,7 +216,7 @@ def eval_type(kind: str) -> tff.SequenceType:
 
 
 def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
-                     epochs: int, item_side: int = 0) -> tff.Computation:
+                     epochs: int, item_side: int = 0, als_config: als.AlsConfig | None = None) -> tff.Computation:
   """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard
   from the item side (the weights from position `item_side` on; FedAvg's user table is not used)."""
   data_type = eval_type(kind)
@@ -184,7 +225,7 @@ def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str,
   @tf.function
   def client_sums(weights, dataset):
     return shard_math.evaluation_sums(tuple(weights.trainable)[item_side:], dataset.get_single_element(),
-                                      objective=objective,
+                                      objective=objective, als_config=als_config,
                                       l2=l2, learning_rate=learning_rate, epochs=epochs)
 
   @tff.federated_computation(tff.FederatedType(model_weights_type, tff.SERVER),
@@ -199,33 +240,48 @@ class ShardEngine:
   """MF on TFF's runtime, a TFF client per shard of users; the interface of the other engines.
 
   `algorithm`: `fed_recon` (the task's users are local rows), `fed_avg` or
-  `fed_prox` (with `proximal_strength`; the task's user table is global).
+  `fed_prox` (with `proximal_strength`; the task's user table is global), or
+  `fed_als` (with `als_config` and `clients`, the expected cohort its mean
+  statistics are over; `config`'s server optimizer does not apply).
   """
 
   _communication: dict[str, float] | None = None
 
   def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
                eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory,
-               algorithm: str = shard_math.FED_RECON, proximal_strength: float = 0.0):
+               algorithm: str = shard_math.FED_RECON, proximal_strength: float = 0.0,
+               als_config: als.AlsConfig | None = None, clients: float = 0.0):
     if users_per_shard < 1:
       raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
     if algorithm not in ALGORITHMS:
       raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {algorithm!r}')
-    global_users = algorithm != shard_math.FED_RECON
+    global_users = algorithm in (shard_math.FED_AVG, FED_PROX)
     if (task.user_table == 'global') != global_users:
       raise ValueError(f'{algorithm} needs a task whose user table is '
                        f'{"global" if global_users else "a local row (user_table=None)"}, got {task.user_table!r}')
     if (algorithm == FED_PROX) != (proximal_strength > 0):
       raise ValueError(f'proximal_strength must be > 0 exactly for fed_prox, got {proximal_strength} for {algorithm}')
     self.task, self.users_per_shard = task, users_per_shard
-    self.settings = client_settings(task, config, shard_math.FED_AVG if global_users else shard_math.FED_RECON,
-                                    proximal_strength)
+    kind = shard_math.FED_AVG if global_users else algorithm
+    self.settings = dataclasses.replace(client_settings(task, config, kind, proximal_strength), als=als_config)
     initial = fedavg_initial_weights(task) if global_users else initial_weights(task.model_config)
     self._item_side = len(initial) - (3 if task.objective == mf.RATING else 2)
-    self.process = build_learning_process(initial, self.settings, config, aggregation=aggregation)
-    self._weights_type = self.process.get_model_weights.type_signature.result
     self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
                       epochs=eval_epochs)
+    process_kwargs = {}
+    if algorithm == shard_math.FED_ALS:
+      if als_config is None or clients <= 0 or task.objective != mf.IMPLICIT:
+        raise ValueError('fed_als needs implicit feedback, als_config and the expected cohort (clients > 0)')
+      rows, dim = initial[0].shape
+      process_kwargs = dict(
+          update_specs=[tf.TensorSpec([dim, dim], _F32), tf.TensorSpec([rows, dim], _F32)],
+          finalizer=build_als_finalizer(als_config, float(clients), fed_als.item_prior(task, als_config)))
+      self._eval['als_config'] = als_config
+      # A user uploads its statistics: x x^T and the [rows, d] table, float32 (as a dense update would).
+      self._communication = {'communication/download_bytes_per_client': float(4 * sum(w.size for w in initial)),
+                             'communication/upload_bytes_per_client': float(4 * (dim * dim + rows * dim))}
+    self.process = build_learning_process(initial, self.settings, config, aggregation=aggregation, **process_kwargs)
+    self._weights_type = self.process.get_model_weights.type_signature.result
     self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side, **self._eval)
     self._losses = tf.function(shard_math.support_losses, reduce_retracing=True)
 

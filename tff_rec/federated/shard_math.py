@@ -28,11 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 from tff_rec.evaluation import client_eval
-from tff_rec.models import mf, reconstruction
+from tff_rec.models import als, mf, reconstruction
 from tff_rec.preprocessing import Examples, pad_rows
 
 UNIFORM, NUM_EXAMPLES = 'uniform', 'num_examples'
-FED_RECON, FED_AVG = 'fed_recon', 'fed_avg'
+FED_RECON, FED_AVG, FED_ALS = 'fed_recon', 'fed_avg', 'fed_als'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,10 @@ class ClientSettings:
   reconstruction_epochs: int
   local_epochs: int
   client_weighting: str = NUM_EXAMPLES
-  algorithm: str = 'fed_recon'  # FED_RECON: the user reconstructed, local; FED_AVG: its row of a global table.
+  algorithm: str = 'fed_recon'  # FED_RECON: the user reconstructed, local; FED_AVG: its row of a global table;
+  # FED_ALS: the user solved exactly, its ALS statistics the update.
   proximal_strength: float = 0.0  # FedProx's mu (FED_AVG).
+  als: als.AlsConfig | None = None  # FED_ALS.
 
 
 def shard_sizes(num_users: int, users_per_shard: int) -> list[int]:
@@ -155,6 +157,8 @@ def user_updates(weights, shard, settings: ClientSettings):
     sums an OrderedDict of the shard's loss sum, batch count, examples,
     non-finite and empty users.
   """
+  if settings.algorithm == FED_ALS:
+    return als_updates(weights, shard, settings.als)
   if settings.algorithm == FED_AVG:  # The user's row of the global table, trained with the items (McMahan et al.).
     tables = 2 if settings.objective == mf.RATING else 1
     user = [tf.gather(table, shard['users'])[:, None, :] for table in weights[:tables]]
@@ -238,6 +242,46 @@ def _local_updates(user, item_weights, shard, settings: ClientSettings, user_row
   return updates, sums
 
 
+def als_updates(weights, shard, config: als.AlsConfig):
+  """Every user's implicit-ALS statistics (Hu, Koren & Volinsky, ICDM 2008), and the shard's training sums.
+
+  Each user solves its embedding x exactly against the item table
+  (`als.solve_users`) and contributes x x^T and (1 + alpha) x at its rated
+  rows (`als.user_statistics`, here on the rows it touched). Returns (updates,
+  sums) as `user_updates`: deltas [gram [U, d, d] (rows: 0..d-1), sums
+  [U, K, d]], weight 1 for a user with a rated item and a finite solve (else
+  0, the statistics zeroed), examples its rated items.
+  """
+  embedding, bias = weights[0], weights[1]
+  rows = shard['rows']
+  users, touched, dim = tf.shape(rows)[0], tf.shape(rows)[1], tf.shape(embedding)[1]
+  local = tf.reshape(shard['local'], [users, -1])
+  labels, mask = tf.reshape(shard['labels'], [users, -1]), tf.reshape(shard['mask'], [users, -1])
+  items = tf.gather(rows, local, batch_dims=1)
+  positives = als.positive_weights(labels, mask)
+  x = als.solve_users(embedding, items, positives, config)
+  finite = tf.reduce_all(tf.math.is_finite(x), axis=1)
+  x = tf.where(finite[:, None], x, 0.0)
+  segments = tf.cast(local, tf.int32) + tf.range(users)[:, None] * touched
+  values = (1.0 + config.alpha) * positives[..., None] * x[:, None, :]
+  sums = tf.reshape(tf.math.unsorted_segment_sum(tf.reshape(values, [-1, dim]), tf.reshape(segments, [-1]),
+                                                 users * touched), [users, touched, dim])
+  gram = tf.einsum('ud,ue->ude', x, x)
+  rated = tf.reduce_sum(positives, axis=1)
+  weight = tf.cast(tf.logical_and(finite, rated > 0), tf.float32)
+  scores = mf.predict(x[:, None, :], tf.gather(embedding, items), tf.gather(bias, items))[..., 0]
+  counts = tf.reduce_sum(mask, axis=1)
+  losses = tf.math.divide_no_nan(tf.reduce_sum(als.example_losses(scores, labels, config) * mask, axis=1), counts)
+  nonempty = tf.cast(counts > 0, tf.float32)
+  sums_out = collections.OrderedDict(
+      loss_sum=tf.reduce_sum(losses * nonempty), loss_batches=tf.reduce_sum(nonempty),
+      num_examples=tf.reduce_sum(counts), non_finite_users=tf.reduce_sum(1.0 - tf.cast(finite, tf.float32)),
+      empty_users=tf.reduce_sum(tf.cast(tf.equal(counts, 0.0), tf.float32)))
+  gram_rows = tf.tile(tf.range(dim, dtype=tf.int64)[None], [users, 1])
+  updates = collections.OrderedDict(rows=[gram_rows, rows], deltas=[gram, sums], weight=weight, examples=rated)
+  return updates, sums_out
+
+
 # Evaluation: every user reconstructed from its support, then the metric sums of `client_eval`.
 
 def eval_arrays(clients, batch_size: int, num_items: int) -> collections.OrderedDict:
@@ -253,18 +297,24 @@ def eval_arrays(clients, batch_size: int, num_items: int) -> collections.Ordered
                                  query_labels=query_labels, query_mask=query_mask, seen=seen, relevant=relevant)
 
 
-def reconstruct_users(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float, epochs: int):
+def reconstruct_users(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float, epochs: int,
+                      als_config: als.AlsConfig | None = None):
+  """Every user's local parameters from its support: SGD (`reconstruction.reconstruct`), or with `als_config`
+  the exact ALS solve (`als.reconstruct`; the SGD settings do not apply)."""
   embedding, bias, mean = split_weights(weights, objective)
+  if als_config is not None:
+    return [als.reconstruct(embedding, items, labels, mask, als_config)]
   return reconstruction.reconstruct(embedding, bias, mean, items, labels, mask, objective=objective, l2=l2,
                                     learning_rate=learning_rate, epochs=epochs)
 
 
-def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: float,
-                    epochs: int) -> collections.OrderedDict:
-  """The metric sums of `client_eval` over a shard of users (`eval_arrays`), each reconstructed from its support."""
+def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: float, epochs: int,
+                    als_config: als.AlsConfig | None = None) -> collections.OrderedDict:
+  """The metric sums of `client_eval` over a shard of users (`eval_arrays`), each reconstructed from its support
+  (`reconstruct_users`)."""
   rating = objective == mf.RATING
   user = reconstruct_users(weights, data['items'], data['labels'], data['mask'], objective=objective, l2=l2,
-                           learning_rate=learning_rate, epochs=epochs)
+                           learning_rate=learning_rate, epochs=epochs, als_config=als_config)
   embedding, bias, mean = split_weights(weights, objective)
   p_u = user[0]
   b_u = user[1] if rating else None
@@ -316,17 +366,25 @@ def split_eval(clients, users_per_shard: int) -> list:
 
 
 def support_losses(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float,
-                   epochs: int) -> tf.Tensor:
-  """Each user's mean loss on its support after reconstruction [U] (the membership-inference signal)."""
+                   epochs: int, als_config: als.AlsConfig | None = None) -> tf.Tensor:
+  """Each user's mean loss on its support after reconstruction [U] (the membership-inference signal; with
+  `als_config`, ALS's loss after its exact solve)."""
   user = reconstruct_users(weights, items, labels, mask, objective=objective, l2=l2, learning_rate=learning_rate,
-                           epochs=epochs)
+                           epochs=epochs, als_config=als_config)
   embedding, bias, mean = split_weights(weights, objective)
   users = tf.shape(items)[0]
   mu = None if mean is None else tf.fill([users, 1, 1], mean)
 
   def step(t, total):
-    losses, counts = reconstruction.batch_losses(user, tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]),
-                                                 mu, labels[:, t], mask[:, t], objective=objective, l2=l2)
+    if als_config is not None:
+      scores = mf.predict(user[0], tf.gather(embedding, items[:, t]), tf.gather(bias, items[:, t]))[..., 0]
+      counts = tf.reduce_sum(mask[:, t], axis=1)
+      losses = tf.math.divide_no_nan(
+          tf.reduce_sum(als.example_losses(scores, labels[:, t], als_config) * mask[:, t], axis=1), counts)
+    else:
+      losses, counts = reconstruction.batch_losses(user, tf.gather(embedding, items[:, t]),
+                                                   tf.gather(bias, items[:, t]), mu, labels[:, t], mask[:, t],
+                                                   objective=objective, l2=l2)
     return t + 1, total + losses * counts
 
   _, total = tf.while_loop(lambda t, _: t < tf.shape(items)[1], step, (tf.constant(0), tf.zeros([users])))
