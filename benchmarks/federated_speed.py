@@ -4,8 +4,8 @@ r"""Federated round speed, measured side by side in one run (issue 6: R1-R6; iss
 
 R1: steady-state federated throughput (training examples per second over
     rounds 3..N) / Keras `fit` throughput of the same MF model, batch size and
-    examples, centralized. For the shard process (the default engine), the
-    vectorized engine and TFF's own `build_fed_recon`; and the shard process
+    examples, centralized. For the shard process (the default engine) and
+    TFF's own `build_fed_recon`; and the shard process
     against a plain single-threaded NumPy loop of the same client maths
     (`benchmarks.numpy_reference`: the cost of the work without a framework).
 R2: per-user fixed cost: the slope of round time against users per round at a
@@ -17,7 +17,7 @@ R3: DP round time / non-private round time (shard process, Gaussian fixed clip, 
 R4: memory: RSS (this process and TFF's worker) after round 500 / after round 10 of one long run.
 Workers: round time across two local worker services (--workers) / the local runtime (shard process).
 R6: wall time of the headline MovieLens-100K configuration to its final
-    metrics (the binary run as a user runs it), shard process and vectorized engine one after the other.
+    metrics (the binary run as a user runs it) on the shard process.
 
 Ratios are what to read: this machine is shared and noisy.
 """
@@ -39,7 +39,7 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime, tasks
 from benchmarks import numpy_reference
-from tff_rec.federated import aggregation, fed_recon, process, sampling, vectorized
+from tff_rec.federated import aggregation, fed_recon, process, sampling
 from tff_rec.models import mf
 from tff_rec.privacy import dp
 
@@ -236,21 +236,18 @@ def main(argv):
     if kind == 'shards':
       return process.ShardEngine(task, CONFIG, users_per_shard=USERS_PER_SHARD, eval_learning_rate=2.0, eval_epochs=1,
                                  **kwargs)
-    cls = vectorized.VectorizedEngine if kind == 'vectorized' else fed_recon.TffEngine
-    return cls(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1)
+    return fed_recon.TffEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1)
 
   try:
     keras = keras_fit_throughput(task)
     numpy_loop = numpy_throughput(task, _ROUNDS.value)
     shards = federated_throughput(make('shards'), task, _ROUNDS.value)
-    fast = federated_throughput(make('vectorized'), task, _ROUNDS.value)
     reference = federated_throughput(make('tff'), task, _TFF_ROUNDS.value)
     print(f'R1 Keras fit (centralized, batch {BATCH}): {keras:,.0f} examples/s')
     print(f'R1 shard process ({USERS_PER_SHARD} users a TFF client): {shards:,.0f} examples/s  ratio {shards / keras:.2f}  '
           '(target >= 4)')
-    print(f'R1 vectorized engine: {fast:,.0f} examples/s  ratio {fast / keras:.2f}')
     print(f'R1 TFF build_fed_recon engine: {reference:,.0f} examples/s  ratio {reference / keras:.2f}')
-    print(f'   shard process / vectorized: {shards / fast:.2f}x; / TFF build_fed_recon: {shards / reference:.1f}x')
+    print(f'   shard process / TFF build_fed_recon: {shards / reference:.1f}x')
     print(f'NumPy loop of the same client maths (single-threaded): {numpy_loop:,.0f} examples/s; shard process / NumPy '
           f'{shards / numpy_loop:.2f} (target >= 1.0)')
     slope = per_client_cost(lambda: make('shards'), task, [25, 50, 100, 200])
@@ -278,9 +275,7 @@ def main(argv):
     runtime.stop_all_workers()
   if not _SKIP_R6.value:
     ours = headline_wall_seconds(_HEADLINE.value)
-    before = headline_wall_seconds(_HEADLINE.value, '--engine=vectorized')
-    print(f'R6 {_HEADLINE.value}: shard process {ours:.0f} s, vectorized engine {before:.0f} s wall to final metrics  '
-          f'ratio {ours / before:.2f} (targets <= 180 s, ratio <= 1.1)')
+    print(f'R6 {_HEADLINE.value}: shard process {ours:.0f} s wall to final metrics (target <= 180 s)')
 
 
 if __name__ == '__main__':

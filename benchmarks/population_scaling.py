@@ -8,7 +8,7 @@ ratings per user); the 1,000-user one is prepared here if absent. A round is
 what the training loop does: sample the cohort from the whole population, read
 its clients' rows from SQLite, build their examples (`training_loop.RoundData`:
 the next round's while this one computes; a read that outlasts the round is
-counted), and run the vectorized Fed Recon round. The two populations take turns round by round, so machine
+counted), and run the Fed Recon round on the shard process. The two populations take turns round by round, so machine
 noise hits both alike.
 """
 
@@ -22,7 +22,7 @@ from absl import app, flags
 from tff_rec import runtime, tasks, training_loop
 from tff_rec.data import pipeline
 from tff_rec.data.synthetic import SyntheticConfig
-from tff_rec.federated import fed_recon, sampling, vectorized
+from tff_rec.federated import fed_recon, process, sampling
 
 _LARGE = flags.DEFINE_string('large_dir', 'data/synthetic_u1000000_i2000_s0', 'The 1M-user prepared dataset.')
 _SMALL = flags.DEFINE_string('small_dir', 'data/synthetic_u1000_i2000_s0', 'The 1k-user dataset (made if absent).')
@@ -46,7 +46,7 @@ def main(argv):
   runs = []
   for path in (_LARGE.value, _SMALL.value):
     task = tasks.RecommendationTask(tasks.DataConfig(path, batch_size=64), embedding_dim=32, init_stddev=0.3)
-    engine = vectorized.VectorizedEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1)
+    engine = process.ShardEngine(task, CONFIG, users_per_shard=10, eval_learning_rate=2.0, eval_epochs=1)
     data = training_loop.RoundData(
         lambda r, task=task: sampling.sample_clients(task.train_data.id_array, r, 0, config),
         lambda ids, r, task=task: task.train_examples(ids, r, 0), _ROUNDS.value)

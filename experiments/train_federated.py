@@ -22,13 +22,13 @@ import tensorflow_federated as tff
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
-from tff_rec.federated import als as fed_als
-from tff_rec.federated import aggregation, compression, fed_avg, fed_recon, lr_schedule, process, sampling, vectorized
+from tff_rec.federated import aggregation, compression, fed_avg, fed_recon, lr_schedule, process, sampling
 from tff_rec.models import als, reconstruction
 from tff_rec.privacy import distributed, dp, secure
 
 ALGORITHMS = ('fed_recon', 'fed_als', 'fed_avg', 'fed_prox')
-ENGINES = ('auto', 'shards', 'vectorized', 'tff')
+ENGINES = ('auto', 'shards', 'tff')
+REMOVED_ENGINES = ('vectorized',)  # A flagfile that still names one gets a one-line message.
 DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
 
 # Algorithm.
@@ -39,14 +39,15 @@ _ALGORITHM = flags.DEFINE_enum(
     'ALS statistics aggregated (private ALS with --dp; MF, implicit, cross-device). '
     'fed_avg / fed_prox: BASELINES with a global user table that every client '
     'receives and updates (every user\'s embedding leaves its client).')
-_ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES),
+_ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES + REMOVED_ENGINES),
                             'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
                             '--users_per_shard users (MF cross-device: Federated Reconstruction with user-level DP or '
                             '--secure_aggregation, also cross-silo with DP; FedAvg / FedProx without DP; '
                             '--nosplit_dataset; not --dp=distributed or --compression for now; also with --workers); '
-                            'vectorized: the whole cohort in one TF graph outside TFF (fed_als); tff: TFF\'s own '
-                            'processes, one TFF client per client; auto: shards, else vectorized, else tff, where each '
-                            'applies. All three give the same model (tested).')
+                            'tff: TFF\'s own processes (build_fed_recon, build_weighted_fed_avg / fed_prox), one TFF '
+                            'client per client: the reference, and the engine of what the shard process does not run '
+                            'yet; auto: shards where it applies, else tff. Both give the same model (tested). '
+                            '(vectorized: removed; the shard process trains its model.)')
 _USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, '--engine=shards: users per TFF client (a shard\'s '
                                         'users are computed side by side; 1 is the deployment form, one TFF client '
                                         'per user). Any size gives the same model. Default: '
@@ -158,17 +159,16 @@ class ExperimentConfig:
                        'solves the item step exactly)')
     if self.als.item_prior and self.algorithm != 'fed_als':
       raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
+    if self.engine in REMOVED_ENGINES:
+      raise ValueError(f'--engine={self.engine} was removed: the shard process (--engine=auto) trains the same model '
+                       '(tested equal); drop the flag')
     if self.algorithm == 'fed_als':
       self.als.validate()
       if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
           or self.engine == 'tff' or self.compression
           or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
-        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the shard process (or '
-                         'the vectorized engine), with --dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff '
-                         'or --compression)')
-      if self.engine == 'vectorized' and (self.workers or self.secure_aggregation):
-        raise ValueError('--algorithm=fed_als with --workers or --secure_aggregation runs on TFF\'s runtime: use '
-                         '--engine=auto (the shard process)')
+        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the shard process, with '
+                         '--dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff or --compression)')
     if self.users_per_shard < 1:
       raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
     cohort = self.sampling.clients_per_round
@@ -181,15 +181,8 @@ class ExperimentConfig:
                        f'--compression for now (got --model={self.model} '
                        f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
                        '--engine=auto')
-    if self.workers and self.engine == 'vectorized':
-      raise ValueError('--workers runs TFF\'s runtime across worker services: use --engine=tff (the vectorized engine '
-                       'runs in this process)')
     self.recon.validate()
     self.loop.validate()
-    if self.engine == 'vectorized' and not self.vectorizable:
-      raise ValueError('--engine=vectorized runs MF Federated Reconstruction cross-device with --nosplit_dataset '
-                       f'only (got --model={self.model} --algorithm={self.algorithm} --view={self.data.view} '
-                       f'--split_dataset={self.recon.split_dataset}); use --engine=tff')
     if self.model == tasks.TWO_TOWER and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'
                                           or self.objective != 'implicit'):
       raise ValueError('--model=two_tower trains with --algorithm=fed_recon --view=cross_device --objective=implicit')
@@ -199,21 +192,15 @@ class ExperimentConfig:
     if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF or self.engine == 'tff'
                          or self.dp.mechanism in (dp.TREE, dp.DISTRIBUTED)):
       raise ValueError('--dp with --view=cross_silo runs each platform\'s users\' updates, clipped per user, on the '
-                       'shard process (a platform a TFF client) or the vectorized engine: MF Federated '
-                       'Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
+                       'shard process (a platform a TFF client): MF Federated Reconstruction with '
+                       '--dp=gaussian_fixed|gaussian_adaptive')
     if self.secure_aggregation and self.dp.enabled:
       raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
                        'securely) instead of both')
     if self.dp.mechanism == dp.DISTRIBUTED:
-      if self.engine == 'vectorized':
-        raise ValueError('--dp=distributed runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
       distributed.check_protobuf()
-    if self.secure_aggregation and self.engine == 'vectorized':
-      raise ValueError('--secure_aggregation runs on TFF\'s runtime (the secure sum intrinsic): use --engine=tff')
     if self.compression and (self.dp.enabled or self.secure_aggregation):
       raise ValueError('--compression is not composed with --dp or --secure_aggregation yet; use one of them')
-    if self.compression and self.engine == 'vectorized':
-      raise ValueError('--compression runs TFF\'s encoded aggregation: use --engine=tff')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     self.evaluation.validate()
@@ -225,13 +212,6 @@ class ExperimentConfig:
   def silo_dp(self) -> bool:
     """Cross-silo with user-level DP: platforms are sampled, and each clips every one of its users' updates."""
     return self.data.view == 'cross_silo' and self.dp.enabled
-
-  @property
-  def vectorizable(self) -> bool:
-    if self.algorithm == 'fed_als':
-      return True
-    return (self.algorithm == 'fed_recon' and (self.data.view == 'cross_device' or self.silo_dp)
-            and not self.recon.split_dataset and self.model == tasks.MF)
 
   @property
   def shardable(self) -> bool:
@@ -246,16 +226,8 @@ class ExperimentConfig:
 
   @property
   def resolved_engine(self) -> str:
-    if self.algorithm == 'fed_als' and self.engine == 'vectorized':
-      return 'vectorized'
-    if self.engine in ('auto', 'shards') and self.shardable:
-      return 'shards'
-    if (self.algorithm != 'fed_recon' or self.secure_aggregation or self.workers or self.compression
-        or self.dp.mechanism == dp.DISTRIBUTED):
-      return 'tff'
-    if self.engine == 'auto':
-      return 'vectorized' if self.vectorizable else 'tff'
-    return self.engine
+    """`shards` where the shard process runs the configuration (unless --engine=tff), else `tff`."""
+    return 'shards' if self.engine in ('auto', 'shards') and self.shardable else 'tff'
 
   @property
   def user_table(self) -> str | None:
@@ -366,8 +338,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
   dp_kwargs = {}
   if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
     trainable = update_variables(config, task)
-    # Structured as each engine hands the update over: TFF's weights are a list, the vectorized engine's a tuple.
-    container = tuple if config.resolved_engine in ('vectorized', 'shards') else list
+    # Structured as each engine hands the update over: TFF's weights are a list, the shard aggregator's a tuple.
+    container = tuple if config.resolved_engine == 'shards' else list
     dp_kwargs = dict(record_specs=container(tf.TensorSpec(v.shape, v.dtype) for v in trainable),
                      rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
   if config.dp.mechanism == dp.DISTRIBUTED:
@@ -380,9 +352,6 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     aggregator = secure.secure_mean()
   if config.compression:
     aggregator = compression.aggregator()
-  if config.algorithm == 'fed_als' and config.resolved_engine == 'vectorized':
-    return fed_als.AlsEngine(task, config.als, clients=clients, seed=config.seed,
-                             dp_query=dp.dp_query(config.dp, clients) if aggregator else None)
   if config.algorithm in ('fed_avg', 'fed_prox') and config.resolved_engine != 'shards':
     recon = config.recon
     return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
@@ -406,9 +375,6 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
                                aggregation=shard_aggregation, algorithm=config.algorithm,
                                proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
                                **evaluation)
-  if config.resolved_engine == 'vectorized':
-    return vectorized.VectorizedEngine(task, config.recon, dp_query=dp.dp_query(config.dp, clients, **dp_kwargs)
-                                       if aggregator else None, seed=config.seed, **evaluation)
   return fed_recon.TffEngine(task, config.recon, aggregator=aggregator, **evaluation)
 
 

@@ -3,8 +3,8 @@
 Plain numpy on each client's own arrays (`tff_rec.data.arrays`). Randomness
 (negative sampling, shuffling) comes from a generator seeded per (seed,
 purpose, round, client), so the same seed gives the same batches on every
-engine: the TFF datasets (`as_dataset`) and the vectorised cohort
-(`tff_rec.federated.vectorized`) are built from the same arrays.
+engine: the TFF datasets (`as_dataset`) and the shard process's packed shards
+(`tff_rec.federated.shard_math`) are built from the same arrays.
 """
 
 from __future__ import annotations

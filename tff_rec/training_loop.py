@@ -116,7 +116,7 @@ def run(
   """Runs rounds 1..config.rounds, resuming after the latest checkpoint in `output_dir`.
 
   Args:
-    process: The training engine (`fed_recon.TffEngine`, `vectorized.VectorizedEngine`):
+    process: The training engine (`process.ShardEngine`, `fed_recon.TffEngine`):
       `initialize()` and `next(state, data)` -> output with `.state`, `.metrics`.
     cohort_fn: round -> client ids (seeded per round).
     data_fn: (client ids, round) -> their datasets.

@@ -35,27 +35,23 @@ def _run(tiny_dataset, out, name, **overrides):
 @pytest.mark.parametrize('overrides', [
     {},  # The shard process (TFF's runtime), 3 users in one shard.
     {'users_per_shard': 1},  # One TFF client per user.
-    {'engine': 'vectorized'},
     {'engine': 'tff'},
     {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01, 'client_weighting': 'uniform'},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
     {'model': 'two_tower'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},  # On the shard process.
-    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1, 'engine': 'vectorized'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
-    {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20, 'engine': 'vectorized'},
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
-    {'algorithm': 'fed_als', 'engine': 'vectorized'},
+    {'algorithm': 'fed_als'},
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
-], ids=['shards', 'shards_of_one', 'vectorized', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower',
-        'dp_shards', 'dp_vectorized', 'dp_tff', 'secure_aggregation', 'compression', 'tree_shards', 'tree_vectorized',
-        'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
+], ids=['shards', 'shards_of_one', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower',
+        'dp_shards', 'dp_tff', 'secure_aggregation', 'compression', 'tree_shards', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -70,7 +66,7 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   with flagsaver.flagsaver(**{'data_dir': tiny_dataset, 'clients_per_round': 3, **overrides}):
     resolved = train_federated.config_from_flags().resolved_engine
   assert resolved == overrides.get('engine', resolved)
-  if resolved in ('vectorized', 'shards'):  # The membership-inference audit (engines with per-user losses).
+  if resolved == 'shards':  # The membership-inference audit (engines with per-user losses).
     assert 0.0 <= written['mia/auc'] <= 1.0 and 0.0 <= written['mia/advantage'] <= 1.0
   rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2'] and 'val/hr@10' in rows[0]
@@ -90,18 +86,6 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
     else:
       assert ('SingleEpochTreeAggregation' if tree else 'SampledWithoutReplacement') in ledger['dp_event']
     assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
-
-
-@pytest.mark.slow
-def test_cross_silo_dp_with_platforms_as_shards_trains_the_vectorized_engines_model(tiny_dataset, tmp_path):
-  """Each platform one TFF client, its users clipped one by one: the same noisy rounds as the vectorized engine."""
-  silo = dict(dp='gaussian_adaptive', noise_multiplier=0.5, view='cross_silo', clients_per_round=2, rounds=3)
-  with flagsaver.flagsaver(data_dir=tiny_dataset, **silo):
-    assert train_federated.config_from_flags().resolved_engine == 'shards'
-  shards = _run(tiny_dataset, tmp_path, 'shards', **silo)
-  reference = _run(tiny_dataset, tmp_path, 'vectorized', engine='vectorized', **silo)
-  for key in ('hr@10', 'ndcg@10', 'recall@20', 'heldout_users/hr@10', 'epsilon'):
-    assert shards[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
 @pytest.mark.slow
@@ -167,16 +151,12 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'view': 'cross_silo', 'engine': 'vectorized'}, '--engine=vectorized runs MF Federated Reconstruction'),
     ({'algorithm': 'fed_prox', 'proximal_strength': 0.0}, 'needs --proximal_strength > 0'),
     ({'model': 'two_tower', 'objective': 'rating'}, '--model=two_tower trains with'),
-    ({'model': 'two_tower', 'engine': 'vectorized'}, '--engine=vectorized runs MF'),
     ({'dp': 'gaussian_fixed'}, 'needs --noise_multiplier > 0, or --target_epsilon'),
-    ({'secure_aggregation': True, 'engine': 'vectorized'}, '--secure_aggregation runs on TFF'),
     ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'use --dp=distributed'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0, 'clients_per_round': 0, 'client_sampling_rate': 0.3},
      '--dp=distributed needs fixed-size cohorts'),
-    ({'dp': 'distributed', 'noise_multiplier': 1.0, 'engine': 'vectorized'}, '--dp=distributed runs on TFF'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0}, 'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo', 'engine': 'tff'},
      '--dp with --view=cross_silo runs each platform'),
@@ -204,12 +184,11 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),
     ({'clients_per_round': 1000}, 'exceeds the 36 training clients'),
     ({'client_learning_rate': 0.0}, 'client_learning_rate must be > 0'),
-    ({'split_dataset': True, 'engine': 'vectorized'}, '--engine=vectorized runs MF Federated Reconstruction'),
     ({'data_dir': '/nonexistent'}, 'does not exist; prepare it'),
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
-    ({'compression': True, 'engine': 'vectorized'}, '--compression runs TFF'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
+    ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: the shard process .*drop the flag$'),
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
     ({'engine': 'shards', 'dp': 'distributed', 'noise_multiplier': 1.0}, '--engine=shards runs MF cross-device '
      '.* \(got .*--dp=distributed\)'),

@@ -1,12 +1,14 @@
-"""Federated ALS rounds against numpy ALS: the exact user solve, the (clipped, noised) mean statistics, the item step."""
+"""Federated ALS rounds (the shard process) against numpy ALS: the exact user solve, the (clipped, noised) mean statistics, the item step."""
 
 import numpy as np
 import pytest
 
 from tff_rec import tasks
+from tff_rec.federated import aggregation, fed_recon, process
 from tff_rec.federated import als as fed_als
 from tff_rec.models import als, two_tower
 from tff_rec.privacy import dp
+from tff_rec.training_loop import flatten_metrics
 
 CONFIG = als.AlsConfig(alpha=3.0, regularization=2.0)
 
@@ -14,6 +16,14 @@ CONFIG = als.AlsConfig(alpha=3.0, regularization=2.0)
 def _task(tiny_dataset):
   return tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
                                   embedding_dim=3, init_stddev=0.5)
+
+
+def _engine(task, config, clients, query=None, seed=0):
+  """Federated ALS on the shard process (shards of 4 users), with `query`'s user-level DP if given."""
+  factory = (lambda dense: aggregation.DPFactory(query, dense, seed)) if query else aggregation.MeanFactory
+  return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False), users_per_shard=4,
+                             eval_learning_rate=1.0, eval_epochs=1, aggregation=factory, algorithm='fed_als',
+                             als_config=config, clients=clients)
 
 
 def _numpy_round(table, examples, clients, clip=None, features=None, mu=None):
@@ -49,15 +59,16 @@ def test_a_round_is_numpy_als(tiny_dataset):
   task = _task(tiny_dataset)
   ids = task.train_data.client_ids[:10]
   examples = task.train_examples(ids, 0, seed=0)
-  engine = fed_als.AlsEngine(task, CONFIG, clients=len(ids))
+  engine = _engine(task, CONFIG, len(ids))
   state = engine.initialize()
   output = engine.next(state, examples)
-  np.testing.assert_allclose(output.state['weights'][0], _numpy_round(state['weights'][0], examples, len(ids)),
-                             rtol=2e-3, atol=2e-4)
-  np.testing.assert_array_equal(output.state['weights'][1], state['weights'][1])  # The bias stays 0.
-  rows, dim = state['weights'][0].shape
-  assert output.metrics['communication']['upload_bytes_per_client'] == 4 * (dim * dim + rows * dim)
-  assert output.metrics['client_work']['train']['num_examples'] == sum(len(e[0]) for e in examples)
+  start, after = engine.global_weights(state), engine.global_weights(output.state)
+  np.testing.assert_allclose(after[0], _numpy_round(start[0], examples, len(ids)), rtol=2e-3, atol=2e-4)
+  np.testing.assert_array_equal(after[1], start[1])  # The bias stays 0.
+  rows, dim = start[0].shape
+  metrics = flatten_metrics(output.metrics)
+  assert metrics['communication/upload_bytes_per_client'] == 4 * (dim * dim + rows * dim)
+  assert metrics['client_work/train/num_examples'] == sum(len(e[0]) for e in examples)
 
 
 def test_the_item_prior_centres_items_on_their_features(tiny_dataset):
@@ -65,15 +76,16 @@ def test_the_item_prior_centres_items_on_their_features(tiny_dataset):
   ids = task.train_data.client_ids[:10]
   examples = task.train_examples(ids, 0, seed=0)
   config = als.AlsConfig(CONFIG.alpha, CONFIG.regularization, item_prior=True, prior_regularization=0.5)
-  engine = fed_als.AlsEngine(task, config, clients=len(ids))
+  engine = _engine(task, config, len(ids))
   catalogue = two_tower.item_features(task.db_path, task.vocabulary)
   features = als.prior_features(catalogue.genres, catalogue.year_buckets, two_tower.NUM_YEAR_BUCKETS)
-  np.testing.assert_array_equal(engine.prior, features)
+  np.testing.assert_array_equal(fed_als.item_prior(task, config), features)
   state = engine.initialize()
-  table = engine.next(state, examples).state['weights'][0]
-  np.testing.assert_allclose(table, _numpy_round(state['weights'][0], examples, len(ids), features=features, mu=0.5),
+  start = engine.global_weights(state)[0]
+  table = engine.global_weights(engine.next(state, examples).state)[0]
+  np.testing.assert_allclose(table, _numpy_round(start, examples, len(ids), features=features, mu=0.5),
                              rtol=2e-3, atol=2e-4)
-  assert not np.allclose(table, _numpy_round(state['weights'][0], examples, len(ids)), atol=1e-2)
+  assert not np.allclose(table, _numpy_round(start, examples, len(ids)), atol=1e-2)
 
 
 def test_dp_clips_each_users_statistics_and_noise_is_seeded(tiny_dataset):
@@ -81,30 +93,28 @@ def test_dp_clips_each_users_statistics_and_noise_is_seeded(tiny_dataset):
   ids = task.train_data.client_ids[:10]
   examples = task.train_examples(ids, 0, seed=0)
   clip = 0.5
-  engine = fed_als.AlsEngine(task, CONFIG, clients=len(ids),
-                             dp_query=dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1e-9, clip), len(ids)))
+  engine = _engine(task, CONFIG, len(ids), dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1e-9, clip), len(ids)))
   state = engine.initialize()
-  table = engine.next(state, examples).state['weights'][0]
-  unclipped = _numpy_round(state['weights'][0], examples, len(ids))
-  np.testing.assert_allclose(table, _numpy_round(state['weights'][0], examples, len(ids), clip), rtol=2e-3,
-                             atol=2e-4)
+  start = engine.global_weights(state)[0]
+  table = engine.global_weights(engine.next(state, examples).state)[0]
+  unclipped = _numpy_round(start, examples, len(ids))
+  np.testing.assert_allclose(table, _numpy_round(start, examples, len(ids), clip), rtol=2e-3, atol=2e-4)
   assert not np.allclose(table, unclipped, atol=1e-2)  # The clip bit here.
-  noisy = fed_als.AlsEngine(task, CONFIG, clients=len(ids), seed=3,
-                            dp_query=dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, clip), len(ids)))
+  noisy = _engine(task, CONFIG, len(ids), dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, clip), len(ids)), seed=3)
   state = noisy.initialize()
   first, again = noisy.next(state, examples).state, noisy.next(state, examples).state
-  np.testing.assert_array_equal(first['weights'][0], again['weights'][0])
-  assert not np.allclose(first['weights'][0], table, atol=1e-3)
+  np.testing.assert_array_equal(noisy.global_weights(first)[0], noisy.global_weights(again)[0])
+  assert not np.allclose(noisy.global_weights(first)[0], table, atol=1e-3)
 
 
 def test_evaluation_reconstructs_users_exactly(tiny_dataset):
   task = _task(tiny_dataset)
-  engine = fed_als.AlsEngine(task, CONFIG, clients=10)
+  engine = _engine(task, CONFIG, 10)
   state = engine.initialize()
   for r in range(3):
     state = engine.next(state, task.train_examples(task.train_data.client_ids, r, seed=0)).state
   clients = task.eval_clients('test')
-  table = state['weights'][0].astype(np.float64)
+  table = engine.global_weights(state)[0].astype(np.float64)
   hits, losses = 0, []
   for (items, labels), (candidates, _) in zip(clients.support, clients.queries):
     y = np.asarray(labels).reshape(-1)
@@ -124,5 +134,5 @@ def test_evaluation_reconstructs_users_exactly(tiny_dataset):
 
 def test_rating_objective_is_refused(tiny_dataset):
   task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset), objective='rating', embedding_dim=3)
-  with pytest.raises(ValueError, match='fed_als trains implicit feedback'):
-    fed_als.AlsEngine(task, CONFIG, clients=10)
+  with pytest.raises(ValueError, match='fed_als needs implicit feedback'):
+    _engine(task, CONFIG, 10)

@@ -7,7 +7,7 @@ from tff_rec import tasks
 from tff_rec.data import pipeline
 from tff_rec.data.synthetic import SyntheticConfig
 from tff_rec.evaluation import client_eval
-from tff_rec.federated import fed_recon, sampling, vectorized
+from tff_rec.federated import fed_recon, process, sampling
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +24,7 @@ def test_federated_mf_reduces_rmse_below_bound(low_rank_dataset):
   task = tasks.RecommendationTask(tasks.DataConfig(low_rank_dataset, batch_size=16), objective='rating',
                                   embedding_dim=4, l2=0.03, init_stddev=0.1)
   config = fed_recon.ReconConfig('adam', 0.02, 0.5, 0.5, reconstruction_epochs=3, split_dataset=False)
-  engine = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=5)
+  engine = process.ShardEngine(task, config, users_per_shard=10, eval_learning_rate=0.5, eval_epochs=5)
   test = task.eval_clients('test')
   train_mean = np.concatenate([c.ratings for c in task.train_data.get(task.train_data.client_ids)]).mean()
   constant_rmse = float(np.sqrt(np.mean(np.concatenate([(r - train_mean) ** 2 for _, r in test.queries]))))

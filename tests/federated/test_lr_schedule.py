@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tff_rec import tasks
-from tff_rec.federated import fed_recon, lr_schedule, vectorized
+from tff_rec.federated import fed_recon, lr_schedule, process
 
 COSINE = lr_schedule.LrSchedule(lr_schedule.COSINE, rounds=4)
 
@@ -46,24 +46,25 @@ def _cohort(task, round_num):
   return task.train_examples(task.train_data.client_ids[:6], round_num, seed=0)
 
 
-def test_vectorized_round_steps_at_the_scheduled_rate_and_resumes(task):
+def _shards(task, config):
+  return process.ShardEngine(task, config, users_per_shard=3, eval_learning_rate=0.5, eval_epochs=2)
+
+
+def test_shard_round_steps_at_the_scheduled_rate_and_resumes(task):
   """Round 2 of a cosine run is the constant-rate step at rate x multiplier(1) from round 1's model; a new engine
   given round 2's (checkpointed) state takes round 3 as the same engine would."""
-  scheduled = vectorized.VectorizedEngine(task, dataclasses.replace(BASE, server_lr_schedule=COSINE),
-                                          eval_learning_rate=0.5, eval_epochs=2)
+  scheduled = _shards(task, dataclasses.replace(BASE, server_lr_schedule=COSINE))
   state = scheduled.initialize()
   first = scheduled.next(state, _cohort(task, 0)).state
   second = scheduled.next(first, _cohort(task, 1)).state
   rate = float(lr_schedule.multiplier(COSINE, 1))
-  constant = vectorized.VectorizedEngine(task, dataclasses.replace(BASE, server_learning_rate=rate),
-                                         eval_learning_rate=0.5, eval_epochs=2)
-  plain = dict(constant.initialize(), weights=first['weights'])
+  constant = _shards(task, dataclasses.replace(BASE, server_learning_rate=rate))
+  plain = constant.process.set_model_weights(constant.initialize(), scheduled.process.get_model_weights(first))
   for a, b in zip(scheduled.global_weights(second), constant.global_weights(constant.next(plain, _cohort(task, 1)).state)):
     np.testing.assert_allclose(a, b, atol=1e-6)
   assert not np.allclose(scheduled.global_weights(first)[0], scheduled.global_weights(second)[0])
   checkpointed = tf.nest.map_structure(np.asarray, second)
-  restarted = vectorized.VectorizedEngine(task, dataclasses.replace(BASE, server_lr_schedule=COSINE),
-                                          eval_learning_rate=0.5, eval_epochs=2)
+  restarted = _shards(task, dataclasses.replace(BASE, server_lr_schedule=COSINE))
   for a, b in zip(scheduled.global_weights(scheduled.next(second, _cohort(task, 2)).state),
                   restarted.global_weights(restarted.next(checkpointed, _cohort(task, 2)).state)):
     np.testing.assert_array_equal(a, b)
@@ -72,7 +73,7 @@ def test_vectorized_round_steps_at_the_scheduled_rate_and_resumes(task):
 def test_tff_process_follows_the_same_schedule(task):
   config = dataclasses.replace(BASE, server_lr_schedule=COSINE)
   reference = fed_recon.TffEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
-  fast = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
+  fast = _shards(task, config)
   ref_state, fast_state = reference.initialize(), fast.initialize()
   for round_num in range(3):
     ref_state = reference.next(ref_state, _cohort(task, round_num)).state

@@ -9,10 +9,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsics
-from tff_rec import tasks
-from tff_rec.federated import aggregation, fed_avg, fed_recon, process, shard_math, vectorized
-from tff_rec.federated import als as fed_als
-from tff_rec.models import als, mf
+from tff_rec import preprocessing, tasks
+from tff_rec.federated import aggregation, fed_avg, fed_recon, process, shard_math
+from tff_rec.models import mf
 from tff_rec.privacy import dp, secure
 from tff_rec.training_loop import flatten_metrics
 
@@ -146,6 +145,14 @@ def test_pack_shard_indexes_each_users_own_rows():
                                 examples[0][0])
 
 
+def test_pack_batches_cuts_batches_like_dataset_batch():
+  examples = [(np.arange(1, 6), np.ones(5, np.float32)), (np.zeros(0, np.int64), np.zeros(0, np.float32))]
+  items, labels, mask = shard_math.pack_batches(examples, batch_size=2)
+  assert items.shape == (2, 3, 2)
+  assert items[0].tolist() == [[1, 2], [3, 4], [5, 0]] and mask[0].tolist() == [[1, 1], [1, 1], [1, 0]]
+  assert mask[1].sum() == 0 and labels[0, 2].tolist() == [1.0, 0.0]
+
+
 def test_shards_are_cut_evenly_and_by_size():
   assert shard_math.shard_sizes(10, 4) == [4, 3, 3] and shard_math.shard_sizes(3, 10) == [3]
   assert shard_math.shard_sizes(0, 5) == [0]
@@ -225,6 +232,19 @@ def test_dp_is_per_user_whatever_the_shards_and_its_noise_a_function_of_seed_and
   assert not np.array_equal(many.global_weights(after_one)[0], many.global_weights(start)[0])
 
 
+def test_platform_groups_are_shards_and_train_the_same_model(tiny_dataset):
+  """Cross-silo DP: each platform's users one TFF client (`GroupedExamples`); per-user clipping makes the shards'
+  make-up irrelevant, noise included."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  examples = task.train_examples(task.train_data.client_ids[:9], 0, seed=0)
+  grouped = preprocessing.GroupedExamples(examples, [[0, 4, 8], [1, 2], [3, 5, 6, 7]])
+  assert [len(s) for s in shard_math.by_size(grouped, 2)] == [3, 2, 4]  # The groups, whatever the shard size.
+  engines = [_dp_engine(task, k, 'gaussian_fixed') for k in (2, 2)]
+  states = [e.next(e.initialize(), x).state for e, x in zip(engines, (grouped, examples))]
+  _assert_weights_close(engines[0].global_weights(states[0]), engines[1].global_weights(states[1]), atol=2e-6)
+
+
 def test_dp_without_noise_is_the_sum_of_each_users_clipped_update_over_the_cohort(tiny_dataset):
   """Server SGD at rate 1 applies the DP mean: sum_u clip(delta_u) / 10, each user's delta computed alone."""
   task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
@@ -248,27 +268,6 @@ def test_dp_without_noise_is_the_sum_of_each_users_clipped_update_over_the_cohor
   moved = [a - b for a, b in zip(start, private.global_weights(private.next(private.initialize(),
                                                                               examples + [empty]).state))]
   _assert_weights_close(moved, expected, atol=1e-7)
-
-
-@pytest.mark.parametrize('mechanism', ['gaussian_fixed', 'gaussian_adaptive'])
-def test_dp_rounds_equal_the_vectorized_engines_with_the_same_seed(tiny_dataset, mechanism):
-  """The same per-user clip and the same noise (drawn under (seed, round)) in TFF's runtime as in eager TF."""
-  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
-                                  embedding_dim=4, l2=0.01)
-  query = lambda: dp.dp_query(dp.DPConfig(mechanism, noise_multiplier=0.5, clip_norm=0.05), 10)
-  ours = process.ShardEngine(task, CONFIG, users_per_shard=3, eval_learning_rate=0.5, eval_epochs=1,
-                             aggregation=lambda dense: aggregation.DPFactory(query(), dense, 7))
-  reference = vectorized.VectorizedEngine(task, CONFIG, eval_learning_rate=0.5, eval_epochs=1, dp_query=query(),
-                                          seed=7)
-  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-  state, ref_state = ours.initialize(), reference.initialize()
-  for r in range(3):
-    examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0) + [empty]
-    out, ref_out = ours.next(state, examples), reference.next(ref_state, examples)
-    state, ref_state = out.state, ref_out.state
-    assert flatten_metrics(out.metrics)['aggregator/clip_norm'] == pytest.approx(
-        flatten_metrics(ref_out.metrics)['privacy/clip_norm'], rel=1e-5)
-  _assert_weights_close(ours.global_weights(state), reference.global_weights(ref_state), atol=2e-5)
 
 
 def _secure_engine(task, users_per_shard, config):
@@ -405,38 +404,3 @@ def test_fed_prox_takes_li_et_als_proximal_step_and_tff_087_the_opposite_one(tin
       np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
   no_prox = _dense_prox_steps(task, start, user[0], lr=0.5, mu=0.0, epochs=2)
   assert not np.allclose(no_prox['item_embedding'], expected['item_embedding'], atol=1e-4)  # mu matters here.
-
-
-@pytest.mark.parametrize('private, prior', [(False, True), (True, False)])
-def test_fed_als_shards_equal_the_vectorized_als_engine(tiny_dataset, private, prior):
-  """Exact user solves, per-user statistics (clipped per user under DP, the same (seed, round) noise), the item
-  solve as the finalizer: the same items, evaluation and audit losses, at shard sizes 1 and 4."""
-  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
-                                  embedding_dim=4, l2=0.01)
-  config = als.AlsConfig(alpha=5.0, regularization=10.0, item_prior=prior)
-  query = lambda: dp.dp_query(dp.DPConfig(dp.GAUSSIAN_ADAPTIVE, noise_multiplier=0.5, clip_norm=0.5), 10)
-  reference = fed_als.AlsEngine(task, config, clients=10, dp_query=query() if private else None, seed=3)
-  factory = (lambda dense: aggregation.DPFactory(query(), dense, 3)) if private else aggregation.MeanFactory
-  engines = [process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False), users_per_shard=k,
-                                 eval_learning_rate=1.0, eval_epochs=1, aggregation=factory, algorithm='fed_als',
-                                 als_config=config, clients=10) for k in (1, 4)]
-  empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-  ref_state, states = reference.initialize(), [e.initialize() for e in engines]
-  for r in range(3):
-    examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0) + [empty]
-    ref_out = reference.next(ref_state, examples)
-    outs = [e.next(s, examples) for e, s in zip(engines, states)]
-    ref_state, states = ref_out.state, [o.state for o in outs]
-    expected = flatten_metrics(ref_out.metrics)
-    for out in outs:
-      got = flatten_metrics(out.metrics)
-      for key in ('client_work/train/loss', 'communication/upload_bytes_per_client', 'client_work/empty_clients'):
-        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
-  clients = task.eval_clients('val')
-  ref_totals = reference.evaluate(ref_state, clients)
-  for engine, state in zip(engines, states):
-    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=1e-5)
-    assert engine.evaluate(state, clients) == pytest.approx(ref_totals, rel=1e-5, abs=1e-5)
-    np.testing.assert_allclose(engine.client_losses(state, clients), reference.client_losses(ref_state, clients),
-                               atol=1e-5)
-  assert not np.allclose(engines[0].global_weights(states[0])[0], engines[0].global_weights(engines[0].initialize())[0])

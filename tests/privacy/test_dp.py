@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from tff_rec import tasks
-from tff_rec.federated import fed_recon, vectorized
+from tff_rec.federated import fed_recon
 from tff_rec.federated.sampling import SamplingConfig
 from tff_rec.privacy import dp
 
@@ -131,33 +131,3 @@ def test_a_void_guarantee_skips_pld_instead_of_exhausting_memory():
   assert ledger.round_metrics(2) == {'privacy/epsilon_rdp': spent['epsilon_rdp']}
   with pytest.raises(dp.PrivacyConfigError, match='--accountant=pld computes epsilon up to 64 .*use --accountant=rdp'):
     dp.calibrate_noise(100.0, POISSON, 100, 2, 1e-4, dp.PLD)
-
-
-def test_vectorized_dp_clips_each_user_and_seeds_noise_per_round(tiny_dataset):
-  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8), embedding_dim=4)
-  config = fed_recon.ReconConfig('sgd', 1.0, 0.5, 0.5, split_dataset=False)
-  clip, clients = 0.05, 10.0
-  almost_no_noise = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1e-9, clip), clients)
-  engine = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=1,
-                                       dp_query=almost_no_noise)
-  examples = task.train_examples(task.train_data.client_ids[:10], 0, seed=0)
-  state = engine.initialize()
-  new = engine.next(state, examples).state
-  update = [w - n for w, n in zip(state['weights'], new['weights'])]  # Server SGD, lr 1.
-  # By hand: each client's whole update clipped to `clip` in global L2 norm, summed, divided by `clients`.
-  items, labels, mask = vectorized.pad_examples(examples, 8)
-  deltas, _, _ = engine._client(tuple(state['weights']), items, labels, mask)
-  deltas = [d.numpy() for d in deltas]
-  norms = np.sqrt(sum(np.sum(d.reshape(len(examples), -1) ** 2, axis=1) for d in deltas))
-  assert (norms > clip).all()  # Every client is clipped here.
-  scale = np.minimum(1.0, clip / norms)
-  for got, d in zip(update, deltas):
-    np.testing.assert_allclose(got, np.tensordot(scale, d, axes=1) / clients, atol=1e-6)
-  # Real noise: the same (seed, round) draws the same noise; the next round other noise.
-  noisy = vectorized.VectorizedEngine(task, config, eval_learning_rate=0.5, eval_epochs=1,
-                                      dp_query=dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, clip), clients))
-  state = noisy.initialize()
-  first, again = noisy.next(state, examples).state, noisy.next(state, examples).state
-  np.testing.assert_array_equal(first['weights'][0], again['weights'][0])
-  later = dict(state, round=np.int64(1))
-  assert not np.allclose(noisy.next(later, examples).state['weights'][0], first['weights'][0])

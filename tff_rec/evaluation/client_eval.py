@@ -11,7 +11,7 @@ ties never favour it (a constant model scores HR@K = 0). HR@K = [rank < K],
 NDCG@K = [rank < K] / log2(rank + 2). Full-catalogue Recall@K and NDCG@K
 (`catalogue_sums`) rank the held-out items among every item the user did not
 train on. The metric maths takes leading (client, query) dimensions, so the
-per-client TFF evaluation and the vectorized one share it.
+per-client TFF evaluation and the shard process's batched one share it.
 """
 
 from __future__ import annotations

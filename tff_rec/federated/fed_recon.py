@@ -85,7 +85,7 @@ class NonFiniteClients(tf.keras.metrics.Metric):
 
   TFF's client work zeroes a non-finite update (and gives it weight 0) without
   reporting it; this metric makes the count visible in the round metrics
-  (`client_work/train/non_finite_clients`), like the vectorized engine's. A
+  (`client_work/train/non_finite_clients`), like the shard process's. A
   non-finite loss needs a non-finite label or prediction (the losses here are
   finite on finite inputs).
   """
@@ -225,7 +225,7 @@ class TffEngine:
 
   The reference engine: every client is a separate TFF client computation.
   Shares its interface (initialize, next, evaluate, global_weights) with
-  `vectorized.VectorizedEngine`.
+  `process.ShardEngine`.
   """
 
   _communication: dict[str, float] | None = None  # Bytes per client; set on the first round.

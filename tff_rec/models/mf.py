@@ -114,8 +114,8 @@ def predict(p_u: tf.Tensor, q_i: tf.Tensor, b_i: tf.Tensor, b_u: tf.Tensor | Non
             mu: tf.Tensor | None = None) -> tf.Tensor:
   """The MF score <p_u, q_i> + b_i (+ b_u + mu for ratings); embeddings [..., d], biases [..., 1] -> [..., 1].
 
-  Shared by the Keras model and the vectorised engine
-  (`tff_rec.federated.vectorized`), which broadcasts one user over a batch.
+  Shared by the Keras model and the shard process's batched client maths
+  (`tff_rec.federated.shard_math`), which broadcasts one user over a batch.
   """
   score = tf.reduce_sum(p_u * q_i, axis=-1, keepdims=True) + b_i
   if b_u is not None:

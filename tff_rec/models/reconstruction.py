@@ -4,7 +4,7 @@ Federated Reconstruction (Singhal et al., NeurIPS 2021) never stores a user's
 embedding: whoever scores for a user first solves for it from the user's own
 data with the global item side frozen. This module is that solve for MF
 (`tff_rec.models.mf`), batched over users, and is the one implementation
-used by the vectorized engine's training and evaluation and by the exported
+used by the shard process's training and evaluation and by the exported
 SavedModel (`tff_rec.serving.export`), so served scores are evaluated scores.
 
 Reconstruction is plain SGD from zeros: for `epochs` passes over the user's

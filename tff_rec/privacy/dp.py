@@ -170,7 +170,8 @@ def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any =
 
 
 def dp_query(config: DPConfig, clients: float, **kwargs) -> Any:
-  """The tensorflow-privacy DPQuery inside `aggregation_factory` (the vectorized engine runs it directly).
+  """The tensorflow-privacy DPQuery inside `aggregation_factory` (the shard process's `aggregation.DPFactory` runs
+  it per user).
 
   Read from the factory rather than rebuilt, so both engines use exactly the
   query (and the adaptive-clipping noise split) TFF builds.
