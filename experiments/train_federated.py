@@ -43,7 +43,7 @@ _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES + REMOVED_ENGINES),
                             'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
                             '--users_per_shard users (MF cross-device: Federated Reconstruction with user-level DP or '
                             '--secure_aggregation, also cross-silo with DP; FedAvg / FedProx without DP; '
-                            '--nosplit_dataset; not --dp=distributed or --compression for now; also with --workers); '
+                            '--compression; --nosplit_dataset; not --dp=distributed for now; also with --workers); '
                             'tff: TFF\'s own processes (build_fed_recon, build_weighted_fed_avg / fed_prox), one TFF '
                             'client per client: the reference, and the engine of what the shard process does not run '
                             'yet; auto: shards where it applies, else tff. Both give the same model (tested). '
@@ -110,9 +110,10 @@ _SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum client updates wit
                             'local runtime simulates the protocol. TFF engines (the shard process: each user\'s update is '
                             'bounded and quantised before its shard adds them).')
 _COMPRESSION = flags.DEFINE_bool('compression', False, 'Quantize each client\'s update to 8 bits (tensors over 20,000 '
-                                  'values) before it leaves the client: TFF\'s encoded mean, as '
-                                  'tff.learning.compression_aggregator builds it. TFF engines; not with DP or secure '
-                                  'aggregation.')
+                                  'values) before it leaves the client, stochastically rounded: on the shard process '
+                                  'each user sends only the rows it touched (seeded by run, round and user); on TFF\'s '
+                                  'engine TFF\'s encoded mean (tff.learning.compression_aggregator). Not with DP or '
+                                  'secure aggregation.')
 _DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
 _EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
                               'and the run stops before any round that would exceed it.')
@@ -165,10 +166,9 @@ class ExperimentConfig:
     if self.algorithm == 'fed_als':
       self.als.validate()
       if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
-          or self.engine == 'tff' or self.compression
-          or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
+          or self.engine == 'tff' or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
         raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the shard process, with '
-                         '--dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff or --compression)')
+                         '--dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff)')
     if self.users_per_shard < 1:
       raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
     cohort = self.sampling.clients_per_round
@@ -177,8 +177,8 @@ class ExperimentConfig:
                        f'(--clients_per_round={cohort})')
     if self.engine == 'shards' and not self.shardable:
       raise ValueError('--engine=shards runs MF cross-device (Federated Reconstruction, also cross-silo with DP; '
-                       'FedAvg / FedProx without DP) with --nosplit_dataset, without --dp=distributed or '
-                       f'--compression for now (got --model={self.model} '
+                       'FedAvg / FedProx without DP) with --nosplit_dataset, without --dp=distributed for now '
+                       f'(got --model={self.model} '
                        f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
                        '--engine=auto')
     self.recon.validate()
@@ -215,7 +215,7 @@ class ExperimentConfig:
 
   @property
   def shardable(self) -> bool:
-    if self.model != tasks.MF or self.recon.split_dataset or self.dp.mechanism == dp.DISTRIBUTED or self.compression:
+    if self.model != tasks.MF or self.recon.split_dataset or self.dp.mechanism == dp.DISTRIBUTED:
       return False
     if self.algorithm == 'fed_recon':
       return self.data.view == 'cross_device' or self.silo_dp
@@ -363,6 +363,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     shard_aggregation = aggregation.MeanFactory
     if config.secure_aggregation:
       shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
+    if config.compression:
+      shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
     if config.dp.enabled:
       query = dp.dp_query(config.dp, clients, **dp_kwargs)
       shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)

@@ -44,6 +44,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
+    {'compression': True, 'embedding_dim': 160, 'engine': 'tff'},
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
@@ -51,7 +52,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
 ], ids=['shards', 'shards_of_one', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower',
-        'dp_shards', 'dp_tff', 'secure_aggregation', 'compression', 'tree_shards', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
+        'dp_shards', 'dp_tff', 'secure_aggregation', 'compression', 'compression_tff', 'tree_shards', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'

@@ -136,10 +136,13 @@ def test_empty_and_non_finite_users_count_for_nothing_and_are_counted(tiny_datas
 def test_pack_shard_indexes_each_users_own_rows():
   examples = [(np.array([5, 3, 5, 9, 3]), np.arange(5, dtype=np.float32)), (np.array([2]), np.ones(1, np.float32))]
   shard = shard_math.pack_shard(examples, batch_size=2)
-  # User 0 touches rows {3, 5, 9}, padding adds row 0: rows [0, 3, 5, 9]; user 1 touches {0 (padding), 2}.
-  assert shard['rows'].tolist() == [[0, 3, 5, 9], [0, 2, 0, 0]]
-  assert shard['local'][0].tolist() == [[2, 1], [2, 3], [1, 0]]
-  assert shard['local'][1].tolist() == [[1, 0], [0, 0], [0, 0]]
+  # Each user's own rows, sorted (whatever the shard pads it to), then row 0 as padding; a padded example points at
+  # position 0 and is masked.
+  assert shard['rows'].tolist() == [[3, 5, 9], [2, 0, 0]]
+  assert shard['local'][0].tolist() == [[1, 0], [1, 2], [0, 0]]
+  assert shard['local'][1].tolist() == [[0, 0], [0, 0], [0, 0]]
+  alone = shard_math.pack_shard(examples[1:], batch_size=2)
+  assert alone['rows'].tolist() == [[2]] and alone['local'].tolist() == [[[0, 0]]]  # Batch 2, one example.
   assert shard['mask'][0].tolist() == [[1, 1], [1, 1], [1, 0]] and shard['mask'][1].sum() == 1
   np.testing.assert_array_equal(np.take_along_axis(shard['rows'], shard['local'].reshape(2, -1), 1)[0, :5],
                                 examples[0][0])
@@ -308,7 +311,8 @@ def test_secure_aggregation_bounds_each_user_before_its_shard_adds_them():
 
   def users(rows, deltas, examples):
     return collections.OrderedDict(rows=[np.array(rows, np.int64)], deltas=[np.array(deltas, np.float32)],
-                                   weight=np.ones(len(rows), np.float32), examples=np.array(examples, np.float32))
+                                   weight=np.ones(len(rows), np.float32), examples=np.array(examples, np.float32),
+                                   keys=np.arange(len(rows), dtype=np.int64))
 
   a = ([1, 0], [[150.0, 1.0], [0.0, 0.0]], 3)  # Row 0 is padding.
   b = ([1, 2], [[30.0, -2.0], [4.0, 0.0]], 5)
@@ -404,3 +408,46 @@ def test_fed_prox_takes_li_et_als_proximal_step_and_tff_087_the_opposite_one(tin
       np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
   no_prox = _dense_prox_steps(task, start, user[0], lr=0.5, mu=0.0, epochs=2)
   assert not np.allclose(no_prox['item_embedding'], expected['item_embedding'], atol=1e-4)  # mu matters here.
+
+
+def test_compression_quantises_each_users_rows_unbiasedly_whatever_its_shard(tiny_dataset):
+  """Server SGD at rate 1: the step is the example-weighted mean of users' decoded updates. Each user's weighted
+  update is within one of its own quantisation steps of the exact one; untouched rows stay exactly zero; the
+  rounding noise follows (seed, round, user), not the shard; over seeds the mean is the exact mean."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=160, l2=0.01)  # 151 x 160 > 20,000 values: the table is quantised.
+  config = dataclasses.replace(CONFIG, server_optimizer='sgd', server_learning_rate=1.0)
+
+  def engine(k, seed=None):
+    factory = aggregation.MeanFactory if seed is None else (
+        lambda dense: aggregation.CompressedMeanFactory(dense, seed))
+    return process.ShardEngine(task, config, users_per_shard=k, eval_learning_rate=0.5, eval_epochs=1,
+                               aggregation=factory)
+
+  examples = task.train_examples(task.train_data.client_ids[:6], 0, seed=0)
+  plain = engine(1)
+  start = plain.global_weights(plain.initialize())
+
+  def step(e):
+    out = e.next(e.initialize(), examples)
+    return [a - b for a, b in zip(start, e.global_weights(out.state))], flatten_metrics(out.metrics)
+
+  exact, plain_metrics = step(plain)
+  one, metrics = step(engine(1, seed=0))
+  _assert_weights_close(one, step(engine(4, seed=0))[0], atol=1e-7)
+  np.testing.assert_array_equal(one[1], exact[1])  # The biases (151 values) go as float32... up to summation order.
+  untouched = np.all(exact[0] == 0, axis=1)
+  assert untouched.any() and not one[0][untouched].any()
+  alone = [step(e)[0][0] for e in []]  # noqa: F841
+  weights = np.array([2.0 * len(x) for x, _ in examples])  # num_examples weighting, local_epochs 2.
+  users = [engine(1) for _ in range(1)][0]
+  per_user = []
+  for e in examples:  # Each user's own weighted update: its quantisation step bounds the error.
+    out = users.next(users.initialize(), [e])
+    per_user.append(start[0] - users.global_weights(out.state)[0])
+  bound = sum(w * np.ptp(np.append(u, 0.0)) / 255 for w, u in zip(weights, per_user)) / weights.sum()
+  error = np.abs(one[0] - exact[0]).max()
+  assert 0 < error <= bound + 1e-7
+  mean = np.mean([step(engine(1, seed=s))[0][0] for s in range(1, 9)] + [one[0]], axis=0)
+  assert np.abs(mean - exact[0]).max() < error / 2  # Unbiased: averaging draws converges on the exact mean.
+  assert metrics['communication/upload_bytes_per_client'] < 0.2 * plain_metrics['communication/upload_bytes_per_client']

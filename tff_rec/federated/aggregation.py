@@ -38,12 +38,15 @@ def user_updates_type(dense: list[tf.TensorSpec]) -> tff.Type:
 
   rows (per dense weight: [U, K] the rows of it each user touched; [U, 0]
   for a scalar), deltas (per dense weight: [U, K, ...] for a table of rows,
-  [U] for a scalar), weight [U] (the weighted mean's) and examples [U].
+  [U] for a scalar), weight [U] (the weighted mean's), examples [U] and keys
+  [U] (each user's position in the round's cohort: what seeds a user's own
+  randomness, whatever shard it is in).
   """
   deltas = [tff.TensorType(np.float32, [None] + ([None] + list(s.shape[1:]) if s.shape.rank else [])) for s in dense]
   return tff.to_type(collections.OrderedDict(
       rows=[tff.TensorType(np.int64, [None, None]) for _ in dense], deltas=deltas,
-      weight=tff.TensorType(np.float32, [None]), examples=tff.TensorType(np.float32, [None])))
+      weight=tff.TensorType(np.float32, [None]), examples=tff.TensorType(np.float32, [None]),
+      keys=tff.TensorType(np.int64, [None])))
 
 
 def shard_sum(per_user, rows, num_rows, scale=None) -> list[tf.Tensor]:
@@ -268,5 +271,74 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
           upper=_bitwidth(1, users), lower=_bitwidth(1, users)))
       out = tff.federated_map(finish, (state, sums, record_sums, count, clipped))
       return tff.templates.MeasuredProcessOutput(out[0], out[1], out[2])
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+class CompressedMeanFactory(tff.aggregators.UnweightedAggregationFactory):
+  """The weighted mean of users' updates, each user's weighted update quantised to `bits` bits before it leaves.
+
+  Uniform quantisation with stochastic rounding (Suresh et al., "Distributed
+  Mean Estimation with Limited Communication", ICML 2017), as TFF's
+  `compression_aggregator` applies it to a client's tensors of more than
+  `threshold` values (smaller ones, like the item biases, go as float32), but
+  sparse: a user sends the rows its examples touched, each value as one of
+  2**bits levels between its own minimum and maximum (0 included), and a zero
+  value is not sent (decoded as 0). Each value decodes to itself in
+  expectation. The rounding noise is drawn statelessly under (seed, round,
+  the user's key), so it does not depend on the shard the user is in and a
+  resumed run draws what an uninterrupted one would. Written by hand: TFF's
+  encoders take a client's whole dense value, here many users' sparse rows.
+  """
+
+  def __init__(self, dense: list[tf.TensorSpec], seed: int, bits: int = 8, threshold: int = 20_000):
+    self._dense, self._seed, self._bits, self._threshold = dense, seed, bits, threshold
+
+  def compressed(self) -> list[bool]:
+    """Which of the dense weights are quantised (more than `threshold` values)."""
+    return [s.shape.rank >= 2 and s.shape.num_elements() > self._threshold for s in self._dense]
+
+  def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
+    dense, seed, levels, compressed = self._dense, self._seed, float(2**self._bits - 1), self.compressed()
+
+    def quantise(values, keys, round_num):
+      """values [U, K, ...] -> each user's values on its own 2**bits levels, stochastically rounded."""
+      flat = tf.reshape(values, [tf.shape(values)[0], -1])
+      low = tf.minimum(tf.reduce_min(flat, axis=1), 0.0)[:, None]
+      high = tf.maximum(tf.reduce_max(flat, axis=1), 0.0)[:, None]
+      step = (high - low) / levels
+      noise = tf.map_fn(lambda key: tf.random.stateless_uniform(
+          tf.shape(flat)[1:], seed=tf.stack([tf.constant(seed, tf.int64), round_num * 2**32 + key])), keys,
+          fn_output_signature=tf.float32)
+      level = tf.clip_by_value(tf.floor(tf.math.divide_no_nan(flat - low, step) + noise), 0.0, levels)
+      decoded = tf.where(tf.equal(flat, 0.0), 0.0, low + level * step)
+      return tf.reshape(decoded, tf.shape(values))
+
+    @tff.tensorflow.computation
+    def init_tf():
+      return tf.constant(0, tf.int64)
+
+    @tff.tensorflow.computation(value_type, tf.int64)
+    @tf.function
+    def shard_total(value, round_num):
+      weight = value['weight']
+      weighted = [d * tf.reshape(weight, [-1] + [1] * (d.shape.rank - 1)) for d in value['deltas']]
+      sent = [quantise(d, value['keys'], round_num) if c else d for d, c in zip(weighted, compressed)]
+      return collections.OrderedDict(total=shard_sum(sent, *table_rows(value, dense)), weight=tf.reduce_sum(weight))
+
+    @tff.tensorflow.computation(shard_total.type_signature.result)
+    def divide(sums):
+      return [tf.math.divide(t, sums['weight']) for t in sums['total']]
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_eval(init_tf, tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      sums = tff.federated_sum(tff.federated_map(shard_total, (value, tff.federated_broadcast(state))))
+      next_round = tff.federated_map(tff.tensorflow.computation(lambda r: r + 1, tf.int64), state)
+      return tff.templates.MeasuredProcessOutput(next_round, tff.federated_map(divide, sums),
+                                                 tff.federated_value((), tff.SERVER))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)

@@ -69,7 +69,7 @@ def shard_type() -> tff.SequenceType:
   return tff.SequenceType(collections.OrderedDict(
       local=tff.TensorType(np.int32, [None, None, None]), labels=tff.TensorType(_F32, [None, None, None]),
       mask=tff.TensorType(_F32, [None, None, None]), rows=tff.TensorType(np.int64, [None, None]),
-      users=tff.TensorType(np.int64, [None])))
+      users=tff.TensorType(np.int64, [None]), keys=tff.TensorType(np.int64, [None])))
 
 
 def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
@@ -280,7 +280,11 @@ class ShardEngine:
       # A user uploads its statistics: x x^T and the [rows, d] table, float32 (as a dense update would).
       self._communication = {'communication/download_bytes_per_client': float(4 * sum(w.size for w in initial)),
                              'communication/upload_bytes_per_client': float(4 * (dim * dim + rows * dim))}
-    self.process = build_learning_process(initial, self.settings, config, aggregation=aggregation, **process_kwargs)
+    specs = process_kwargs.get('update_specs') or [tf.TensorSpec(w.shape, _F32) for w in initial]
+    self._factory = aggregation(specs)
+    self._specs, self._table_rows = specs, self._rows_per_user(algorithm, self._item_side, specs)
+    self.process = build_learning_process(initial, self.settings, config, aggregation=lambda _: self._factory,
+                                          **process_kwargs)
     self._weights_type = self.process.get_model_weights.type_signature.result
     self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side, **self._eval)
     self._losses = tf.function(shard_math.support_losses, reduce_retracing=True)
@@ -291,12 +295,45 @@ class ShardEngine:
   def next(self, state, examples: list) -> fed_recon.RoundOutput:
     """One round on the cohort's `examples` (one `preprocessing.Examples` per user), cut into shards."""
     batch_size = self.task.data_config.batch_size
-    shards = [as_client_data(shard_math.pack_shard(part, batch_size))
-              for part in shard_math.by_size(list(examples), self.users_per_shard)]
+    shards = [as_client_data(shard_math.pack_shard([examples[u] for u in part], batch_size, keys=part))
+              for part in shard_math.shard_indices(examples, self.users_per_shard)]
     output = self.process.next(state, shards)
     if self._communication is None:  # Per user, fixed by the process's types.
       self._communication = fed_recon.communication(self.process)
-    return fed_recon.RoundOutput(output.state, {**output.metrics, **self._communication})
+    communication = dict(self._communication)
+    if isinstance(self._factory, aggregation_lib.CompressedMeanFactory):
+      communication['communication/upload_bytes_per_client'] = self._compressed_upload_bytes(examples)
+    return fed_recon.RoundOutput(output.state, {**output.metrics, **communication})
+
+  @staticmethod
+  def _rows_per_user(algorithm: str, item_side: int, specs: list[tf.TensorSpec]) -> list[str]:
+    """What each update leaf's rows are for a user: 'items' (those it touched), 'one' (its user-table row), 'all'
+    (ALS's d x d statistics) or 'scalar'."""
+    kinds = []
+    for i, spec in enumerate(specs):
+      if not spec.shape.rank:
+        kinds.append('scalar')
+      elif algorithm == shard_math.FED_ALS and i == 0:
+        kinds.append('all')
+      elif i < item_side:  # FedAvg's user table.
+        kinds.append('one')
+      else:
+        kinds.append('items')
+    return kinds
+
+  def _compressed_upload_bytes(self, examples) -> float:
+    """The mean bytes a user of the round uploads under `CompressedMeanFactory`: per quantised table, its rows'
+    indices (int32) and one byte a value, plus the range (two float32); other leaves float32; the weight."""
+    totals = []
+    for items, _ in examples:
+      touched = len(np.unique(items[:, 1] if np.ndim(items) == 2 else items))
+      total = 4.0
+      for spec, kind, quantised in zip(self._specs, self._table_rows, self._factory.compressed()):
+        width = spec.shape.num_elements() // (spec.shape[0] if spec.shape.rank else 1)
+        rows = {'items': touched, 'one': 1, 'all': spec.shape[0] if spec.shape.rank else 1, 'scalar': 1}[kind]
+        total += rows * (4 + width) + 8 if quantised else 4 * spec.shape.num_elements()
+      totals.append(total)
+    return float(np.mean(totals)) if totals else 0.0
 
   def evaluate(self, state, clients) -> dict[str, float]:
     """Metric totals over `clients` (`tasks.EvalClients`), each shard of them a TFF client."""

@@ -77,13 +77,18 @@ def size_shards(examples: list[Examples], users_per_shard: int) -> list[list[int
   return split(sorted(range(len(examples)), key=lambda u: len(examples[u][0])), users_per_shard)
 
 
-def by_size(examples: list[Examples], users_per_shard: int) -> list[list[Examples]]:
-  """`examples` cut into shards of users of similar size (`size_shards`); a `GroupedExamples`' groups (a
-  platform's users) are its shards as they are."""
+def shard_indices(examples: list[Examples], users_per_shard: int) -> list[list[int]]:
+  """The users (indices into `examples`) of each shard: of similar size (`size_shards`), or a
+  `GroupedExamples`' groups (a platform's users) as they are."""
   groups = getattr(examples, 'groups', None)
   if groups is not None:
-    return [[examples[u] for u in group] for group in groups if group]
-  return [[examples[u] for u in part] for part in size_shards(examples, users_per_shard)]
+    return [list(group) for group in groups if group]
+  return size_shards(examples, users_per_shard)
+
+
+def by_size(examples: list[Examples], users_per_shard: int) -> list[list[Examples]]:
+  """`examples` cut into shards (`shard_indices`)."""
+  return [[examples[u] for u in part] for part in shard_indices(examples, users_per_shard)]
 
 
 def pack_batches(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,14 +109,15 @@ def pack_batches(examples: list[Examples], batch_size: int) -> tuple[np.ndarray,
   return items.reshape(new_shape), labels.reshape(new_shape), mask.reshape(new_shape)
 
 
-def pack_shard(examples: list[Examples], batch_size: int) -> collections.OrderedDict:
+def pack_shard(examples: list[Examples], batch_size: int, keys=None) -> collections.OrderedDict:
   """A shard's training data: each user's batches in local row indices, and the item rows those index.
 
   Returns OrderedDict(local [U, T, B] int32 (index into the user's rows),
   labels [U, T, B], mask [U, T, B], rows [U, K] int64 (the catalogue rows
-  user u touches, padded with row 0, which then gets no gradient), users [U]
+  user u touches, sorted, then padded with row 0, which gets no gradient), users [U]
   int64 (each user's row of a global user table, from (user, item) pairs;
-  else 0)).
+  else 0), keys [U] int64 (`keys`, default 0..U-1: each user's position in
+  the round's cohort, which seeds its own randomness whatever its shard)).
   """
   users = np.zeros(len(examples), np.int64)
   if examples and np.ndim(examples[0][0]) == 2:  # (user, item) pairs, a global user table's: one user each.
@@ -120,12 +126,16 @@ def pack_shard(examples: list[Examples], batch_size: int) -> collections.Ordered
   items, labels, mask = pack_batches(examples, batch_size)
   local = np.zeros(items.shape, np.int32)
   touched = []
-  for u in range(len(examples)):
-    rows, inverse = np.unique(items[u], return_inverse=True)
+  for u, (user_items, _) in enumerate(examples):
+    # The user's own rows, sorted, whatever the shard pads it to (so a row's position is the user's alone);
+    # padded examples point at row position 0 and are masked.
+    rows = np.unique(user_items) if len(user_items) else np.zeros(1, np.int64)  # An empty user: row 0, unused.
     touched.append(rows)
-    local[u] = inverse.reshape(items.shape[1:])
+    local[u] = np.minimum(np.searchsorted(rows, items[u]), len(rows) - 1)
   rows, _ = pad_rows(touched, np.int64)
-  return collections.OrderedDict(local=local, labels=labels, mask=mask, rows=rows, users=users)
+  keys = np.arange(len(examples)) if keys is None else keys
+  return collections.OrderedDict(local=local, labels=labels, mask=mask, rows=rows, users=users,
+                                 keys=np.asarray(keys, np.int64))
 
 
 def split_weights(weights, objective: str):
@@ -238,7 +248,8 @@ def _local_updates(user, item_weights, shard, settings: ClientSettings, user_row
       non_finite_users=tf.reduce_sum(1.0 - counted),
       empty_users=tf.reduce_sum(tf.cast(tf.equal(examples, 0.0), tf.float32)))
   all_rows = ([user_rows[:, None]] * first_item if first_item else []) + [rows, rows] + ([tf.zeros([users, 0], tf.int64)] if rating else [])
-  updates = collections.OrderedDict(rows=all_rows, deltas=deltas, weight=weight, examples=examples)
+  updates = collections.OrderedDict(rows=all_rows, deltas=deltas, weight=weight, examples=examples,
+                                    keys=shard['keys'])
   return updates, sums
 
 
@@ -278,7 +289,8 @@ def als_updates(weights, shard, config: als.AlsConfig):
       num_examples=tf.reduce_sum(counts), non_finite_users=tf.reduce_sum(1.0 - tf.cast(finite, tf.float32)),
       empty_users=tf.reduce_sum(tf.cast(tf.equal(counts, 0.0), tf.float32)))
   gram_rows = tf.tile(tf.range(dim, dtype=tf.int64)[None], [users, 1])
-  updates = collections.OrderedDict(rows=[gram_rows, rows], deltas=[gram, sums], weight=weight, examples=rated)
+  updates = collections.OrderedDict(rows=[gram_rows, rows], deltas=[gram, sums], weight=weight, examples=rated,
+                                    keys=shard['keys'])
   return updates, sums_out
 
 
