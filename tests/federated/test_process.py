@@ -435,12 +435,11 @@ def test_compression_quantises_each_users_rows_unbiasedly_whatever_its_shard(tin
   exact, plain_metrics = step(plain)
   one, metrics = step(engine(1, seed=0))
   _assert_weights_close(one, step(engine(4, seed=0))[0], atol=1e-7)
-  np.testing.assert_array_equal(one[1], exact[1])  # The biases (151 values) go as float32... up to summation order.
+  np.testing.assert_array_equal(one[1], exact[1])  # The biases (151 values) go as float32, not quantised.
   untouched = np.all(exact[0] == 0, axis=1)
   assert untouched.any() and not one[0][untouched].any()
-  alone = [step(e)[0][0] for e in []]  # noqa: F841
   weights = np.array([2.0 * len(x) for x, _ in examples])  # num_examples weighting, local_epochs 2.
-  users = [engine(1) for _ in range(1)][0]
+  users = engine(1)
   per_user = []
   for e in examples:  # Each user's own weighted update: its quantisation step bounds the error.
     out = users.next(users.initialize(), [e])

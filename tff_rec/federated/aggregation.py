@@ -264,7 +264,7 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
     def next_fn(state, value):
       integers = tff.federated_map(shard_integers, (value, tff.federated_broadcast(tff.federated_map(params, state))))
-      sums = tff.federated_secure_sum_bitwidth(integers[0], [bits] * len(self._dense))
+      sums = tff.federated_secure_sum_bitwidth(integers[0], [bits] * len(dense))
       record_sums = tff.federated_secure_sum_bitwidth(integers[1], [bits, bits])
       count = tff.federated_secure_sum_bitwidth(integers[2], _bitwidth(1, users))
       clipped = tff.federated_secure_sum_bitwidth(integers[3], collections.OrderedDict(

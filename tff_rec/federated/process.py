@@ -133,19 +133,19 @@ ALGORITHMS = (shard_math.FED_RECON, shard_math.FED_AVG, FED_PROX, shard_math.FED
 
 
 def build_learning_process(initial: list[np.ndarray], settings: shard_math.ClientSettings,
-                           config: fed_recon.ReconConfig, *, aggregation: Aggregation = aggregation_lib.MeanFactory,
-                           update_specs: list[tf.TensorSpec] | None = None,
+                           config: fed_recon.ReconConfig, *, factory: tff.aggregators.UnweightedAggregationFactory,
+                           update_specs: list[tf.TensorSpec],
                            finalizer: Callable[[tff.Type, tff.Type], tff.learning.templates.FinalizerProcess] | None
                            = None) -> tff.learning.templates.LearningProcess:
   """TFF's broadcast, the shard client work of `settings`, a shard aggregator, a finalizer.
 
   `initial`: the global weights (`initial_weights`, `fedavg_initial_weights`).
-  `aggregation`: the update's dense specs -> a factory of
-  `tff_rec.federated.aggregation` (the weighted mean by default; DP; secure).
-  `update_specs`: the dense shapes of the aggregated update, if not the
-  weights' (ALS's statistics). `finalizer`: (model weights type, aggregated
-  update type) -> the finalizer; default TFF's `build_apply_optimizer_finalizer`
-  with the server optimizer and its rate schedule.
+  `factory`: a shard aggregator of `tff_rec.federated.aggregation` (the
+  weighted mean; DP; secure; compression) built for `update_specs`, the
+  dense shapes of the aggregated update (the weights', or ALS's statistics).
+  `finalizer`: (model weights type, aggregated update type) -> the finalizer;
+  default TFF's `build_apply_optimizer_finalizer` with the server optimizer
+  and its rate schedule.
   """
   config.validate()
   if config.split_dataset:
@@ -158,9 +158,9 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
 
   client_work = build_client_work(model_weights_type, settings)
   update_type = client_work.next.type_signature.result.result.member.update
-  dense = update_specs or [tf.TensorSpec(w.shape, _F32) for w in initial]
-  aggregation_lib.user_updates_type(dense).check_assignable_from(update_type)  # What every shard aggregator takes.
-  aggregator = tff.aggregators.as_weighted_aggregator(aggregation(dense)).create(update_type, tff.TensorType(_F32))
+  # What every shard aggregator takes.
+  aggregation_lib.user_updates_type(update_specs).check_assignable_from(update_type)
+  aggregator = tff.aggregators.as_weighted_aggregator(factory).create(update_type, tff.TensorType(_F32))
   if finalizer is None:
     finalizer_process = tff.learning.templates.build_apply_optimizer_finalizer(
         fed_recon.server_optimizer(config.server_optimizer, config.server_learning_rate, config.server_epsilon,
@@ -268,23 +268,21 @@ class ShardEngine:
     self._item_side = len(initial) - (3 if task.objective == mf.RATING else 2)
     self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
                       epochs=eval_epochs)
-    process_kwargs = {}
+    specs, finalizer = [tf.TensorSpec(w.shape, _F32) for w in initial], None
     if algorithm == shard_math.FED_ALS:
       if als_config is None or clients <= 0 or task.objective != mf.IMPLICIT:
         raise ValueError('fed_als needs implicit feedback, als_config and the expected cohort (clients > 0)')
       rows, dim = initial[0].shape
-      process_kwargs = dict(
-          update_specs=[tf.TensorSpec([dim, dim], _F32), tf.TensorSpec([rows, dim], _F32)],
-          finalizer=build_als_finalizer(als_config, float(clients), fed_als.item_prior(task, als_config)))
+      specs = [tf.TensorSpec([dim, dim], _F32), tf.TensorSpec([rows, dim], _F32)]
+      finalizer = build_als_finalizer(als_config, float(clients), fed_als.item_prior(task, als_config))
       self._eval['als_config'] = als_config
       # A user uploads its statistics: x x^T and the [rows, d] table, float32 (as a dense update would).
       self._communication = {'communication/download_bytes_per_client': float(4 * sum(w.size for w in initial)),
                              'communication/upload_bytes_per_client': float(4 * (dim * dim + rows * dim))}
-    specs = process_kwargs.get('update_specs') or [tf.TensorSpec(w.shape, _F32) for w in initial]
     self._factory = aggregation(specs)
     self._specs, self._table_rows = specs, self._rows_per_user(algorithm, self._item_side, specs)
-    self.process = build_learning_process(initial, self.settings, config, aggregation=lambda _: self._factory,
-                                          **process_kwargs)
+    self.process = build_learning_process(initial, self.settings, config, factory=self._factory,
+                                          update_specs=specs, finalizer=finalizer)
     self._weights_type = self.process.get_model_weights.type_signature.result
     self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side, **self._eval)
     self._losses = tf.function(shard_math.support_losses, reduce_retracing=True)

@@ -46,7 +46,7 @@ class ClientSettings:
   reconstruction_epochs: int
   local_epochs: int
   client_weighting: str = NUM_EXAMPLES
-  algorithm: str = 'fed_recon'  # FED_RECON: the user reconstructed, local; FED_AVG: its row of a global table;
+  algorithm: str = FED_RECON  # FED_RECON: the user reconstructed, local; FED_AVG: its row of a global table;
   # FED_ALS: the user solved exactly, its ALS statistics the update.
   proximal_strength: float = 0.0  # FedProx's mu (FED_AVG).
   als: als.AlsConfig | None = None  # FED_ALS.
