@@ -13,7 +13,8 @@ R2: per-user fixed cost: the slope of round time against users per round at a
     per-shard fixed cost of TFF's runtime: the slope of round time against the
     number of shards for the same 100 equal users.
 R3: DP round time / non-private round time (shard process, Gaussian fixed clip, the same cohorts,
-    the engines taking turns round by round); secure aggregation's and compression's rounds / non-private likewise.
+    the engines taking turns round by round); secure aggregation's, compression's and distributed DP's rounds /
+    non-private likewise.
 R4: memory: RSS (this process and TFF's worker) after round 500 / after round 10 of one long run.
 Workers: round time across two local worker services (--workers) / the local runtime (shard process).
 R6: wall time of the headline MovieLens-100K configuration to its final
@@ -259,12 +260,17 @@ def main(argv):
     private_engine = make('shards', aggregation=lambda dense: aggregation.DPFactory(query, dense, 0))
     secure_engine = make('shards', aggregation=lambda dense: aggregation.SecureMeanFactory(dense, USERS_PER_SHARD))
     compressed_engine = make('shards', aggregation=lambda dense: aggregation.CompressedMeanFactory(dense, 0))
-    private, secured, compressed, plain = paired_round_seconds(
-        [private_engine, secure_engine, compressed_engine, make('shards')], task, 3 * _ROUNDS.value)
+    distributed_engine = make('shards', aggregation=lambda dense: aggregation.DistributedDPFactory(1.0, CLIENTS,
+                                                                                                  dense, 0))
+    private, secured, compressed, distributed_dp, plain = paired_round_seconds(
+        [private_engine, secure_engine, compressed_engine, distributed_engine, make('shards')], task,
+        3 * _ROUNDS.value)
     print(f'R3 DP round {1000 * private:.0f} ms, non-private {1000 * plain:.0f} ms  ratio {private / plain:.2f} '
           '(target <= 1.10)')
     print(f'Secure aggregation round {1000 * secured:.0f} ms  / non-private {secured / plain:.2f} (target <= 1.3)')
     print(f'Compression round {1000 * compressed:.0f} ms  / non-private {compressed / plain:.2f} (target <= 1.3)')
+    print(f'Distributed DP round {1000 * distributed_dp:.0f} ms  / non-private {distributed_dp / plain:.2f} '
+          '(target <= 1.3)')
     if _WORKER_ROUNDS.value:
       one, two = worker_round_seconds(task, _WORKER_ROUNDS.value)
       print(f'Workers: shard-process round, local runtime {1000 * one:.0f} ms, two local worker services (--workers) '

@@ -41,9 +41,10 @@ _ALGORITHM = flags.DEFINE_enum(
     'receives and updates (every user\'s embedding leaves its client).')
 _ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES + REMOVED_ENGINES),
                             'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
-                            '--users_per_shard users (MF cross-device: Federated Reconstruction with user-level DP or '
+                            '--users_per_shard users (MF and the two-tower cross-device: Federated Reconstruction '
+                            'with user-level DP or '
                             '--secure_aggregation, also cross-silo with DP; FedAvg / FedProx without DP; '
-                            '--compression; --nosplit_dataset; not --dp=distributed for now; also with --workers); '
+                            '--dp=distributed; --compression; --split_dataset; also with --workers); '
                             'tff: TFF\'s own processes (build_fed_recon, build_weighted_fed_avg / fed_prox), one TFF '
                             'client per client: the reference, and the engine of what the shard process does not run '
                             'yet; auto: shards where it applies, else tff. Both give the same model (tested). '
@@ -93,8 +94,9 @@ _DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
                         'User-level DP of the global update: gaussian_fixed (clip --clip_norm) or gaussian_adaptive '
                         '(clip follows --target_quantile of update norms, Andrew et al. 2021), or tree (DP-FTRL: '
                         'tree-aggregation noise restarted every epoch; needs --epoch_sampling), or distributed '
-                        '(tff.learning.ddp_secure_aggregator: Skellam noise added on each client, summed securely, '
-                        'TFF\'s adaptive clip; needs --clients_per_round and --engine=tff).')
+                        '(as tff.learning.ddp_secure_aggregator, per user: Skellam noise added on each user\'s device, '
+                        'summed securely, TFF\'s adaptive clip; needs --clients_per_round; MF Federated '
+                        'Reconstruction cross-device).')
 _EPOCHS = flags.DEFINE_bool('epoch_sampling', False, 'With --clients_per_round: each epoch a seeded shuffle of all '
                             'clients cut into cohorts, so each client takes part at most once per epoch (--dp=tree).')
 _NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / clip (0 with --target_epsilon: '
@@ -177,7 +179,7 @@ class ExperimentConfig:
                        f'(--clients_per_round={cohort})')
     if self.engine == 'shards' and not self.shardable:
       raise ValueError('--engine=shards runs MF cross-device (Federated Reconstruction, also cross-silo with DP; '
-                       'FedAvg / FedProx without DP) with --nosplit_dataset, without --dp=distributed for now '
+                       'FedAvg / FedProx without DP) and the two-tower cross-device '
                        f'(got --model={self.model} '
                        f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
                        '--engine=auto')
@@ -197,8 +199,10 @@ class ExperimentConfig:
     if self.secure_aggregation and self.dp.enabled:
       raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
                        'securely) instead of both')
-    if self.dp.mechanism == dp.DISTRIBUTED:
-      distributed.check_protobuf()
+    if self.dp.mechanism == dp.DISTRIBUTED and (self.resolved_engine != 'shards' or self.algorithm != 'fed_recon'):
+      raise ValueError('--dp=distributed runs Federated Reconstruction (MF or the two-tower) cross-device on the '
+                       f'shard process (got --algorithm={self.algorithm} --view={self.data.view} '
+                       f'--engine={self.engine})')
     if self.compression and (self.dp.enabled or self.secure_aggregation):
       raise ValueError('--compression is not composed with --dp or --secure_aggregation yet; use one of them')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
@@ -215,8 +219,8 @@ class ExperimentConfig:
 
   @property
   def shardable(self) -> bool:
-    if self.model != tasks.MF or self.recon.split_dataset or self.dp.mechanism == dp.DISTRIBUTED:
-      return False
+    if self.model == tasks.TWO_TOWER:
+      return self.algorithm == 'fed_recon' and self.data.view == 'cross_device'
     if self.algorithm == 'fed_recon':
       return self.data.view == 'cross_device' or self.silo_dp
     if self.algorithm == 'fed_als':  # Its statistics aggregate as any update; its item solve is its finalizer.
@@ -342,9 +346,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
     container = tuple if config.resolved_engine == 'shards' else list
     dp_kwargs = dict(record_specs=container(tf.TensorSpec(v.shape, v.dtype) for v in trainable),
                      rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
-  if config.dp.mechanism == dp.DISTRIBUTED:
-    aggregator = distributed.aggregator(config.dp.noise_multiplier, config.sampling.clients_per_round)
-  elif config.dp.enabled:
+  if config.dp.enabled and config.resolved_engine == 'tff':
     aggregator = dp.aggregation_factory(config.dp, clients, **dp_kwargs)
   else:
     aggregator = None
@@ -365,7 +367,10 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
       shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
     if config.compression:
       shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
-    if config.dp.enabled:
+    if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
+      shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
+          config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
+    elif config.dp.enabled:
       query = dp.dp_query(config.dp, clients, **dp_kwargs)
       shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
     if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
@@ -420,7 +425,6 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
     accountant = distributed.Accountant(config.dp.noise_multiplier, config.sampling.clients_per_round, population,
                                         value_type)
     engine.round_check = lambda measurements: accountant.check(measurements['mean_value'])
-    engine.keep_empty_clients = True
   final = experiment.run(
       engine, task,
       cohort_fn=cohort_fn,

@@ -39,7 +39,8 @@ def _run(tiny_dataset, out, name, **overrides):
     {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01, 'client_weighting': 'uniform'},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
-    {'model': 'two_tower'},
+    {'model': 'two_tower'},  # On the shard process.
+    {'model': 'two_tower', 'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},  # On the shard process.
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
     {'secure_aggregation': True},
@@ -48,11 +49,13 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
+    {'dp': 'distributed', 'target_epsilon': 50.0, 'clients_per_round': 12},  # Calibrated by its own accounting.
     {'algorithm': 'fed_als'},
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
-], ids=['shards', 'shards_of_one', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower',
-        'dp_shards', 'dp_tff', 'secure_aggregation', 'compression', 'compression_tff', 'tree_shards', 'tree_tff', 'dp_cross_silo', 'fed_als', 'dp_fed_als'])
+], ids=['shards', 'shards_of_one', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower',
+        'dp_shards', 'dp_tff', 'secure_aggregation', 'compression', 'compression_tff', 'tree_shards', 'tree_tff', 'dp_cross_silo', 'distributed_dp', 'fed_als',
+        'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -84,6 +87,9 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
       assert float(rows[0]['clients']) > 3  # The round's clients are the sampled platforms' users.
       # ... and no amplification claimed: every round a plain Gaussian mechanism.
       assert 'PoissonSampledDpEvent(sampling_probability=1.0' in ledger['dp_event'] and ledger['accounting_note']
+    elif overrides['dp'] == 'distributed':  # Its own accounting (Skellam, Wang et al.'s sampling bound).
+      assert 'distributed Skellam' in ledger['dp_event'] and 'Theorem 9' in ledger['dp_event']
+      assert written['epsilon'] == pytest.approx(50.0, rel=1e-2) and written['epsilon'] <= 50.0  # Calibrated.
     else:
       assert ('SingleEpochTreeAggregation' if tree else 'SampledWithoutReplacement') in ledger['dp_event']
     assert 0 < float(rows[0]['privacy/epsilon_rdp']) < float(rows[1]['privacy/epsilon_rdp']) == written['epsilon']
@@ -116,10 +122,15 @@ def test_pld_accountant_calibrates_and_reports_its_own_epsilon(tiny_dataset, tmp
 
 
 @pytest.mark.slow
-def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset, tmp_path):
-  straight = _run(tiny_dataset, tmp_path, 'straight', rounds=3)
-  _run(tiny_dataset, tmp_path, 'resumed', rounds=2)  # "Killed" after round 2 ...
-  resumed = _run(tiny_dataset, tmp_path, 'resumed', rounds=3)  # ... and started again.
+@pytest.mark.parametrize('overrides', [
+    {},
+    # Every user's rounding and noise share drawn under (seed, round, user): a resumed run draws the same.
+    {'dp': 'distributed', 'noise_multiplier': 1.0, 'clients_per_round': 12, 'users_per_shard': 5},
+], ids=['plain', 'distributed_dp'])
+def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset, tmp_path, overrides):
+  straight = _run(tiny_dataset, tmp_path, 'straight', rounds=3, **overrides)
+  _run(tiny_dataset, tmp_path, 'resumed', rounds=2, **overrides)  # "Killed" after round 2 ...
+  resumed = _run(tiny_dataset, tmp_path, 'resumed', rounds=3, **overrides)  # ... and started again.
   for metrics in (straight, resumed):
     metrics.pop('wall_seconds')
   assert resumed == straight
@@ -127,7 +138,7 @@ def test_resume_reaches_the_same_metrics_and_same_seed_same_metrics(tiny_dataset
   assert [r['key'] for r in rows] == ['1', '2', '3']
   # The plotted history spans both invocations.
   assert [h['round'] for h in training_loop.read_history(str(tmp_path / 'resumed'))] == [1.0, 2.0, 3.0]
-  again = _run(tiny_dataset, tmp_path, 'again', rounds=3)
+  again = _run(tiny_dataset, tmp_path, 'again', rounds=3, **overrides)
   again.pop('wall_seconds')
   assert again == straight
 
@@ -158,7 +169,8 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'use --dp=distributed'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0, 'clients_per_round': 0, 'client_sampling_rate': 0.3},
      '--dp=distributed needs fixed-size cohorts'),
-    ({'dp': 'distributed', 'noise_multiplier': 1.0}, 'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python'),
+    ({'dp': 'distributed', 'noise_multiplier': 1.0, 'engine': 'tff'},
+     r'--dp=distributed runs Federated Reconstruction \(MF or the two-tower\) cross-device .*--engine=tff'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo', 'engine': 'tff'},
      '--dp with --view=cross_silo runs each platform'),
     ({'dp': 'tree', 'noise_multiplier': 1.0}, 'each user at most once per tree: use --epoch_sampling'),
@@ -191,8 +203,8 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
     ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: the shard process .*drop the flag$'),
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
-    ({'engine': 'shards', 'dp': 'distributed', 'noise_multiplier': 1.0}, '--engine=shards runs MF cross-device '
-     '.* \(got .*--dp=distributed\)'),
+    ({'algorithm': 'fed_avg', 'dp': 'distributed', 'noise_multiplier': 1.0},
+     '--dp=distributed runs Federated Reconstruction .*--algorithm=fed_avg'),
     ({'engine': 'shards', 'algorithm': 'fed_avg', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0},
      '--engine=shards runs MF cross-device .*FedAvg / FedProx without DP'),
 ])

@@ -10,6 +10,7 @@ import tensorflow_federated as tff
 
 from tests.privacy.test_data_flow import AGGREGATIONS, client_to_server_intrinsics
 from tff_rec import preprocessing, tasks
+from tff_rec.data import schema
 from tff_rec.federated import aggregation, fed_avg, fed_recon, process, shard_math
 from tff_rec.models import mf
 from tff_rec.privacy import dp, secure
@@ -450,3 +451,65 @@ def test_compression_quantises_each_users_rows_unbiasedly_whatever_its_shard(tin
   mean = np.mean([step(engine(1, seed=s))[0][0] for s in range(1, 9)] + [one[0]], axis=0)
   assert np.abs(mean - exact[0]).max() < error / 2  # Unbiased: averaging draws converges on the exact mean.
   assert metrics['communication/upload_bytes_per_client'] < 0.2 * plain_metrics['communication/upload_bytes_per_client']
+
+
+def test_two_tower_shards_equal_tffs_two_tower_process_over_rounds(tiny_dataset):
+  """The two-tower model (TFRS retrieval loss, the query tower reconstructed on the device): shard sizes 1 and 4
+  against TFF's `build_fed_recon` of the Keras two-tower (weights, train loss, evaluation totals); only the
+  candidate tower is in the server state or leaves a shard, and only as aggregates."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, model=tasks.TWO_TOWER)
+  reference = fed_recon.TffEngine(task, CONFIG, eval_learning_rate=0.5, eval_epochs=2)
+  engines = [_engine(task, k) for k in (1, 4)]
+  ref_state, states = reference.initialize(), [e.initialize() for e in engines]
+  _assert_weights_close(reference.global_weights(ref_state), engines[0].global_weights(states[0]), atol=0)
+  for round_num in range(3):
+    examples = task.train_examples(task.train_data.client_ids[:10], round_num, seed=0)
+    ref_out, outs = reference.next(ref_state, examples), [e.next(s, examples) for e, s in zip(engines, states)]
+    ref_state, states = ref_out.state, [o.state for o in outs]
+    for out in outs:
+      assert flatten_metrics(out.metrics)['client_work/train/loss'] == pytest.approx(
+          flatten_metrics(ref_out.metrics)['client_work/train/loss'], rel=1e-5)
+  clients = task.eval_clients('test')
+  ref_totals = reference.evaluate(ref_state, clients)
+  for engine, state in zip(engines, states):
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state))
+    totals = engine.evaluate(state, clients)
+    assert totals.keys() == ref_totals.keys() and ref_totals['count'] > 0
+    for key in ref_totals:
+      assert totals[key] == pytest.approx(ref_totals[key], rel=1e-4, abs=1e-4), key
+  assert not np.allclose(engines[0].global_weights(states[0])[0], engines[0].global_weights(engines[0].initialize())[0])
+  moved = client_to_server_intrinsics(engines[0].process.next)
+  assert moved and set(moved) <= AGGREGATIONS, moved
+  trainable = engines[0].process.next.type_signature.parameter[0].member.global_model_weights.trainable
+  assert [tuple(t.shape) for t in trainable] == [(task.model_config.num_items + 1, 4), (schema.NUM_GENRES, 4), (18, 4)]
+  losses = engines[1].client_losses(states[1], clients)
+  assert losses.shape == (len(clients.support),) and np.all(np.isfinite(losses)) and losses.max() > 0
+
+
+@pytest.mark.parametrize('model, objective', [('mf', mf.RATING), (tasks.TWO_TOWER, mf.IMPLICIT)])
+def test_split_dataset_reconstructs_on_even_batches_and_trains_on_odd_ones_as_tff(tiny_dataset, model, objective):
+  """TFF's `split_dataset`: a user reconstructs on its even batches and trains the items on its odd ones; a user
+  with one batch trains nothing (weight 0) and is not empty. Shard sizes 1 and 4 against TFF's process."""
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=4, num_negatives=2),
+                                  embedding_dim=4, model=model, objective=objective,
+                                  l2=0.01 if model == 'mf' else 0.0)
+  config = dataclasses.replace(CONFIG, split_dataset=True)
+  reference = fed_recon.TffEngine(task, config, eval_learning_rate=0.5, eval_epochs=2)
+  engines = [_engine(task, k, config) for k in (1, 4)]
+  ref_state, states = reference.initialize(), [e.initialize() for e in engines]
+  for round_num in range(2):
+    examples = task.train_examples(task.train_data.client_ids[:10], round_num, seed=0)
+    examples[3] = (examples[3][0][:3], examples[3][1][:3])  # One batch: reconstruction only.
+    ref_out, outs = reference.next(ref_state, examples), [e.next(s, examples) for e, s in zip(engines, states)]
+    ref_state, states = ref_out.state, [o.state for o in outs]
+    for out in outs:
+      got = flatten_metrics(out.metrics)
+      assert got['client_work/train/loss'] == pytest.approx(
+          flatten_metrics(ref_out.metrics)['client_work/train/loss'], rel=1e-5)
+      assert got['client_work/empty_clients'] == 0
+      odd = sum(max(0, min(4, len(x) - 4 * t)) for x, _ in examples for t in range(1, len(x) // 4 + 1, 2))
+      assert got['client_work/train/num_examples'] == 2 * odd  # The odd batches', local_epochs 2.
+  for engine, state in zip(engines, states):
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=5e-6)
+  assert not np.allclose(engines[0].global_weights(states[0])[0], engines[0].global_weights(engines[0].initialize())[0])

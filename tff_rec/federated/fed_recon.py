@@ -229,10 +229,6 @@ class TffEngine:
   """
 
   _communication: dict[str, float] | None = None  # Bytes per client; set on the first round.
-  # Called with each round's aggregator measurements (distributed DP checks them against its accounting).
-  round_check: Callable[[Any], None] | None = None
-  # Distributed DP: every sampled client adds its noise share, so an empty one takes part (with a zero update).
-  keep_empty_clients: bool = False
 
   def __init__(self, task, config: ReconConfig, *, eval_learning_rate: float, eval_epochs: int,
                aggregator: Any = None):
@@ -254,13 +250,9 @@ class TffEngine:
     """One round on the cohort's `examples` (one `preprocessing.Examples` per client)."""
     kept = [e for e in examples if len(e[0])]  # An empty client is skipped, and counted.
     empty = {'client_work/empty_clients': len(examples) - len(kept)}
-    if self.keep_empty_clients:
-      kept = list(examples)
     if not kept:
       return RoundOutput(state, empty)
     output = self.process.next(state, [self._dataset(e) for e in kept])
-    if self.round_check is not None:
-      self.round_check(output.metrics['aggregator'])
     if self._communication is None:  # Fixed by the process's types: computed once.
       self._communication = communication(self.process, compressed=self._compressed)
     return RoundOutput(output.state, {**output.metrics, **empty, **self._communication})

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -37,7 +39,7 @@ from tff_rec.evaluation import client_eval
 from tff_rec.federated import aggregation as aggregation_lib
 from tff_rec.federated import als as fed_als
 from tff_rec.federated import fed_recon, shard_math
-from tff_rec.models import als, mf
+from tff_rec.models import als, mf, two_tower
 
 _F32 = np.float32
 
@@ -76,8 +78,8 @@ def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
   return tf.data.Dataset.from_tensors(tensors)
 
 
-def build_client_work(model_weights_type: tff.Type,
-                      settings: shard_math.ClientSettings) -> tff.learning.templates.ClientWorkProcess:
+def build_client_work(model_weights_type: tff.Type, settings: shard_math.ClientSettings,
+                      features: two_tower.ItemFeatures | None = None) -> tff.learning.templates.ClientWorkProcess:
   """Each shard's users reconstruct and update (`shard_math.user_updates`); their sparse updates go to the aggregator.
 
   Measurements (summed over shards): `train/loss` (the mean batch loss of
@@ -89,7 +91,8 @@ def build_client_work(model_weights_type: tff.Type,
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_update(weights, dataset):
-    updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings)
+    updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings,
+                                            features)
     updates['deltas'], updates['rows'] = list(updates['deltas']), list(updates['rows'])
     return tff.learning.templates.ClientResult(update=updates, update_weight=tf.reduce_sum(updates['weight'])), sums
 
@@ -124,7 +127,8 @@ def client_settings(task, config: fed_recon.ReconConfig, algorithm: str = shard_
       client_learning_rate=config.client_learning_rate,
       reconstruction_learning_rate=config.reconstruction_learning_rate,
       reconstruction_epochs=config.reconstruction_epochs, local_epochs=config.local_epochs,
-      client_weighting=config.client_weighting, algorithm=algorithm, proximal_strength=proximal_strength)
+      client_weighting=config.client_weighting, algorithm=algorithm, proximal_strength=proximal_strength,
+      split_dataset=config.split_dataset)
 
 
 Aggregation = Callable[[list[tf.TensorSpec]], tff.aggregators.UnweightedAggregationFactory]
@@ -136,7 +140,8 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
                            config: fed_recon.ReconConfig, *, factory: tff.aggregators.UnweightedAggregationFactory,
                            update_specs: list[tf.TensorSpec],
                            finalizer: Callable[[tff.Type, tff.Type], tff.learning.templates.FinalizerProcess] | None
-                           = None) -> tff.learning.templates.LearningProcess:
+                           = None, features: two_tower.ItemFeatures | None = None
+                           ) -> tff.learning.templates.LearningProcess:
   """TFF's broadcast, the shard client work of `settings`, a shard aggregator, a finalizer.
 
   `initial`: the global weights (`initial_weights`, `fedavg_initial_weights`).
@@ -145,18 +150,16 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
   dense shapes of the aggregated update (the weights', or ALS's statistics).
   `finalizer`: (model weights type, aggregated update type) -> the finalizer;
   default TFF's `build_apply_optimizer_finalizer` with the server optimizer
-  and its rate schedule.
+  and its rate schedule. `features`: the two-tower model's item features.
   """
   config.validate()
-  if config.split_dataset:
-    raise ValueError('the shard process uses every batch for both stages (split_dataset=False)')
   model_weights_type = weights_type(initial)
 
   @tff.tensorflow.computation
   def initial_model_weights():
     return tff.learning.models.ModelWeights(trainable=[tf.constant(w) for w in initial], non_trainable=[])
 
-  client_work = build_client_work(model_weights_type, settings)
+  client_work = build_client_work(model_weights_type, settings, features)
   update_type = client_work.next.type_signature.result.result.member.update
   # What every shard aggregator takes.
   aggregation_lib.user_updates_type(update_specs).check_assignable_from(update_type)
@@ -216,14 +219,19 @@ def eval_type(kind: str) -> tff.SequenceType:
 
 
 def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
-                     epochs: int, item_side: int = 0, als_config: als.AlsConfig | None = None) -> tff.Computation:
+                     epochs: int, item_side: int = 0, als_config: als.AlsConfig | None = None,
+                     features: two_tower.ItemFeatures | None = None) -> tff.Computation:
   """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard
-  from the item side (the weights from position `item_side` on; FedAvg's user table is not used)."""
+  from the item side (the weights from position `item_side` on; FedAvg's user table is not used; with
+  `features`, the two-tower model's candidate tower)."""
   data_type = eval_type(kind)
 
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_sums(weights, dataset):
+    if features is not None:
+      return shard_math.two_tower_evaluation_sums(tuple(weights.trainable), features, dataset.get_single_element(),
+                                                  learning_rate=learning_rate, epochs=epochs)
     return shard_math.evaluation_sums(tuple(weights.trainable)[item_side:], dataset.get_single_element(),
                                       objective=objective, als_config=als_config,
                                       l2=l2, learning_rate=learning_rate, epochs=epochs)
@@ -237,15 +245,18 @@ def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str,
 
 
 class ShardEngine:
-  """MF on TFF's runtime, a TFF client per shard of users; the interface of the other engines.
+  """MF or the two-tower model on TFF's runtime, a TFF client per shard of users; the interface of the other engines.
 
-  `algorithm`: `fed_recon` (the task's users are local rows), `fed_avg` or
+  `algorithm`: `fed_recon` (the task's users are local rows; the two-tower's
+  query towers likewise), `fed_avg` or
   `fed_prox` (with `proximal_strength`; the task's user table is global), or
   `fed_als` (with `als_config` and `clients`, the expected cohort its mean
   statistics are over; `config`'s server optimizer does not apply).
   """
 
   _communication: dict[str, float] | None = None
+  # Called with each round's aggregator measurements (distributed DP checks them against its accounting).
+  round_check: Callable[[Any], None] | None = None
 
   def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
                eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory,
@@ -263,9 +274,17 @@ class ShardEngine:
       raise ValueError(f'proximal_strength must be > 0 exactly for fed_prox, got {proximal_strength} for {algorithm}')
     self.task, self.users_per_shard = task, users_per_shard
     kind = shard_math.FED_AVG if global_users else algorithm
-    self.settings = dataclasses.replace(client_settings(task, config, kind, proximal_strength), als=als_config)
-    initial = fedavg_initial_weights(task) if global_users else initial_weights(task.model_config)
-    self._item_side = len(initial) - (3 if task.objective == mf.RATING else 2)
+    towers = task.model_name == 'two_tower'
+    if towers and algorithm != shard_math.FED_RECON:
+      raise ValueError(f'the two-tower model trains with fed_recon on the shard process, got {algorithm}')
+    self.settings = dataclasses.replace(client_settings(task, config, kind, proximal_strength), als=als_config,
+                                        two_tower=towers)
+    self._features = task.item_features if towers else None
+    if towers:  # The candidate tower (item-id embedding, genre projection, year embedding): all global.
+      initial = [v.numpy() for layer in task.model_fn().global_layers for v in layer.trainable_variables]
+    else:
+      initial = fedavg_initial_weights(task) if global_users else initial_weights(task.model_config)
+    self._item_side = 0 if towers else len(initial) - (3 if task.objective == mf.RATING else 2)
     self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
                       epochs=eval_epochs)
     specs, finalizer = [tf.TensorSpec(w.shape, _F32) for w in initial], None
@@ -280,12 +299,18 @@ class ShardEngine:
       self._communication = {'communication/download_bytes_per_client': float(4 * sum(w.size for w in initial)),
                              'communication/upload_bytes_per_client': float(4 * (dim * dim + rows * dim))}
     self._factory = aggregation(specs)
-    self._specs, self._table_rows = specs, self._rows_per_user(algorithm, self._item_side, specs)
+    self._specs, self._table_rows = specs, self._rows_per_user(algorithm, self._item_side, specs, towers)
     self.process = build_learning_process(initial, self.settings, config, factory=self._factory,
-                                          update_specs=specs, finalizer=finalizer)
+                                          update_specs=specs, finalizer=finalizer, features=self._features)
     self._weights_type = self.process.get_model_weights.type_signature.result
-    self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side, **self._eval)
-    self._losses = tf.function(shard_math.support_losses, reduce_retracing=True)
+    self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side,
+                                        features=self._features, **self._eval)
+    if towers:
+      features = self._features  # Constants of the graph, not arguments to trace.
+      self._losses = tf.function(lambda *data: shard_math.two_tower_support_losses(
+          *data, features=features, learning_rate=eval_learning_rate, epochs=eval_epochs), reduce_retracing=True)
+    else:
+      self._losses = tf.function(functools.partial(shard_math.support_losses, **self._eval), reduce_retracing=True)
 
   def initialize(self):
     return self.process.initialize()
@@ -296,6 +321,8 @@ class ShardEngine:
     shards = [as_client_data(shard_math.pack_shard([examples[u] for u in part], batch_size, keys=part))
               for part in shard_math.shard_indices(examples, self.users_per_shard)]
     output = self.process.next(state, shards)
+    if self.round_check is not None:
+      self.round_check(output.metrics['aggregator'])
     if self._communication is None:  # Per user, fixed by the process's types.
       self._communication = fed_recon.communication(self.process)
     communication = dict(self._communication)
@@ -304,14 +331,14 @@ class ShardEngine:
     return fed_recon.RoundOutput(output.state, {**output.metrics, **communication})
 
   @staticmethod
-  def _rows_per_user(algorithm: str, item_side: int, specs: list[tf.TensorSpec]) -> list[str]:
+  def _rows_per_user(algorithm: str, item_side: int, specs: list[tf.TensorSpec], towers: bool) -> list[str]:
     """What each update leaf's rows are for a user: 'items' (those it touched), 'one' (its user-table row), 'all'
-    (ALS's d x d statistics) or 'scalar'."""
+    (ALS's d x d statistics; the two-tower's genre projection and year embedding) or 'scalar'."""
     kinds = []
     for i, spec in enumerate(specs):
       if not spec.shape.rank:
         kinds.append('scalar')
-      elif algorithm == shard_math.FED_ALS and i == 0:
+      elif (algorithm == shard_math.FED_ALS and i == 0) or (towers and i > 0):  # The two-tower's small tables.
         kinds.append('all')
       elif i < item_side:  # FedAvg's user table.
         kinds.append('one')
@@ -352,4 +379,4 @@ class ShardEngine:
     """Each user's mean support loss after reconstruction (the membership-inference audit's signal, simulated)."""
     items, labels, mask = shard_math.pack_batches(clients.support, self.task.data_config.batch_size)
     weights = tuple(tf.constant(w) for w in self.global_weights(state))
-    return self._losses(weights, items, labels, mask, **self._eval).numpy()
+    return self._losses(weights, items, labels, mask).numpy()

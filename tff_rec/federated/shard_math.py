@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_rec.evaluation import client_eval
-from tff_rec.models import als, mf, reconstruction
+from tff_rec.models import als, mf, reconstruction, two_tower
 from tff_rec.preprocessing import Examples, pad_rows
 
 UNIFORM, NUM_EXAMPLES = 'uniform', 'num_examples'
@@ -50,6 +50,8 @@ class ClientSettings:
   # FED_ALS: the user solved exactly, its ALS statistics the update.
   proximal_strength: float = 0.0  # FedProx's mu (FED_AVG).
   als: als.AlsConfig | None = None  # FED_ALS.
+  two_tower: bool = False  # FED_RECON of `two_tower.build_two_tower` (the weights are its candidate tower's).
+  split_dataset: bool = False  # FED_RECON: even batches reconstruct, odd ones train (TFF's split); else all both.
 
 
 def shard_sizes(num_users: int, users_per_shard: int) -> list[int]:
@@ -149,7 +151,7 @@ def _sgd(value, grad, learning_rate):
   return value - learning_rate * grad
 
 
-def user_updates(weights, shard, settings: ClientSettings):
+def user_updates(weights, shard, settings: ClientSettings, features: two_tower.ItemFeatures | None = None):
   """Every user's sparse update and weight, and the shard's training sums.
 
   Args:
@@ -157,6 +159,7 @@ def user_updates(weights, shard, settings: ClientSettings):
       mean]); FedAvg's user table (embedding[, bias]) first, then those.
     shard: `pack_shard`'s tensors.
     settings: The client work.
+    features: The two-tower model's item features (`settings.two_tower`).
 
   Returns:
     (updates, sums): updates an OrderedDict (`aggregation.user_updates_type`)
@@ -169,13 +172,35 @@ def user_updates(weights, shard, settings: ClientSettings):
   """
   if settings.algorithm == FED_ALS:
     return als_updates(weights, shard, settings.als)
+  if settings.split_dataset and settings.algorithm == FED_RECON:
+    recon, train = split_batches(shard)
+    return (two_tower_updates(weights, features, train, settings, recon) if settings.two_tower
+            else _fed_recon_updates(weights, train, settings, recon))
+  if settings.two_tower:
+    return two_tower_updates(weights, features, shard, settings)
   if settings.algorithm == FED_AVG:  # The user's row of the global table, trained with the items (McMahan et al.).
     tables = 2 if settings.objective == mf.RATING else 1
     user = [tf.gather(table, shard['users'])[:, None, :] for table in weights[:tables]]
     return _local_updates(user, weights[tables:], shard, settings, user_rows=shard['users'])
+  return _fed_recon_updates(weights, shard, settings, shard)
+
+
+def split_batches(shard) -> tuple[collections.OrderedDict, collections.OrderedDict]:
+  """(the reconstruction data, the training data) of TFF's `split_dataset`: each user's even batches, its odd
+  ones (`tff.learning.models.ReconstructionModel.build_dataset_split_fn`); the training part keeps the whole
+  mask as `all_mask` (a user with one batch trains nothing, and is not empty)."""
+  recon, train = collections.OrderedDict(shard), collections.OrderedDict(shard)
+  for key in ('local', 'labels', 'mask'):
+    recon[key], train[key] = shard[key][:, 0::2], shard[key][:, 1::2]
+  train['all_mask'] = shard['mask']
+  return recon, train
+
+
+def _fed_recon_updates(weights, shard, settings: ClientSettings, recon):
+  """Federated Reconstruction of MF: each user reconstructed on `recon`'s batches, the items trained on `shard`'s."""
   embedding, bias, mean = split_weights(weights, settings.objective)
-  items = tf.gather(shard['rows'], shard['local'], batch_dims=1)  # The catalogue rows of each example.
-  user = reconstruction.reconstruct(embedding, bias, mean, items, shard['labels'], shard['mask'],
+  items = tf.gather(recon['rows'], recon['local'], batch_dims=1)  # The catalogue rows of each example.
+  user = reconstruction.reconstruct(embedding, bias, mean, items, recon['labels'], recon['mask'],
                                     objective=settings.objective, l2=settings.l2,
                                     learning_rate=settings.reconstruction_learning_rate,
                                     epochs=settings.reconstruction_epochs)
@@ -231,6 +256,16 @@ def _local_updates(user, item_weights, shard, settings: ClientSettings, user_row
   deltas += [start[0] - tf.reshape(items[0], tf.shape(start[0])), start[1] - tf.reshape(items[1], tf.shape(start[1]))]
   if rating:
     deltas.append(tf.reshape(start[2] - items[2], [users]))  # TFF's convention: initial - final.
+  all_rows = ([user_rows[:, None]] * first_item if first_item else []) + [rows, rows] + ([tf.zeros([users, 0], tf.int64)] if rating else [])
+  return _user_results(deltas, all_rows, loss_sum, loss_batches, shard, settings)
+
+
+def _user_results(deltas, rows, loss_sum, loss_batches, shard, settings: ClientSettings):
+  """`user_updates`' result from each user's deltas and rows and its loss sum and batch count [U]: a non-finite
+  user's update zeroed, weighted 0 and left out of the loss."""
+  mask = shard['mask']
+  users = tf.shape(mask)[0]
+  has_data = tf.reduce_sum(shard.get('all_mask', mask), axis=[1, 2]) > 0
   finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [users, -1])), axis=1)
                                    for d in deltas]), axis=0)
   deltas = [tf.where(tf.reshape(finite, [-1] + [1] * (d.shape.rank - 1)), d, 0.0) for d in deltas]
@@ -246,11 +281,71 @@ def _local_updates(user, item_weights, shard, settings: ClientSettings, user_row
       loss_sum=tf.reduce_sum(tf.where(finite, loss_sum, 0.0)), loss_batches=tf.reduce_sum(loss_batches * counted),
       num_examples=tf.reduce_sum(examples),
       non_finite_users=tf.reduce_sum(1.0 - counted),
-      empty_users=tf.reduce_sum(tf.cast(tf.equal(examples, 0.0), tf.float32)))
-  all_rows = ([user_rows[:, None]] * first_item if first_item else []) + [rows, rows] + ([tf.zeros([users, 0], tf.int64)] if rating else [])
-  updates = collections.OrderedDict(rows=all_rows, deltas=deltas, weight=weight, examples=examples,
-                                    keys=shard['keys'])
+      empty_users=tf.reduce_sum(tf.cast(tf.logical_not(has_data), tf.float32)))
+  updates = collections.OrderedDict(rows=rows, deltas=deltas, weight=weight, examples=examples, keys=shard['keys'])
   return updates, sums
+
+
+def candidates(weights, features: two_tower.ItemFeatures, items: tf.Tensor) -> tf.Tensor:
+  """The two-tower candidate embeddings of catalogue rows `items` [...] -> [..., d] (`two_tower.candidate_table`
+  for those rows): item-id embedding + genres x projection + year-bucket embedding."""
+  id_embedding, genre_projection, year_embedding = weights
+  genres = tf.gather(tf.constant(features.genres), items)
+  return (tf.gather(id_embedding, items) + tf.tensordot(genres, genre_projection, 1)
+          + tf.gather(year_embedding, tf.gather(tf.constant(features.year_buckets), items)))
+
+
+def two_tower_updates(weights, features: two_tower.ItemFeatures, shard, settings: ClientSettings, recon=None):
+  """Federated Reconstruction of the two-tower model (`two_tower.build_two_tower`), per user of the shard.
+
+  Each user's query embedding is reconstructed from zeros on its own batches
+  with the candidate tower frozen (`reconstruction.reconstruct_query`), then
+  the candidate tower takes `local_epochs` of SGD on TFRS's retrieval loss
+  (`reconstruction.retrieval_batch_losses`) with the query frozen: the rows of
+  the item-id embedding the user's examples touch, and its own copies of the
+  genre projection and year embedding (small, dense). Returns (updates, sums)
+  as `user_updates`: the id rows' deltas on the user's rows, the two small
+  tables' on all their rows. `recon`: the reconstruction's batches (default
+  `shard`'s).
+  """
+  recon = shard if recon is None else recon
+  id_embedding, genre_projection, year_embedding = weights
+  local_items, labels, mask, rows = shard['local'], shard['labels'], shard['mask'], shard['rows']
+  users, touched, dim = tf.shape(rows)[0], tf.shape(rows)[1], tf.shape(id_embedding)[1]
+  items = tf.gather(rows, local_items, batch_dims=1)  # [U, T, B] catalogue rows.
+  offsets = tf.range(users)[:, None, None] * touched
+  user_candidates = tf.reshape(candidates(weights, features, rows), [-1, dim])  # [U * K, d]
+  query = reconstruction.reconstruct_query(user_candidates, recon['local'] + offsets, recon['labels'], recon['mask'],
+                                           learning_rate=settings.reconstruction_learning_rate,
+                                           epochs=settings.reconstruction_epochs)
+  genres, years = tf.constant(features.genres), tf.constant(features.year_buckets)
+  start = [tf.reshape(tf.gather(id_embedding, rows), [-1, dim]),
+           tf.tile(genre_projection[None], [users, 1, 1]), tf.tile(year_embedding[None], [users, 1, 1])]
+  batches = tf.shape(local_items)[1]
+
+  def step(s, local, loss_sum, loss_batches):
+    t = s % batches
+    with tf.GradientTape() as tape:
+      tape.watch(local)
+      batch = items[:, t]
+      candidate = (tf.gather(local[0], local_items[:, t] + offsets[:, 0]) +
+                   tf.einsum('ubg,ugd->ubd', tf.gather(genres, batch), local[1]) +
+                   tf.gather(local[2], tf.gather(years, batch), batch_dims=1))
+      losses = reconstruction.retrieval_batch_losses(query, candidate, labels[:, t], mask[:, t])
+      total = tf.reduce_sum(losses)
+    grads = tape.gradient(total, local)
+    grads = grads[:1] + [tf.convert_to_tensor(g) for g in grads[1:]]  # The small tables' per-user copies: dense.
+    local = [_sgd(v, g, settings.client_learning_rate) for v, g in zip(local, grads)]
+    nonempty = tf.cast(tf.reduce_sum(mask[:, t], axis=1) > 0, tf.float32)
+    return s + 1, local, loss_sum + losses * nonempty, loss_batches + nonempty
+
+  _, local, loss_sum, loss_batches = tf.while_loop(
+      lambda s, *_: s < settings.local_epochs * batches, step,
+      (tf.constant(0), start, tf.zeros([users]), tf.zeros([users])))
+  deltas = [tf.reshape(start[0] - local[0], [users, touched, dim]), start[1] - local[1], start[2] - local[2]]
+  small = [tf.tile(tf.range(tf.shape(w)[0], dtype=tf.int64)[None], [users, 1])
+           for w in (genre_projection, year_embedding)]
+  return _user_results(deltas, [rows] + small, loss_sum, loss_batches, shard, settings)
 
 
 def als_updates(weights, shard, config: als.AlsConfig):
@@ -343,6 +438,42 @@ def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: 
   all_items = tf.tile(tf.range(tf.shape(embedding)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
   sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
   return sums
+
+
+def two_tower_evaluation_sums(weights, features: two_tower.ItemFeatures, data, *, learning_rate: float,
+                              epochs: int) -> collections.OrderedDict:
+  """`evaluation_sums` of the two-tower model: each user's query reconstructed from its support against the
+  candidate tower over the catalogue (`reconstruction.reconstruct_query`), items scored by the dot product."""
+  table = candidates(weights, features, tf.range(tf.shape(weights[0])[0], dtype=tf.int64))
+  query = reconstruction.reconstruct_query(table, data['items'], data['labels'], data['mask'],
+                                           learning_rate=learning_rate, epochs=epochs)  # [U, 1, d]
+
+  def score(indices):  # indices [U, ...] -> scores [U, ...]
+    flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
+    return tf.reshape(tf.reduce_sum(query * tf.gather(table, flat), -1), tf.shape(indices))
+
+  sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'])
+  all_items = tf.tile(tf.range(tf.shape(table)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
+  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
+  return sums
+
+
+def two_tower_support_losses(weights, items, labels, mask, *, features: two_tower.ItemFeatures,
+                             learning_rate: float, epochs: int) -> tf.Tensor:
+  """Each user's mean retrieval loss over its support batches after reconstruction [U] (the membership-inference
+  signal of the two-tower model)."""
+  table = candidates(weights, features, tf.range(tf.shape(weights[0])[0], dtype=tf.int64))
+  query = reconstruction.reconstruct_query(table, items, labels, mask, learning_rate=learning_rate, epochs=epochs)
+  users = tf.shape(items)[0]
+
+  def step(t, total, batches):
+    losses = reconstruction.retrieval_batch_losses(query, tf.gather(table, items[:, t]), labels[:, t], mask[:, t])
+    nonempty = tf.cast(tf.reduce_sum(mask[:, t], axis=1) > 0, tf.float32)
+    return t + 1, total + losses * nonempty, batches + nonempty
+
+  _, total, batches = tf.while_loop(lambda t, *_: t < tf.shape(items)[1], step,
+                                    (tf.constant(0), tf.zeros([users]), tf.zeros([users])))
+  return tf.math.divide_no_nan(total, batches)
 
 
 class ItemSideEvaluator:

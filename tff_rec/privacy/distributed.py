@@ -1,15 +1,17 @@
-"""Distributed DP: discrete noise added on every client and summed securely, and its accounting.
+"""Distributed DP: discrete noise added on every user's device and summed securely; its parameters and accounting.
 
-The mechanism is TFF's `tff.learning.ddp_secure_aggregator`: each client's
-update is flattened, rotated (randomised Hadamard transform), L2-clipped (the
-clip adapts to the median norm, Andrew et al. NeurIPS 2021, its clipped count
-securely summed), scaled and stochastically rounded to integers, and gets a
-share of distributed Skellam noise (Agarwal, Kairouz & Liu, "The Skellam
-Mechanism for Differentially Private Federated Learning", NeurIPS 2021) before
-the secure sum (modular, `bits` wide): the server only ever sees the noisy
-sum. Built with `zeroing=False`: TFF's adaptive zeroing estimates its threshold
-from a securely summed count with no noise, a release no DP analysis covers
-(non-finite updates are already zeroed by the client work).
+The mechanism is TFF's `tff.learning.ddp_secure_aggregator`, applied per user
+by the shard aggregator `tff_rec.federated.aggregation.DistributedDPFactory`:
+each user's update is flattened, rotated (randomised Hadamard transform),
+L2-clipped (the clip adapts to the median norm, Andrew et al. NeurIPS 2021,
+its clipped count securely summed), scaled and stochastically rounded to
+integers, and gets a share of distributed Skellam noise (Agarwal, Kairouz &
+Liu, "The Skellam Mechanism for Differentially Private Federated Learning",
+NeurIPS 2021) before the secure sum (modular, `bits` wide): the server only
+ever sees the noisy sum. Without TFF's adaptive zeroing (`zeroing=False`): it
+estimates its threshold from a securely summed count with no noise, a release
+no DP analysis covers (non-finite updates are already zeroed by the client
+work). `round_parameters` tunes a round from the clip as TFF does.
 
 Accounting is written here because dp_accounting 0.4.3 has no Skellam event:
 
@@ -36,17 +38,21 @@ Accounting is written here because dp_accounting 0.4.3 has no Skellam event:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dp_accounting
-from google.protobuf.internal import api_implementation
 import numpy as np
 from scipy import optimize, special
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.aggregators import differential_privacy as _tff_dp
+from tensorflow_federated.python.aggregators import discretization as _tff_discretization
+from tensorflow_federated.python.aggregators import distributed_dp as _tff_ddp
 
 from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
 from tff_rec.privacy import dp
@@ -59,19 +65,6 @@ MARGIN = 0.01  # Per-round RDP accounted above the initial parameters' (see the 
 
 class DriftError(RuntimeError):
   """A round's distributed-DP parameters cost more privacy than the accounting assumed."""
-
-
-def check_protobuf() -> None:
-  """TFF 0.87's Fed Recon round with this aggregator nests deeper than the upb protobuf parser allows (100)."""
-  if api_implementation.Type() != 'python':
-    raise ValueError('--dp=distributed: TFF 0.87 serialises the composed round deeper than the default (upb) '
-                     'protobuf runtime parses ("DecodeError: Error parsing message"); run with '
-                     'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in the environment')
-
-
-def aggregator(noise_multiplier: float, clients: int, bits: int = BITS) -> tff.aggregators.UnweightedAggregationFactory:
-  """TFF's distributed-DP secure mean (distributed Skellam), without the unaccounted zeroing."""
-  return tff.learning.ddp_secure_aggregator(noise_multiplier, clients, bits=bits, zeroing=False, rotation_type='hd')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,18 +134,47 @@ def epsilon(per_round: np.ndarray, q: float, rounds: int, delta: float) -> float
   return float(dp_accounting.rdp.compute_epsilon(ORDERS, rdp, delta)[0])
 
 
+def padded_dim(dim: int) -> int:
+  """The coordinates of an update of `dim` values after the Hadamard rotation's padding (a power of two)."""
+  return 2 ** math.ceil(math.log2(max(1, dim)))
+
+
+def k_stddevs(wrap_probability: float = 1e-4) -> float:
+  """TFF's default probability of the sum wrapping around the field, as standard deviations (eager)."""
+  return _tff_ddp._clip_prob_to_num_stddevs(wrap_probability)  # pylint: disable=protected-access
+
+
+def noise_split(noise_multiplier: float, clients: int) -> tuple[float, float]:
+  """(the value's noise multiplier, the adaptive clip count's stddev): TFF's split of `noise_multiplier` between
+  the update and the clip's below-count (Andrew et al. 2021)."""
+  return _tff_dp.adaptive_clip_noise_params(noise_multiplier, clients, None)
+
+
+def round_parameters(clip, value_noise_multiplier: float, clients: int, padded_dim: int, bits: int,
+                   k_stddevs: float) -> collections.OrderedDict:
+  """A distributed-DP round's parameters for L2 clip `clip`, as TFF 0.87's `DistributedDpSumFactory` tunes them:
+  the scale (TFF's heuristic, capped at 1e6), the scaled norm bounds after rounding (L2 with TFF's 1e-5 leeway;
+  L1 <= L2 min(sqrt(d), L2)) and each user's noise stddev, scaled. `k_stddevs`: the aggregate's standard
+  deviations kept inside the field (1e-4's)."""
+  clip = tf.cast(clip, tf.float32)
+  local = value_noise_multiplier * clip / np.sqrt(clients)
+  heuristic = _tff_ddp._heuristic_scale_factor(local, clip, bits, clients, padded_dim, k_stddevs)  # pylint: disable=protected-access
+  scale = tf.cast(tf.minimum(heuristic, tf.constant(_tff_ddp.MAX_SCALE_FACTOR, tf.float64)), tf.float32)
+  inflated = _tff_discretization.inflated_l2_norm_bound(clip, 1.0 / scale, 0.0, padded_dim)
+  l2 = (inflated + 1e-5) * scale
+  l1 = tf.cast(tf.math.ceil(l2 * tf.minimum(float(np.sqrt(padded_dim)), l2)), tf.int32)
+  return collections.OrderedDict(clip=clip, scale=scale, l2=l2, l1=l1, local_stddev=local * scale)
+
+
 def initial_round(noise_multiplier: float, clients: int, value_type: Any, bits: int = BITS) -> SkellamRound:
-  """The parameters of the aggregator's first round for updates of `value_type`, read from its initial state."""
-  process = aggregator(noise_multiplier, clients, bits).create(value_type)
-  state = process.initialize()
-  value_state = state[0][0]  # UnweightedMean(value=DistributedDpSum, count) -> the DistributedDpSum's state.
-  clip_state = value_state['clipping_norm'][0]
-  query = value_state['inner_agg']['inner_agg_process'].query_state
+  """The parameters of the first round (clip `INITIAL_CLIP`) for updates of `value_type` (tested equal to the
+  initial state of TFF's `ddp_secure_aggregator`)."""
   dim = sum(int(np.prod(t.shape)) for t in tf.nest.flatten(
       tff.types.structure_from_tensor_type_tree(lambda t: t, value_type)))
-  return SkellamRound(l2_bound=float(query.l2_norm_bound), local_stddev=float(query.local_stddev), clients=clients,
-                      padded_dim=2 ** math.ceil(math.log2(max(1, dim))),
-                      count_stddev=float(clip_state.below_estimate_state.numerator_state.stddev))
+  value_noise, count_stddev = noise_split(noise_multiplier, clients)
+  params = round_parameters(INITIAL_CLIP, value_noise, clients, padded_dim(dim), bits, k_stddevs())
+  return SkellamRound(l2_bound=float(params['l2']), local_stddev=float(params['local_stddev']), clients=clients,
+                      padded_dim=padded_dim(dim), count_stddev=float(count_stddev))
 
 
 def from_measurements(measurements: Mapping[str, Any], count_stddev: float) -> SkellamRound:
@@ -200,7 +222,9 @@ def calibrate(target_epsilon: float, clients: int, population: int, rounds: int,
   upper = dp.adaptive_noise_limit(clients) * 0.999  # TFF's adaptive clip needs the noise strictly below it.
 
   def excess(log_z: float) -> float:
-    return Accountant(math.exp(log_z), clients, population, value_type, bits).epsilon(rounds, delta) - target_epsilon
+    with warnings.catch_warnings():  # TFF warns of the clip count's share of large trial noise multipliers.
+      warnings.simplefilter('ignore', UserWarning)
+      return Accountant(math.exp(log_z), clients, population, value_type, bits).epsilon(rounds, delta) - target_epsilon
 
   if excess(math.log(upper)) > 0:
     raise dp.PrivacyConfigError(f'no noise multiplier below {upper:.3g} (TFF\'s limit for {clients} clients a round) '
