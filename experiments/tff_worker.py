@@ -1,7 +1,7 @@
 r"""Runs one TFF worker service (TFF's own `worker_binary`) in the foreground, for `--workers`.
 
   python -m experiments.tff_worker --port=8000        # on each worker machine (Ctrl-C stops it)
-  python -m experiments.train_federated --flagfile=... --engine=tff --workers=host1:8000,host2:8000
+  python -m experiments.train_federated --flagfile=... --workers=host1:8000,host2:8000
 
 The binary ships inside the TFF wheel (`tensorflow_federated/data/worker_binary`);
 this only finds it and replaces itself with it (the process is the worker).

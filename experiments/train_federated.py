@@ -22,34 +22,25 @@ import tensorflow_federated as tff
 from experiments import common_flags, export_flags, logs
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
-from tff_rec.federated import aggregation, compression, fed_avg, fed_recon, lr_schedule, process, sampling
+from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, sampling
 from tff_rec.models import als, reconstruction
-from tff_rec.privacy import distributed, dp, secure
+from tff_rec.privacy import distributed, dp
 
 ALGORITHMS = ('fed_recon', 'fed_als', 'fed_avg', 'fed_prox')
-ENGINES = ('auto', 'shards', 'tff')
-REMOVED_ENGINES = ('vectorized',)  # A flagfile that still names one gets a one-line message.
 DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
 
 # Algorithm.
 _ALGORITHM = flags.DEFINE_enum(
     'algorithm', 'fed_recon', list(ALGORITHMS),
-    'fed_recon: Federated Reconstruction, user parameters stay on clients (cross-device: one user row; cross-silo: '
-    'the platform\'s user table). fed_als: federated implicit ALS, each user solved exactly on its device, only its '
-    'ALS statistics aggregated (private ALS with --dp; MF, implicit, cross-device). '
-    'fed_avg / fed_prox: BASELINES with a global user table that every client '
-    'receives and updates (every user\'s embedding leaves its client).')
-_ENGINE = flags.DEFINE_enum('engine', 'auto', list(ENGINES + REMOVED_ENGINES),
-                            'shards: a TFF learning process composed from TFF\'s templates whose clients are shards of '
-                            '--users_per_shard users (MF and the two-tower cross-device: Federated Reconstruction '
-                            'with user-level DP or '
-                            '--secure_aggregation, also cross-silo with DP; FedAvg / FedProx without DP; '
-                            '--dp=distributed; --compression; --split_dataset; also with --workers); '
-                            'tff: TFF\'s own processes (build_fed_recon, build_weighted_fed_avg / fed_prox), one TFF '
-                            'client per client: the reference, and the engine of what the shard process does not run '
-                            'yet; auto: shards where it applies, else tff. Both give the same model (tested). '
-                            '(vectorized: removed; the shard process trains its model.)')
-_USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, '--engine=shards: users per TFF client (a shard\'s '
+    'fed_recon: Federated Reconstruction, user parameters stay on clients (each user\'s row, on its device or, '
+    'cross-silo, on its platform, which is one TFF client holding its users). fed_als: federated implicit ALS, '
+    'each user solved exactly on its device, only its ALS statistics aggregated (private ALS with --dp; MF, '
+    'implicit, cross-device). fed_avg / fed_prox: BASELINES with a global user table that every client receives and '
+    'updates (every user\'s embedding leaves its client; no --dp).')
+# Removed: every configuration runs on the one shard process. A flagfile that still sets it gets one line.
+_ENGINE = flags.DEFINE_string('engine', None, 'Removed (every configuration runs on the one process, a TFF learning '
+                              'process whose clients are shards of users); setting it is an error that says so.')
+_USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, 'Users per TFF client (a shard\'s '
                                         'users are computed side by side; 1 is the deployment form, one TFF client '
                                         'per user). Any size gives the same model. Default: '
                                         f'{DEFAULT_USERS_PER_SHARD}, or the cohort if smaller. Cross-silo: each '
@@ -95,8 +86,9 @@ _DP = flags.DEFINE_enum('dp', dp.NONE, list(dp.MECHANISMS),
                         '(clip follows --target_quantile of update norms, Andrew et al. 2021), or tree (DP-FTRL: '
                         'tree-aggregation noise restarted every epoch; needs --epoch_sampling), or distributed '
                         '(as tff.learning.ddp_secure_aggregator, per user: Skellam noise added on each user\'s device, '
-                        'summed securely, TFF\'s adaptive clip; needs --clients_per_round; MF Federated '
-                        'Reconstruction cross-device).')
+                        'summed securely, TFF\'s adaptive clip; needs --clients_per_round; Federated '
+                        'Reconstruction cross-device). Not with fed_avg / fed_prox, whose global user table releases '
+                        'each user\'s row.')
 _EPOCHS = flags.DEFINE_bool('epoch_sampling', False, 'With --clients_per_round: each epoch a seeded shuffle of all '
                             'clients cut into cohorts, so each client takes part at most once per epoch (--dp=tree).')
 _NOISE = flags.DEFINE_float('noise_multiplier', 0.0, 'Gaussian noise stddev / clip (0 with --target_epsilon: '
@@ -106,16 +98,15 @@ _QUANTILE = flags.DEFINE_float('target_quantile', 0.5, 'Adaptive clipping: targe
 _CLIP_LR = flags.DEFINE_float('clip_learning_rate', 0.2, 'Adaptive clipping: learning rate of the clip.')
 _WORKERS = flags.DEFINE_string('workers', '', 'host:port,host:port,...: run TFF\'s computations across these TFF '
                                'worker services (python -m experiments.tff_worker --port=P on each machine), each '
-                               'round\'s clients split between them; TFF engines only. Empty: the local runtime.')
-_SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum client updates with TFF\'s secure sum '
-                            '(tff.learning.secure_aggregator: bounded, quantised values; an unweighted mean). TFF\'s '
-                            'local runtime simulates the protocol. TFF engines (the shard process: each user\'s update is '
-                            'bounded and quantised before its shard adds them).')
+                               'round\'s shards split between them. Empty: the local runtime.')
+_SECURE = flags.DEFINE_bool('secure_aggregation', False, 'Sum users\' updates with TFF\'s secure sum (as '
+                            'tff.learning.secure_aggregator per user: bounded, quantised values; an unweighted mean), '
+                            'each user\'s update bounded and quantised before its shard adds them. TFF\'s local '
+                            'runtime simulates the protocol.')
 _COMPRESSION = flags.DEFINE_bool('compression', False, 'Quantize each client\'s update to 8 bits (tensors over 20,000 '
-                                  'values) before it leaves the client, stochastically rounded: on the shard process '
-                                  'each user sends only the rows it touched (seeded by run, round and user); on TFF\'s '
-                                  'engine TFF\'s encoded mean (tff.learning.compression_aggregator). Not with DP or '
-                                  'secure aggregation.')
+                                  'values) before it leaves the client, stochastically rounded (seeded by run, round '
+                                  'and user): each user sends only the rows it touched. Not with DP or secure '
+                                  'aggregation.')
 _DELTA = flags.DEFINE_float('target_delta', 1e-4, 'The delta epsilon is reported at.')
 _EPSILON = flags.DEFINE_float('target_epsilon', 0.0, 'A privacy budget (> 0): calibrates --noise_multiplier=0, '
                               'and the run stops before any round that would exceed it.')
@@ -136,7 +127,7 @@ class ExperimentConfig:
   l2: float
   init_stddev: float
   algorithm: str
-  engine: str
+  engine: str | None  # Removed; set only to say so.
   recon: fed_recon.ReconConfig
   proximal_strength: float
   dp: dp.DPConfig
@@ -162,27 +153,21 @@ class ExperimentConfig:
                        'solves the item step exactly)')
     if self.als.item_prior and self.algorithm != 'fed_als':
       raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
-    if self.engine in REMOVED_ENGINES:
-      raise ValueError(f'--engine={self.engine} was removed: the shard process (--engine=auto) trains the same model '
-                       '(tested equal); drop the flag')
+    if self.engine is not None:
+      raise ValueError(f'--engine={self.engine} was removed: every configuration runs on the one process (a TFF '
+                       'learning process whose clients are shards of users, tested equal to TFF\'s own); drop the flag')
     if self.algorithm == 'fed_als':
       self.als.validate()
       if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
-          or self.engine == 'tff' or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
-        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device on the shard process, with '
-                         '--dp=none|gaussian_fixed|gaussian_adaptive (no --engine=tff)')
+          or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
+        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device, with '
+                         '--dp=none|gaussian_fixed|gaussian_adaptive')
     if self.users_per_shard < 1:
       raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
     cohort = self.sampling.clients_per_round
-    if self.resolved_engine == 'shards' and cohort and self.users_per_shard > cohort and not self.silo_dp:
+    if cohort and self.users_per_shard > cohort and not self.grouped:
       raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
                        f'(--clients_per_round={cohort})')
-    if self.engine == 'shards' and not self.shardable:
-      raise ValueError('--engine=shards runs MF cross-device (Federated Reconstruction, also cross-silo with DP; '
-                       'FedAvg / FedProx without DP) and the two-tower cross-device '
-                       f'(got --model={self.model} '
-                       f'--algorithm={self.algorithm} --view={self.data.view} --dp={self.dp.mechanism}); use '
-                       '--engine=auto')
     self.recon.validate()
     self.loop.validate()
     if self.model == tasks.TWO_TOWER and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'
@@ -191,18 +176,20 @@ class ExperimentConfig:
     self.dp.validate()
     if self.dp.enabled:
       dp.check_sampling(self.dp, self.sampling)
-    if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF or self.engine == 'tff'
+    if self.dp.enabled and self.algorithm in ('fed_avg', 'fed_prox'):
+      raise ValueError(f'--dp with --algorithm={self.algorithm}: its global user table holds a row per user that only '
+                       'that user trains, so every release of the model releases each user\'s embedding; train '
+                       'privately with --algorithm=fed_recon or fed_als (the user never leaves its device)')
+    if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF
                          or self.dp.mechanism in (dp.TREE, dp.DISTRIBUTED)):
-      raise ValueError('--dp with --view=cross_silo runs each platform\'s users\' updates, clipped per user, on the '
-                       'shard process (a platform a TFF client): MF Federated Reconstruction with '
-                       '--dp=gaussian_fixed|gaussian_adaptive')
+      raise ValueError('--dp with --view=cross_silo clips each of a sampled platform\'s users\' updates (a platform '
+                       'a TFF client): MF Federated Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
     if self.secure_aggregation and self.dp.enabled:
       raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
                        'securely) instead of both')
-    if self.dp.mechanism == dp.DISTRIBUTED and (self.resolved_engine != 'shards' or self.algorithm != 'fed_recon'):
-      raise ValueError('--dp=distributed runs Federated Reconstruction (MF or the two-tower) cross-device on the '
-                       f'shard process (got --algorithm={self.algorithm} --view={self.data.view} '
-                       f'--engine={self.engine})')
+    if self.dp.mechanism == dp.DISTRIBUTED and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'):
+      raise ValueError('--dp=distributed runs Federated Reconstruction (MF or the two-tower) cross-device (got '
+                       f'--algorithm={self.algorithm} --view={self.data.view})')
     if self.compression and (self.dp.enabled or self.secure_aggregation):
       raise ValueError('--compression is not composed with --dp or --secure_aggregation yet; use one of them')
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
@@ -213,34 +200,20 @@ class ExperimentConfig:
 
 
   @property
+  def grouped(self) -> bool:
+    """Cross-silo: platforms are sampled, each a TFF client holding its users, each of whom computes its own update
+    (a platform is a shard by nature)."""
+    return self.data.view == 'cross_silo'
+
+  @property
   def silo_dp(self) -> bool:
-    """Cross-silo with user-level DP: platforms are sampled, and each clips every one of its users' updates."""
-    return self.data.view == 'cross_silo' and self.dp.enabled
-
-  @property
-  def shardable(self) -> bool:
-    if self.model == tasks.TWO_TOWER:
-      return self.algorithm == 'fed_recon' and self.data.view == 'cross_device'
-    if self.algorithm == 'fed_recon':
-      return self.data.view == 'cross_device' or self.silo_dp
-    if self.algorithm == 'fed_als':  # Its statistics aggregate as any update; its item solve is its finalizer.
-      return self.data.view == 'cross_device' and self.dp.mechanism != dp.TREE
-    # FedAvg / FedProx: each user's row of the global table is that user's own client's (DP stays on TFF's engine).
-    return self.algorithm in ('fed_avg', 'fed_prox') and self.data.view == 'cross_device' and not self.dp.enabled
-
-  @property
-  def resolved_engine(self) -> str:
-    """`shards` where the shard process runs the configuration (unless --engine=tff), else `tff`."""
-    return 'shards' if self.engine in ('auto', 'shards') and self.shardable else 'tff'
+    """Cross-silo with user-level DP: each platform clips every one of its users' updates."""
+    return self.grouped and self.dp.enabled
 
   @property
   def user_table(self) -> str | None:
-    """How the task holds users: one local row (None), a platform's local table, or FedAvg's global table."""
-    if self.algorithm == 'fed_als':
-      return None
-    if self.algorithm != 'fed_recon':
-      return tasks.GLOBAL
-    return tasks.LOCAL if self.data.view == 'cross_silo' and not self.silo_dp else None
+    """How the task holds users: one local row each (None), or FedAvg's global table."""
+    return tasks.GLOBAL if self.algorithm in ('fed_avg', 'fed_prox') else None
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -283,18 +256,18 @@ def server_lr_schedule() -> lr_schedule.LrSchedule:
 def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   """Validates `config` against the data and builds the task; raises before any training."""
   config.validate()
-  # Cross-silo DP computes every user's update on its own (to clip it): the users' view of the same examples.
-  data = dataclasses.replace(config.data, view='cross_device') if config.silo_dp else config.data
+  # Cross-silo: every user of a platform computes its own update, from the users' view of the same examples.
+  data = dataclasses.replace(config.data, view='cross_device') if config.grouped else config.data
   task = tasks.RecommendationTask(data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
                                   model=config.model,
                                   user_table=config.user_table)
-  config.sampling.validate(len(platforms(task)) if config.silo_dp else len(task.train_data.client_ids))
+  config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
   return task
 
 
 def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
-  """Each platform's training users (cross-silo DP samples platforms)."""
+  """Each platform's training users (cross-silo samples platforms)."""
   return silos.members(os.path.join(task.data_config.data_dir, tasks.VIEWS['cross_silo']),
                        task.train_data.client_ids)
 
@@ -332,57 +305,38 @@ def resolve_privacy(config: ExperimentConfig, population: int,
   return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
 
 
-def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask):
+def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> process.ShardEngine:
+  """The one process for `config`: its client work (the algorithm) and its shard aggregator."""
   evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
   population = len(task.train_data.client_ids)
   clients = dp.expected_clients(config.sampling, population)
   if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
     num_platforms = len(platforms(task))
     clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
-  dp_kwargs = {}
-  if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
-    trainable = update_variables(config, task)
-    # Structured as each engine hands the update over: TFF's weights are a list, the shard aggregator's a tuple.
-    container = tuple if config.resolved_engine == 'shards' else list
-    dp_kwargs = dict(record_specs=container(tf.TensorSpec(v.shape, v.dtype) for v in trainable),
-                     rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
-  if config.dp.enabled and config.resolved_engine == 'tff':
-    aggregator = dp.aggregation_factory(config.dp, clients, **dp_kwargs)
-  else:
-    aggregator = None
+  shard_aggregation = aggregation.MeanFactory
   if config.secure_aggregation:
-    aggregator = secure.secure_mean()
+    shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
   if config.compression:
-    aggregator = compression.aggregator()
-  if config.algorithm in ('fed_avg', 'fed_prox') and config.resolved_engine != 'shards':
-    recon = config.recon
-    return fed_avg.FedAvgEngine(task, fed_avg.FedAvgConfig(
-        recon.server_optimizer, recon.server_learning_rate, recon.client_learning_rate, recon.local_epochs,
-        config.proximal_strength if config.algorithm == 'fed_prox' else 0.0, recon.client_weighting,
-        recon.server_lr_schedule),
-        aggregator=aggregator, **evaluation)
-  if config.resolved_engine == 'shards':
-    shard_aggregation = aggregation.MeanFactory
-    if config.secure_aggregation:
-      shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
-    if config.compression:
-      shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
-    if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
-      shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
-          config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
-    elif config.dp.enabled:
-      query = dp.dp_query(config.dp, clients, **dp_kwargs)
-      shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
-    if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
-      return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
-                                 users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
-                                 aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
-                                 clients=clients)
-    return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
-                               aggregation=shard_aggregation, algorithm=config.algorithm,
-                               proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
-                               **evaluation)
-  return fed_recon.TffEngine(task, config.recon, aggregator=aggregator, **evaluation)
+    shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
+  if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
+    shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
+        config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
+  elif config.dp.enabled:
+    dp_kwargs = {}
+    if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
+      dp_kwargs = dict(record_specs=tuple(tf.TensorSpec(v.shape, v.dtype) for v in update_variables(config, task)),
+                       rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
+    query = dp.dp_query(config.dp, clients, **dp_kwargs)
+    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
+  if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
+    return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
+                               users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
+                               aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
+                               clients=clients)
+  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
+                             aggregation=shard_aggregation, algorithm=config.algorithm,
+                             proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
+                             **evaluation)
 
 
 def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
@@ -405,11 +359,12 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
   population = len(task.train_data.client_ids)
   cohort_fn = lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling)
   unit, accounting, note, group_fn = 'one user', None, None, None
-  if config.silo_dp:  # Sampled are platforms: a user takes part when its platform does.
+  if config.grouped:  # Sampled are platforms: a user takes part when its platform does.
     members = platforms(task)
     population = len(members)
     cohort_fn = lambda r: sampling.sample_silo_users(members, r, config.seed, config.sampling)
-    group_fn = lambda ids: sampling.groups_of(ids, members)  # On the shard process, a platform is one TFF client.
+    group_fn = lambda ids: sampling.groups_of(ids, members)  # A platform is one TFF client.
+  if config.silo_dp:
     unit = 'one user (cross-silo: platforms sampled; each clips every one of its users\' updates)'
     accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
     note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
@@ -417,8 +372,7 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
   # Distributed DP's accounting reads the aggregator's parameters for the update's type: built once.
   value_type = update_type(config, task) if config.dp.mechanism == dp.DISTRIBUTED else None
   config = resolve_privacy(config, population, accounting, value_type)
-  # TFF's DP noise and its compression's stochastic rounding are unseeded random ops, which determinism forbids.
-  experiment.configure_determinism(not ((config.dp.enabled or config.compression) and config.resolved_engine == 'tff'))
+  experiment.configure_determinism(True)  # Every random draw of the process is stateless under (seed, round).
   engine = build_engine(config, task)
   accountant = None
   if config.dp.mechanism == dp.DISTRIBUTED:  # Its own RDP analysis, checked against every round's parameters.

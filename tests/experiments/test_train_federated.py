@@ -35,27 +35,22 @@ def _run(tiny_dataset, out, name, **overrides):
 @pytest.mark.parametrize('overrides', [
     {},  # The shard process (TFF's runtime), 3 users in one shard.
     {'users_per_shard': 1},  # One TFF client per user.
-    {'engine': 'tff'},
-    {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon with per-platform user tables (TFF engine).
+    {'view': 'cross_silo', 'clients_per_round': 2},  # Fed Recon, each sampled platform a TFF client of its users.
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01, 'client_weighting': 'uniform'},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
     {'model': 'two_tower'},  # On the shard process.
     {'model': 'two_tower', 'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
-    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},  # On the shard process.
-    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'engine': 'tff'},
+    {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
     {'secure_aggregation': True},
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
-    {'compression': True, 'embedding_dim': 160, 'engine': 'tff'},
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
-    {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'engine': 'tff'},
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
     {'dp': 'distributed', 'target_epsilon': 50.0, 'clients_per_round': 12},  # Calibrated by its own accounting.
     {'algorithm': 'fed_als'},
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
-], ids=['shards', 'shards_of_one', 'tff', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower',
-        'dp_shards', 'dp_tff', 'secure_aggregation', 'compression', 'compression_tff', 'tree_shards', 'tree_tff', 'dp_cross_silo', 'distributed_dp', 'fed_als',
-        'dp_fed_als'])
+], ids=['shards', 'shards_of_one', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower',
+        'dp', 'secure_aggregation', 'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'dp_fed_als'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
@@ -67,11 +62,7 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20', 'rounds', 'wall_seconds'):
     assert key in written
   assert written['rounds'] == 2 and 0.0 <= written['hr@10'] <= 1.0 and written == pytest.approx(final)
-  with flagsaver.flagsaver(**{'data_dir': tiny_dataset, 'clients_per_round': 3, **overrides}):
-    resolved = train_federated.config_from_flags().resolved_engine
-  assert resolved == overrides.get('engine', resolved)
-  if resolved == 'shards':  # The membership-inference audit (engines with per-user losses).
-    assert 0.0 <= written['mia/auc'] <= 1.0 and 0.0 <= written['mia/advantage'] <= 1.0
+  assert 0.0 <= written['mia/auc'] <= 1.0 and 0.0 <= written['mia/advantage'] <= 1.0  # The audit.
   rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2'] and 'val/hr@10' in rows[0]
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
@@ -169,10 +160,8 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'use --dp=distributed'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0, 'clients_per_round': 0, 'client_sampling_rate': 0.3},
      '--dp=distributed needs fixed-size cohorts'),
-    ({'dp': 'distributed', 'noise_multiplier': 1.0, 'engine': 'tff'},
-     r'--dp=distributed runs Federated Reconstruction \(MF or the two-tower\) cross-device .*--engine=tff'),
-    ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'view': 'cross_silo', 'engine': 'tff'},
-     '--dp with --view=cross_silo runs each platform'),
+    ({'dp': 'distributed', 'noise_multiplier': 1.0, 'view': 'cross_silo'},
+     '--dp with --view=cross_silo clips each of a sampled platform.*--dp=gaussian_fixed.gaussian_adaptive$'),
     ({'dp': 'tree', 'noise_multiplier': 1.0}, 'each user at most once per tree: use --epoch_sampling'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'epoch_sampling': True}, 'not --epoch_sampling'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'accountant': 'pld'},
@@ -183,7 +172,6 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'dp': 'gaussian_fixed', 'target_epsilon': 1e-5}, '--target_epsilon=1e-05 cannot be met: even a noise'),
     ({'dp': 'gaussian_adaptive', 'noise_multiplier': 1.0}, 'needs an expected cohort of more than 10 clients'),
     ({'algorithm': 'fed_als', 'objective': 'rating'}, '--algorithm=fed_als trains MF on implicit feedback'),
-    ({'algorithm': 'fed_als', 'engine': 'tff'}, r'--algorithm=fed_als trains MF .*\(no --engine=tff'),
     ({'algorithm': 'fed_als', 'view': 'cross_silo'}, '--algorithm=fed_als trains MF on implicit feedback cross-device'),
     ({'algorithm': 'fed_als', 'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True},
      'with --dp=none|gaussian_fixed|gaussian_adaptive'),
@@ -201,12 +189,11 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
-    ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: the shard process .*drop the flag$'),
+    ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: every configuration runs on the one .*drop the flag$'),
+    ({'engine': 'tff'}, r'^--engine=tff was removed: '),
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
-    ({'algorithm': 'fed_avg', 'dp': 'distributed', 'noise_multiplier': 1.0},
-     '--dp=distributed runs Federated Reconstruction .*--algorithm=fed_avg'),
-    ({'engine': 'shards', 'algorithm': 'fed_avg', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0},
-     '--engine=shards runs MF cross-device .*FedAvg / FedProx without DP'),
+    ({'algorithm': 'fed_avg', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0},
+     '--dp with --algorithm=fed_avg: its global user table holds a row per user'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

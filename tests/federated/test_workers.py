@@ -16,8 +16,8 @@ from tff_rec import runtime
 
 
 def _run(tiny_dataset, out, name, **overrides):
-  """train_federated's small run (tests/experiments), on TFF's engine, 3 rounds of 6 clients."""
-  return small_run(tiny_dataset, out, name, **{'rounds': 3, 'clients_per_round': 6, 'engine': 'tff', **overrides})
+  """train_federated's small run (tests/experiments): 3 rounds of 6 users in shards of 2 (3 TFF clients a round)."""
+  return small_run(tiny_dataset, out, name, **{'rounds': 3, 'clients_per_round': 6, 'users_per_shard': 2, **overrides})
 
 
 def _cpu(process):
@@ -71,23 +71,6 @@ def test_two_workers_give_the_single_process_result_and_a_dead_worker_is_named(t
         except subprocess.TimeoutExpired:
           w.kill()  # Never leave a worker_binary behind.
           w.wait()
-
-
-@pytest.mark.slow
-def test_shard_process_across_two_workers_gives_the_single_process_result(tiny_dataset, tmp_path):
-  ports = [portpicker.pick_unused_port() for _ in range(2)]
-  workers = [runtime.start_worker(p) for p in ports]
-  shards = dict(rounds=3, clients_per_round=6, users_per_shard=2, engine='shards')  # 3 shards a round.
-  try:
-    local = small_run(tiny_dataset, tmp_path, 'local', **shards)
-    before = [_cpu(w) for w in workers]
-    spread = small_run(tiny_dataset, tmp_path, 'spread', workers=','.join(f'localhost:{p}' for p in ports), **shards)
-    assert all(_cpu(w) > b + 0.05 for w, b in zip(workers, before))  # Both workers computed.
-    _close(spread, local)
-  finally:
-    for w in workers:
-      w.kill()
-      w.wait()
 
 
 def test_unreachable_worker_is_a_clear_error():

@@ -256,7 +256,8 @@ def _local_updates(user, item_weights, shard, settings: ClientSettings, user_row
   deltas += [start[0] - tf.reshape(items[0], tf.shape(start[0])), start[1] - tf.reshape(items[1], tf.shape(start[1]))]
   if rating:
     deltas.append(tf.reshape(start[2] - items[2], [users]))  # TFF's convention: initial - final.
-  all_rows = ([user_rows[:, None]] * first_item if first_item else []) + [rows, rows] + ([tf.zeros([users, 0], tf.int64)] if rating else [])
+  all_rows = ([user_rows[:, None]] * first_item if first_item else []) + [rows, rows]
+  all_rows += [tf.zeros([users, 0], tf.int64)] if rating else []
   return _user_results(deltas, all_rows, loss_sum, loss_batches, shard, settings)
 
 

@@ -158,7 +158,8 @@ def round_parameters(clip, value_noise_multiplier: float, clients: int, padded_d
   deviations kept inside the field (1e-4's)."""
   clip = tf.cast(clip, tf.float32)
   local = value_noise_multiplier * clip / np.sqrt(clients)
-  heuristic = _tff_ddp._heuristic_scale_factor(local, clip, bits, clients, padded_dim, k_stddevs)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  heuristic = _tff_ddp._heuristic_scale_factor(local, clip, bits, clients, padded_dim, k_stddevs)
   scale = tf.cast(tf.minimum(heuristic, tf.constant(_tff_ddp.MAX_SCALE_FACTOR, tf.float64)), tf.float32)
   inflated = _tff_discretization.inflated_l2_norm_bound(clip, 1.0 / scale, 0.0, padded_dim)
   l2 = (inflated + 1e-5) * scale

@@ -139,7 +139,7 @@ def check_sampling(config: DPConfig, sampling: SamplingConfig) -> None:
 
 def aggregation_factory(config: DPConfig, clients: float, *, record_specs: Any = None, rounds_per_epoch: int = 0,
                         seed: int = 0) -> tff.aggregators.UnweightedAggregationFactory:
-  """TFF's DP aggregator for `config` (what the TFF engines plug in as the model aggregator).
+  """TFF's DP aggregator for `config` (what TFF's own processes, the test references, plug in as the model aggregator).
 
   Tree aggregation needs the update's `record_specs`, the tree's length
   (`rounds_per_epoch`) and a noise `seed` (its noise is stateless, so runs are
