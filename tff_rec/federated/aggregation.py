@@ -135,10 +135,7 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
     query, seed = self._query, self._seed
     dense = [tf.TensorSpec(s.shape, s.dtype) for s in self._dense]
 
-    @tff.tensorflow.computation
-    def init_tf():
-      return collections.OrderedDict(query=query.initial_global_state(), round=tf.constant(0, tf.int64))
-
+    init_tf = _query_and_round(query)
     state_type = init_tf.type_signature.result
 
     @tff.tensorflow.computation(state_type)
@@ -398,10 +395,7 @@ class DistributedDPFactory(tff.aggregators.UnweightedAggregationFactory):
     parameters = lambda clip: distributed.round_parameters(clip, value_noise, clients, padded, bits, k_stddevs)
     modulus = 2**bits
 
-    @tff.tensorflow.computation
-    def init_tf():
-      return collections.OrderedDict(query=query.initial_global_state(), round=tf.constant(0, tf.int64))
-
+    init_tf = _query_and_round(query)
     state_type = init_tf.type_signature.result
 
     @tff.tensorflow.computation(state_type)
@@ -483,6 +477,16 @@ class DistributedDPFactory(tff.aggregators.UnweightedAggregationFactory):
       return tff.templates.MeasuredProcessOutput(out[0], out[1], out[2])
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def _query_and_round(query: Any) -> tff.Computation:
+  """The initial state of a query-driven shard aggregator: the query's, and the round (what seeds its noise)."""
+
+  @tff.tensorflow.computation
+  def init_tf():
+    return collections.OrderedDict(query=query.initial_global_state(), round=tf.constant(0, tf.int64))
+
+  return init_tf
 
 
 def _round_seed(seed: int, round_num, stream: int) -> tf.Tensor:
