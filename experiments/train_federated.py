@@ -11,23 +11,16 @@ Running again with the same flags resumes after the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-from typing import Any
 
 from absl import app, flags
-import tensorflow as tf
-import tensorflow_federated as tff
 
 from experiments import common_flags, export_flags, logs
-from tff_rec import experiment, runtime, tasks, training_loop
-from tff_rec.data import silos
-from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, sampling
-from tff_rec.models import als, reconstruction
-from tff_rec.privacy import distributed, dp
-
-ALGORITHMS = ('fed_recon', 'fed_als', 'fed_avg', 'fed_prox')
-DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
+from tff_rec import experiment
+from tff_rec.federated import fed_recon, lr_schedule, sampling
+from tff_rec.federated.assembly import (ALGORITHMS, DEFAULT_USERS_PER_SHARD, ExperimentConfig,  # noqa: F401
+                                        build_task, run)
+from tff_rec.models import als
+from tff_rec.privacy import dp
 
 # Algorithm.
 _ALGORITHM = flags.DEFINE_enum(
@@ -116,106 +109,6 @@ _ACCOUNTANT = flags.DEFINE_enum('accountant', dp.RDP, list(dp.ACCOUNTANTS), 'Who
                                 'Gaussian DP only). Both are always reported where defined.')
 
 
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  """Everything a run does, parsed once from flags."""
-
-  data: tasks.DataConfig
-  model: str
-  objective: str
-  embedding_dim: int
-  l2: float
-  init_stddev: float
-  algorithm: str
-  engine: str | None  # Removed; set only to say so.
-  recon: fed_recon.ReconConfig
-  proximal_strength: float
-  dp: dp.DPConfig
-  secure_aggregation: bool
-  compression: bool
-  sampling: sampling.SamplingConfig
-  loop: training_loop.LoopConfig
-  evaluation: reconstruction.EvalSettings
-  output_dir: str
-  seed: int
-  export_dir: str | None = None
-  top_k: int = 10
-  workers: str = ''
-  als: als.AlsConfig = als.AlsConfig()
-  users_per_shard: int = DEFAULT_USERS_PER_SHARD
-
-  def validate(self) -> None:
-    """Contradictions that must fail before any training."""
-    self.data.validate()
-    runtime.parse_workers(self.workers)
-    if self.algorithm == 'fed_als' and self.recon.server_lr_schedule.kind != lr_schedule.CONSTANT:
-      raise ValueError('--server_lr_schedule schedules a server optimizer; --algorithm=fed_als has none (its server '
-                       'solves the item step exactly)')
-    if self.als.item_prior and self.algorithm != 'fed_als':
-      raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
-    if self.engine is not None:
-      raise ValueError(f'--engine={self.engine} was removed: every configuration runs on the one process (a TFF '
-                       'learning process whose clients are shards of users, tested equal to TFF\'s own); drop the flag')
-    if self.algorithm == 'fed_als':
-      self.als.validate()
-      if (self.model != tasks.MF or self.objective != 'implicit' or self.data.view != 'cross_device'
-          or self.dp.mechanism not in (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)):
-        raise ValueError('--algorithm=fed_als trains MF on implicit feedback cross-device, with '
-                         '--dp=none|gaussian_fixed|gaussian_adaptive')
-    if self.users_per_shard < 1:
-      raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
-    cohort = self.sampling.clients_per_round
-    if cohort and self.users_per_shard > cohort and not self.grouped:
-      raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
-                       f'(--clients_per_round={cohort})')
-    self.recon.validate()
-    self.loop.validate()
-    if self.model == tasks.TWO_TOWER and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'
-                                          or self.objective != 'implicit'):
-      raise ValueError('--model=two_tower trains with --algorithm=fed_recon --view=cross_device --objective=implicit')
-    self.dp.validate()
-    if self.dp.enabled:
-      dp.check_sampling(self.dp, self.sampling)
-    if self.dp.enabled and self.algorithm in ('fed_avg', 'fed_prox'):
-      raise ValueError(f'--dp with --algorithm={self.algorithm}: its global user table holds a row per user that only '
-                       'that user trains, so every release of the model releases each user\'s embedding; train '
-                       'privately with --algorithm=fed_recon or fed_als (the user never leaves its device)')
-    if self.silo_dp and (self.algorithm != 'fed_recon' or self.model != tasks.MF
-                         or self.dp.mechanism in (dp.TREE, dp.DISTRIBUTED)):
-      raise ValueError('--dp with --view=cross_silo clips each of a sampled platform\'s users\' updates (a platform '
-                       'a TFF client): MF Federated Reconstruction with --dp=gaussian_fixed|gaussian_adaptive')
-    if self.secure_aggregation and self.dp.enabled:
-      raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
-                       'securely) instead of both')
-    if self.dp.mechanism == dp.DISTRIBUTED and (self.algorithm != 'fed_recon' or self.data.view != 'cross_device'):
-      raise ValueError('--dp=distributed runs Federated Reconstruction (MF or the two-tower) cross-device (got '
-                       f'--algorithm={self.algorithm} --view={self.data.view})')
-    if self.compression and (self.dp.enabled or self.secure_aggregation):
-      raise ValueError('--compression is not composed with --dp or --secure_aggregation yet; use one of them')
-    if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
-      raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
-    self.evaluation.validate()
-    if self.top_k < 1:
-      raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
-
-
-  @property
-  def grouped(self) -> bool:
-    """Cross-silo: platforms are sampled, each a TFF client holding its users, each of whom computes its own update
-    (a platform is a shard by nature)."""
-    return self.data.view == 'cross_silo'
-
-  @property
-  def silo_dp(self) -> bool:
-    """Cross-silo with user-level DP: each platform clips every one of its users' updates."""
-    return self.grouped and self.dp.enabled
-
-  @property
-  def user_table(self) -> str | None:
-    """How the task holds users: one local row each (None), or FedAvg's global table."""
-    return tasks.GLOBAL if self.algorithm in ('fed_avg', 'fed_prox') else None
-
-
 def config_from_flags() -> ExperimentConfig:
   evaluation = common_flags.eval_settings(common_flags.RECON_LR.value)
   if _ALGORITHM.value == 'fed_als':  # Users are solved exactly, at evaluation and serving too.
@@ -251,143 +144,6 @@ def server_lr_schedule() -> lr_schedule.LrSchedule:
   """The server rate's schedule from flags: a decay spans the run's --rounds."""
   kind = _SERVER_SCHEDULE.value
   return lr_schedule.LrSchedule(kind, 0 if kind == lr_schedule.CONSTANT else _ROUNDS.value, _SERVER_FINAL.value)
-
-
-def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
-  """Validates `config` against the data and builds the task; raises before any training."""
-  config.validate()
-  # Cross-silo: every user of a platform computes its own update, from the users' view of the same examples.
-  data = dataclasses.replace(config.data, view='cross_device') if config.grouped else config.data
-  task = tasks.RecommendationTask(data, objective=config.objective, embedding_dim=config.embedding_dim,
-                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
-                                  model=config.model,
-                                  user_table=config.user_table)
-  config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
-  return task
-
-
-def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
-  """Each platform's training users (cross-silo samples platforms)."""
-  return silos.members(os.path.join(task.data_config.data_dir, tasks.VIEWS['cross_silo']),
-                       task.train_data.client_ids)
-
-
-def update_variables(config: ExperimentConfig, task: tasks.RecommendationTask) -> list[tf.Variable]:
-  """What a client's model update holds: the trainable global weights (Fed Recon: the item side)."""
-  bundle = task.model_fn()
-  if config.algorithm != 'fed_recon':
-    return list(bundle.model.trainable_variables)
-  return [v for layer in bundle.global_layers for v in layer.trainable_variables]
-
-
-def update_type(config: ExperimentConfig, task: tasks.RecommendationTask) -> tff.Type:
-  """The TFF type of a client's model update (what distributed DP noises)."""
-  return tff.to_type([tff.TensorType(v.dtype.as_numpy_dtype, v.shape) for v in update_variables(config, task)])
-
-
-def resolve_privacy(config: ExperimentConfig, population: int,
-                    accounting: sampling.SamplingConfig | None = None,
-                    value_type: tff.Type | None = None) -> ExperimentConfig:
-  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, by --accountant).
-
-  `value_type`: the TFF type of a client's update, which distributed DP's accounting needs.
-  """
-  if not config.dp.enabled or config.dp.noise_multiplier > 0:
-    return config
-  if config.dp.mechanism == dp.DISTRIBUTED:
-    z = distributed.calibrate(config.dp.target_epsilon, config.sampling.clients_per_round, population,
-                              config.loop.rounds, config.dp.target_delta, value_type)
-  else:
-    z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
-                           config.dp.target_delta, config.dp.accountant)
-  logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s (%s) over %d rounds', z, config.dp.target_epsilon,
-               config.dp.accountant.upper(), config.loop.rounds)
-  return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
-
-
-def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> process.ShardEngine:
-  """The one process for `config`: its client work (the algorithm) and its shard aggregator."""
-  evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
-  population = len(task.train_data.client_ids)
-  clients = dp.expected_clients(config.sampling, population)
-  if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
-    num_platforms = len(platforms(task))
-    clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
-  shard_aggregation = aggregation.MeanFactory
-  if config.secure_aggregation:
-    shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
-  if config.compression:
-    shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
-  if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
-    shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
-        config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
-  elif config.dp.enabled:
-    dp_kwargs = {}
-    if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
-      dp_kwargs = dict(record_specs=tuple(tf.TensorSpec(v.shape, v.dtype) for v in update_variables(config, task)),
-                       rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
-    query = dp.dp_query(config.dp, clients, **dp_kwargs)
-    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
-  if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
-    return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
-                               users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
-                               aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
-                               clients=clients)
-  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
-                             aggregation=shard_aggregation, algorithm=config.algorithm,
-                             proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
-                             **evaluation)
-
-
-def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
-  """Trains and evaluates; returns the final metrics (also in final_metrics.json).
-
-  Raises:
-    runtime.WorkerError: With --workers, a worker is unreachable or died (the
-      checkpoints written so far stay; the same command resumes).
-  """
-  if not config.workers:
-    return _run(config, task)
-  runtime.install_workers_context(runtime.parse_workers(config.workers))
-  try:
-    return _run(config, task)
-  finally:
-    runtime.install_local_context()
-
-
-def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
-  population = len(task.train_data.client_ids)
-  cohort_fn = lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling)
-  unit, accounting, note, group_fn = 'one user', None, None, None
-  if config.grouped:  # Sampled are platforms: a user takes part when its platform does.
-    members = platforms(task)
-    population = len(members)
-    cohort_fn = lambda r: sampling.sample_silo_users(members, r, config.seed, config.sampling)
-    group_fn = lambda ids: sampling.groups_of(ids, members)  # A platform is one TFF client.
-  if config.silo_dp:
-    unit = 'one user (cross-silo: platforms sampled; each clips every one of its users\' updates)'
-    accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
-    note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
-            'every round is counted as a Gaussian mechanism every user takes part in (an upper bound)')
-  # Distributed DP's accounting reads the aggregator's parameters for the update's type: built once.
-  value_type = update_type(config, task) if config.dp.mechanism == dp.DISTRIBUTED else None
-  config = resolve_privacy(config, population, accounting, value_type)
-  experiment.configure_determinism(True)  # Every random draw of the process is stateless under (seed, round).
-  engine = build_engine(config, task)
-  accountant = None
-  if config.dp.mechanism == dp.DISTRIBUTED:  # Its own RDP analysis, checked against every round's parameters.
-    accountant = distributed.Accountant(config.dp.noise_multiplier, config.sampling.clients_per_round, population,
-                                        value_type)
-    engine.round_check = lambda measurements: accountant.check(measurements['mean_value'])
-  final = experiment.run(
-      engine, task,
-      cohort_fn=cohort_fn,
-      seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
-      loss_key='client_work/train/loss',
-      eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
-      privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note, accountant)
-               if config.dp.enabled else None), group_fn=group_fn)
-  return final
 
 
 def main(argv):

@@ -155,13 +155,18 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize('overrides, message', [
     ({'algorithm': 'fed_prox', 'proximal_strength': 0.0}, 'needs --proximal_strength > 0'),
-    ({'model': 'two_tower', 'objective': 'rating'}, '--model=two_tower trains with'),
+    ({'model': 'two_tower', 'objective': 'rating'},
+     r'^--model=two_tower trains --objective=implicit --view=cross_device \(got '),
+    ({'model': 'two_tower', 'view': 'cross_silo'}, '--model=two_tower trains --objective=implicit --view=cross_device'),
+    ({'model': 'two_tower', 'algorithm': 'fed_avg'}, r'--algorithm=fed_avg \(FedAvg with a global user table\) trains '
+     '--model=mf'),
     ({'dp': 'gaussian_fixed'}, 'needs --noise_multiplier > 0, or --target_epsilon'),
     ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'use --dp=distributed'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0, 'clients_per_round': 0, 'client_sampling_rate': 0.3},
      '--dp=distributed needs fixed-size cohorts'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0, 'view': 'cross_silo'},
-     '--dp with --view=cross_silo clips each of a sampled platform.*--dp=gaussian_fixed.gaussian_adaptive$'),
+     r'^--dp=distributed with --algorithm=fed_recon --view=cross_silo: a platform clips each of its users.*; it '
+     r'takes --dp=none\|gaussian_fixed\|gaussian_adaptive$'),
     ({'dp': 'tree', 'noise_multiplier': 1.0}, 'each user at most once per tree: use --epoch_sampling'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'epoch_sampling': True}, 'not --epoch_sampling'),
     ({'dp': 'gaussian_fixed', 'noise_multiplier': 1.0, 'accountant': 'pld'},
@@ -171,10 +176,13 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
 
     ({'dp': 'gaussian_fixed', 'target_epsilon': 1e-5}, '--target_epsilon=1e-05 cannot be met: even a noise'),
     ({'dp': 'gaussian_adaptive', 'noise_multiplier': 1.0}, 'needs an expected cohort of more than 10 clients'),
-    ({'algorithm': 'fed_als', 'objective': 'rating'}, '--algorithm=fed_als trains MF on implicit feedback'),
-    ({'algorithm': 'fed_als', 'view': 'cross_silo'}, '--algorithm=fed_als trains MF on implicit feedback cross-device'),
+    ({'algorithm': 'fed_als', 'objective': 'rating'},
+     r'^--algorithm=fed_als \(federated implicit ALS\) trains --model=mf --objective=implicit --view=cross_device '
+     r'\(got --model=mf --objective=rating --view=cross_device\)$'),
+    ({'algorithm': 'fed_als', 'view': 'cross_silo'}, r'--algorithm=fed_als .*--view=cross_device \(got .*cross_silo'),
     ({'algorithm': 'fed_als', 'dp': 'tree', 'noise_multiplier': 1.0, 'epoch_sampling': True},
-     'with --dp=none|gaussian_fixed|gaussian_adaptive'),
+     r'^--dp=tree with --algorithm=fed_als --view=cross_device: .*; it takes --dp=none\|gaussian_fixed\|'
+     r'gaussian_adaptive$'),
     ({'algorithm': 'fed_als', 'als_alpha': 0.0}, '--als_alpha and --als_regularization must be > 0'),
     ({'als_item_prior': True}, '--als_item_prior is a prior of --algorithm=fed_als.s item step, not of fed_recon'),
     ({'algorithm': 'fed_als', 'als_item_prior': True, 'als_prior_regularization': 0.0},
@@ -189,11 +197,12 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
-    ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: every configuration runs on the one .*drop the flag$'),
+    ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: every configuration runs on the one .*drop '
+     'the flag$'),
     ({'engine': 'tff'}, r'^--engine=tff was removed: '),
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
     ({'algorithm': 'fed_avg', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0},
-     '--dp with --algorithm=fed_avg: its global user table holds a row per user'),
+     '^--dp=gaussian_fixed with --algorithm=fed_avg --view=cross_device: its global user table holds a row per user'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -1,0 +1,307 @@
+"""A federated experiment: its configuration, checked once, and the one process it assembles and runs.
+
+`experiments/train_federated.py` parses flags into an `ExperimentConfig` and
+calls `build_task` and `run`; other binaries (the privacy sweep) and the tests
+build configurations directly. Every configuration trains on the one process
+(`tff_rec.federated.process.ShardEngine`: a TFF learning process whose clients
+are shards of users); what differs is its client work (the algorithm and
+model) and its shard aggregator (`tff_rec.federated.aggregation`), chosen here.
+What is refused is a contradiction, and the error says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_rec import experiment, runtime, tasks, training_loop
+from tff_rec.data import silos
+from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, sampling
+from tff_rec.models import als, reconstruction
+from tff_rec.privacy import distributed, dp
+
+DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
+CROSS_DEVICE, CROSS_SILO = 'cross_device', 'cross_silo'
+_CENTRAL = (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientWork:
+  """What one algorithm's client work trains and composes with on the one process.
+
+  `dp` and `silo_dp`: the mechanisms it takes cross-device and cross-silo (a
+  platform clips each of its users); `why_not`: the contradiction behind a
+  refused mechanism, said in the error.
+  """
+
+  description: str
+  models: tuple[str, ...]
+  objectives: tuple[str, ...]
+  views: tuple[str, ...]
+  dp: tuple[str, ...]
+  silo_dp: tuple[str, ...] = ()
+  why_not: str = ''
+
+
+_FED_AVG_NO_DP = ('its global user table holds a row per user that only that user trains, so every release of the '
+                  'model releases each user\'s embedding; train privately with --algorithm=fed_recon or fed_als (the '
+                  'user never leaves its device)')
+_SILO_DP = ('a platform clips each of its users\' updates, and platform sampling gives no amplification: '
+            '--dp=gaussian_fixed|gaussian_adaptive (tree aggregation needs users once per epoch; distributed DP, '
+            'fixed cohorts of users)')
+CLIENT_WORKS = {
+    'fed_recon': ClientWork('Federated Reconstruction (the user local)', (tasks.MF, tasks.TWO_TOWER),
+                            ('implicit', 'rating'), (CROSS_DEVICE, CROSS_SILO), dp.MECHANISMS, _CENTRAL, _SILO_DP),
+    'fed_als': ClientWork('federated implicit ALS', (tasks.MF,), ('implicit',), (CROSS_DEVICE,), _CENTRAL,
+                          why_not='its statistics are clipped and noised by a central Gaussian query'),
+    'fed_avg': ClientWork('FedAvg with a global user table', (tasks.MF,), ('implicit', 'rating'),
+                          (CROSS_DEVICE, CROSS_SILO), (dp.NONE,), (dp.NONE,), _FED_AVG_NO_DP),
+    'fed_prox': ClientWork('FedProx with a global user table', (tasks.MF,), ('implicit', 'rating'),
+                           (CROSS_DEVICE, CROSS_SILO), (dp.NONE,), (dp.NONE,), _FED_AVG_NO_DP),
+}
+ALGORITHMS = tuple(CLIENT_WORKS)
+# What a model takes (views, objectives): the two-tower is a retrieval model of one user's implicit feedback.
+MODEL_DATA = {tasks.MF: ((CROSS_DEVICE, CROSS_SILO), ('implicit', 'rating')),
+              tasks.TWO_TOWER: ((CROSS_DEVICE,), ('implicit',))}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything a run does, built once (`experiments/train_federated.py` parses it from flags)."""
+
+  data: tasks.DataConfig
+  model: str
+  objective: str
+  embedding_dim: int
+  l2: float
+  init_stddev: float
+  algorithm: str
+  engine: str | None  # Removed; set only to say so.
+  recon: fed_recon.ReconConfig
+  proximal_strength: float
+  dp: dp.DPConfig
+  secure_aggregation: bool
+  compression: bool
+  sampling: sampling.SamplingConfig
+  loop: training_loop.LoopConfig
+  evaluation: reconstruction.EvalSettings
+  output_dir: str
+  seed: int
+  export_dir: str | None = None
+  top_k: int = 10
+  workers: str = ''
+  als: als.AlsConfig = als.AlsConfig()
+  users_per_shard: int = DEFAULT_USERS_PER_SHARD
+
+  def validate(self) -> None:
+    """Contradictions that must fail before any training."""
+    self.data.validate()
+    runtime.parse_workers(self.workers)
+    if self.algorithm == 'fed_als' and self.recon.server_lr_schedule.kind != lr_schedule.CONSTANT:
+      raise ValueError('--server_lr_schedule schedules a server optimizer; --algorithm=fed_als has none (its server '
+                       'solves the item step exactly)')
+    if self.als.item_prior and self.algorithm != 'fed_als':
+      raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
+    if self.engine is not None:
+      raise ValueError(f'--engine={self.engine} was removed: every configuration runs on the one process (a TFF '
+                       'learning process whose clients are shards of users, tested equal to TFF\'s own); drop the flag')
+    self.check_supported()
+    if self.algorithm == 'fed_als':
+      self.als.validate()
+    if self.users_per_shard < 1:
+      raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
+    cohort = self.sampling.clients_per_round
+    if cohort and self.users_per_shard > cohort and not self.grouped:
+      raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
+                       f'(--clients_per_round={cohort})')
+    self.recon.validate()
+    self.loop.validate()
+    self.dp.validate()
+    if self.dp.enabled:
+      dp.check_sampling(self.dp, self.sampling)
+    if self.secure_aggregation and self.dp.enabled:
+      raise ValueError('--secure_aggregation with --dp: use --dp=distributed (noise added on clients, summed '
+                       'securely) instead of both')
+    if self.compression and (self.dp.enabled or self.secure_aggregation):
+      raise ValueError('--compression is not composed with --dp or --secure_aggregation yet; use one of them')
+    if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
+      raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
+    self.evaluation.validate()
+    if self.top_k < 1:
+      raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
+
+
+  def check_supported(self) -> None:
+    """The algorithm's client work (`CLIENT_WORKS`) and the model (`MODEL_DATA`) take this model, objective,
+    view and DP mechanism, or the error says what they take and why."""
+    work = CLIENT_WORKS[self.algorithm]
+    got = f'--model={self.model} --objective={self.objective} --view={self.data.view}'
+    if self.model not in work.models or self.objective not in work.objectives or self.data.view not in work.views:
+      raise ValueError(f'--algorithm={self.algorithm} ({work.description}) trains --model={"|".join(work.models)} '
+                       f'--objective={"|".join(work.objectives)} --view={"|".join(work.views)} (got {got})')
+    views, objectives = MODEL_DATA[self.model]
+    if self.data.view not in views or self.objective not in objectives:
+      raise ValueError(f'--model={self.model} trains --objective={"|".join(objectives)} --view={"|".join(views)} '
+                       f'(got {got})')
+    allowed = work.silo_dp if self.grouped else work.dp
+    if self.dp.mechanism not in allowed:
+      raise ValueError(f'--dp={self.dp.mechanism} with --algorithm={self.algorithm} --view={self.data.view}: '
+                       f'{work.why_not or "no"}; it takes --dp={"|".join(allowed)}')
+
+  @property
+  def grouped(self) -> bool:
+    """Cross-silo: platforms are sampled, each a TFF client holding its users, each of whom computes its own update
+    (a platform is a shard by nature)."""
+    return self.data.view == 'cross_silo'
+
+  @property
+  def silo_dp(self) -> bool:
+    """Cross-silo with user-level DP: each platform clips every one of its users' updates."""
+    return self.grouped and self.dp.enabled
+
+  @property
+  def user_table(self) -> str | None:
+    """How the task holds users: one local row each (None), or FedAvg's global table."""
+    return tasks.GLOBAL if self.algorithm in ('fed_avg', 'fed_prox') else None
+
+
+def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
+  """Validates `config` against the data and builds the task; raises before any training."""
+  config.validate()
+  # Cross-silo: every user of a platform computes its own update, from the users' view of the same examples.
+  data = dataclasses.replace(config.data, view='cross_device') if config.grouped else config.data
+  task = tasks.RecommendationTask(data, objective=config.objective, embedding_dim=config.embedding_dim,
+                                  l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
+                                  model=config.model,
+                                  user_table=config.user_table)
+  config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
+  return task
+
+
+def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
+  """Each platform's training users (cross-silo samples platforms)."""
+  return silos.members(os.path.join(task.data_config.data_dir, tasks.VIEWS['cross_silo']),
+                       task.train_data.client_ids)
+
+
+def update_variables(config: ExperimentConfig, task: tasks.RecommendationTask) -> list[tf.Variable]:
+  """What a client's model update holds: the trainable global weights (Fed Recon: the item side)."""
+  bundle = task.model_fn()
+  if config.algorithm != 'fed_recon':
+    return list(bundle.model.trainable_variables)
+  return [v for layer in bundle.global_layers for v in layer.trainable_variables]
+
+
+def update_type(config: ExperimentConfig, task: tasks.RecommendationTask) -> tff.Type:
+  """The TFF type of a client's model update (what distributed DP noises)."""
+  return tff.to_type([tff.TensorType(v.dtype.as_numpy_dtype, v.shape) for v in update_variables(config, task)])
+
+
+def resolve_privacy(config: ExperimentConfig, population: int,
+                    accounting: sampling.SamplingConfig | None = None,
+                    value_type: tff.Type | None = None) -> ExperimentConfig:
+  """Calibrates a zero noise multiplier to --target_epsilon over --rounds (dp_accounting, by --accountant).
+
+  `value_type`: the TFF type of a client's update, which distributed DP's accounting needs.
+  """
+  if not config.dp.enabled or config.dp.noise_multiplier > 0:
+    return config
+  if config.dp.mechanism == dp.DISTRIBUTED:
+    z = distributed.calibrate(config.dp.target_epsilon, config.sampling.clients_per_round, population,
+                              config.loop.rounds, config.dp.target_delta, value_type)
+  else:
+    z = dp.calibrate_noise(config.dp.target_epsilon, accounting or config.sampling, population, config.loop.rounds,
+                           config.dp.target_delta, config.dp.accountant)
+  logging.info('Calibrated --noise_multiplier=%.4f for epsilon %s (%s) over %d rounds', z, config.dp.target_epsilon,
+               config.dp.accountant.upper(), config.loop.rounds)
+  return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
+
+
+def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> process.ShardEngine:
+  """The one process for `config`: its client work (the algorithm) and its shard aggregator."""
+  evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
+  population = len(task.train_data.client_ids)
+  clients = dp.expected_clients(config.sampling, population)
+  if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
+    num_platforms = len(platforms(task))
+    clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
+  shard_aggregation = aggregation.MeanFactory
+  if config.secure_aggregation:
+    shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
+  if config.compression:
+    shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
+  if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
+    shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
+        config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
+  elif config.dp.enabled:
+    dp_kwargs = {}
+    if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
+      dp_kwargs = dict(record_specs=tuple(tf.TensorSpec(v.shape, v.dtype) for v in update_variables(config, task)),
+                       rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
+    query = dp.dp_query(config.dp, clients, **dp_kwargs)
+    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
+  if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
+    return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
+                               users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
+                               aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
+                               clients=clients)
+  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
+                             aggregation=shard_aggregation, algorithm=config.algorithm,
+                             proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
+                             **evaluation)
+
+
+def run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
+  """Trains and evaluates; returns the final metrics (also in final_metrics.json).
+
+  Raises:
+    runtime.WorkerError: With --workers, a worker is unreachable or died (the
+      checkpoints written so far stay; the same command resumes).
+  """
+  if not config.workers:
+    return _run(config, task)
+  runtime.install_workers_context(runtime.parse_workers(config.workers))
+  try:
+    return _run(config, task)
+  finally:
+    runtime.install_local_context()
+
+
+def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
+  population = len(task.train_data.client_ids)
+  cohort_fn = lambda r: sampling.sample_clients(task.train_data.id_array, r, config.seed, config.sampling)
+  unit, accounting, note, group_fn = 'one user', None, None, None
+  if config.grouped:  # Sampled are platforms: a user takes part when its platform does.
+    members = platforms(task)
+    population = len(members)
+    cohort_fn = lambda r: sampling.sample_silo_users(members, r, config.seed, config.sampling)
+    group_fn = lambda ids: sampling.groups_of(ids, members)  # A platform is one TFF client.
+  if config.silo_dp:
+    unit = 'one user (cross-silo: platforms sampled; each clips every one of its users\' updates)'
+    accounting = sampling.SamplingConfig(client_sampling_rate=1.0)
+    note = ('no amplification by platform sampling: a platform\'s other users show whether it took part, so '
+            'every round is counted as a Gaussian mechanism every user takes part in (an upper bound)')
+  # Distributed DP's accounting reads the aggregator's parameters for the update's type: built once.
+  value_type = update_type(config, task) if config.dp.mechanism == dp.DISTRIBUTED else None
+  config = resolve_privacy(config, population, accounting, value_type)
+  experiment.configure_determinism(True)  # Every random draw of the process is stateless under (seed, round).
+  engine = build_engine(config, task)
+  accountant = None
+  if config.dp.mechanism == dp.DISTRIBUTED:  # Its own RDP analysis, checked against every round's parameters.
+    accountant = distributed.Accountant(config.dp.noise_multiplier, config.sampling.clients_per_round, population,
+                                        value_type)
+    engine.round_check = lambda measurements: accountant.check(measurements['mean_value'])
+  final = experiment.run(
+      engine, task,
+      cohort_fn=cohort_fn,
+      seed=config.seed, loop=config.loop, output_dir=config.output_dir, hparams=dataclasses.asdict(config),
+      loss_key='client_work/train/loss',
+      eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
+      privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note, accountant)
+               if config.dp.enabled else None), group_fn=group_fn)
+  return final
