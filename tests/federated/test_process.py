@@ -174,11 +174,12 @@ def test_shard_sum_scatters_each_users_weighted_rows():
   assert table.numpy().ravel().tolist() == [0.0, 1.0, 2.0 + 5.0, 0.0] and float(scalar) == 3.0 + 2.0
 
 
-@pytest.mark.parametrize('aggregator', ['mean', 'dp', 'secure'])
+@pytest.mark.parametrize('aggregator', ['mean', 'dp', 'secure', 'compression'])  # Distributed DP: test_distributed.
 def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task, aggregator):
   query = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_ADAPTIVE, noise_multiplier=1.0, clip_norm=0.05), 100)
   factories = {'mean': aggregation.MeanFactory, 'dp': lambda dense: aggregation.DPFactory(query, dense, 0),
-               'secure': lambda dense: aggregation.SecureMeanFactory(dense, 4)}
+               'secure': lambda dense: aggregation.SecureMeanFactory(dense, 4),
+               'compression': lambda dense: aggregation.CompressedMeanFactory(dense, 0, threshold=0)}
   engine = process.ShardEngine(task, CONFIG, users_per_shard=4, eval_learning_rate=0.5, eval_epochs=2,
                                aggregation=factories[aggregator])
   state = engine.initialize()
