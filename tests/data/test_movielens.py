@@ -1,4 +1,4 @@
-"""MovieLens-100K parsing, validation and checksum."""
+"""MovieLens-100K and -1M parsing, validation and checksums."""
 
 import hashlib
 import os
@@ -107,3 +107,58 @@ def test_fetch_uses_the_cache_without_network(tmp_path, movielens_archive, monke
   monkeypatch.setattr(movielens, '_download_grouplens', no_network)
   monkeypatch.setattr(movielens, '_download_recbole', no_network)
   assert movielens.fetch(str(tmp_path)) == str(cached)
+
+
+def ml1m_zip(path, users: int = 6, movies: int = 8, occupation: str = '12'):
+  """A small archive in GroupLens' ml-1m.zip layout: every user rates movies 1..5 and one more (6 ratings each)."""
+  ratings = [f'{u}::{m}::{1 + (u + m) % 5}::{978300000 + 10 * u + m}' for u in range(1, users + 1)
+             for m in sorted({1, 2, 3, 4, 5, 6 + u % (movies - 5)})]
+  titles = ['Toy Story (1995)::Animation|Children\'s|Comedy', 'Jumanji (1995)::Adventure|Fantasy',
+            'Heat (1995)::Action|Crime|Thriller', 'Sabrina (1954)::Romance', 'Nixon (1995)::Drama',
+            'Casino (1995)::Drama|Thriller', 'Persuasion (1995)::Romance', 'Big Bully (1996)::Comedy|Drama']
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('ml-1m/ratings.dat', ''.join(line + '\n' for line in ratings))
+    z.writestr('ml-1m/movies.dat', ''.join(f'{m}::{titles[(m - 1) % 8]}\n' for m in range(1, movies + 1)))
+    z.writestr('ml-1m/users.dat', ''.join(f'{u}::{"MF"[u % 2]}::{(18, 25, 35)[u % 3]}::{occupation}::55455\n'
+                                         for u in range(1, users + 1)))
+  return str(path)
+
+
+def test_movielens_1m_layout_parses(tmp_path):
+  ml = movielens.read_ml1m(ml1m_zip(tmp_path / 'ml-1m.zip'), verify=False)
+  assert len(ml.user_ids) == 36 and ml.user_ids.tolist() == sorted(ml.user_ids.tolist())
+  assert ml.ratings.min() >= 1 and ml.ratings.max() <= 5
+  toy = ml.items[1]
+  assert toy.year == 1995 and toy.genres == tuple(sorted(movielens._GENRE_INDEX[g] for g in
+                                                          ('Animation', "Children's", 'Comedy')))
+  assert ml.items[4].year == 1954
+  assert ml.users[1] == movielens.User(1, 25, 'F', 'programmer')  # Occupation 12 (README.txt's codes).
+  assert [len(u) for u in ml.per_user()] == [6] * 6
+
+
+@pytest.mark.parametrize('occupation, problem', [('21', 'occupation code 21 is not one of 0-20'),
+                                                 ('x', "occupation 'x' is not an integer")])
+def test_movielens_1m_bad_users_name_file_and_line(tmp_path, occupation, problem):
+  path = ml1m_zip(tmp_path / 'ml-1m.zip', occupation=occupation)
+  with pytest.raises(DataError, match=f'ml-1m/users.dat:1: {problem}'):
+    movielens.read_ml1m(path, verify=False)
+
+
+def test_movielens_1m_is_verified_by_md5_and_sizes(tmp_path):
+  path = ml1m_zip(tmp_path / 'ml-1m.zip')
+  with pytest.raises(DataError, match="md5 [0-9a-f]{32} is not ml-1m.zip's \\(c4d9eecfca2ab87c1945afe126590906"):
+    movielens.read_ml1m(path)
+  movielens.ML1M_MD5, saved = movielens.file_md5(path), movielens.ML1M_MD5  # Right checksum, wrong sizes.
+  try:
+    with pytest.raises(DataError, match=r"MovieLens-1M has \{'ratings': 1000209, .* this archive \{'ratings': 36"):
+      movielens.read_ml1m(path)
+  finally:
+    movielens.ML1M_MD5 = saved
+
+
+def test_movielens_1m_is_fetched_from_the_cache_or_named_when_unreachable(tmp_path):
+  with pytest.raises(DataError, match='download https://files.grouplens.org/datasets/movielens/ml-1m.zip and pass '
+                                      '--raw_archive=PATH, or put it at .*ml-1m.zip'):
+    movielens.fetch_ml1m(str(tmp_path), timeout_s=0)
+  cached = ml1m_zip(tmp_path / 'ml-1m.zip')
+  assert movielens.fetch_ml1m(str(tmp_path), timeout_s=0) == cached

@@ -2,6 +2,7 @@
 
 import collections
 import hashlib
+import json
 import os
 import sqlite3
 
@@ -146,3 +147,22 @@ def test_movielens_100k_invariants(movielens_dir):
   assert heldout == 94
   meta = client_data.read_metadata(db)
   assert meta['ratings_sha256'] == movielens.RATINGS_SHA256 and meta['num_negatives'] == 99
+
+
+def test_movielens_1m_is_prepared_like_100k(tmp_path):
+  """The same pipeline from GroupLens' ml-1m.zip layout (a small archive, unverified): splits, views, stats."""
+  from tests.data.test_movielens import ml1m_zip  # pylint: disable=g-import-not-at-top
+  archive = ml1m_zip(tmp_path / 'ml-1m.zip', users=20, movies=120)  # LOO-99 needs 99 unrated items.
+  out = tmp_path / 'movielens_1m'
+  result = pipeline.prepare_movielens(archive, str(out), PrepareOptions(seed=0), num_platforms=1, progress=False,
+                                      dataset=movielens.ML1M, verify=False)
+  stats = json.loads((out / 'stats.json').read_text())
+  assert stats['users'] == 20 and stats['ratings'] == 120
+  con = sqlite3.connect(str(out / 'clients.sqlite'))
+  metadata = dict(con.execute('SELECT * FROM tff_rec_metadata'))
+  con.close()
+  assert json.loads(metadata['dataset']) == 'movielens_1m' and 'archive_md5' not in metadata  # Unverified.
+  assert result['users'] == 20
+  assert sorted(os.listdir(out)) == ['clients.sqlite', 'platforms.sqlite', 'stats.json']
+  train = client_data.load(str(out / 'clients.sqlite'), 'ranking_train')
+  assert len(train.client_ids) == stats['users'] - stats['heldout_users']

@@ -18,7 +18,11 @@ def _run(tmp_path, *flags):
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--dataset=movielens_1m'], "flag --dataset=movielens_1m: value should be one of <movielens_100k|synthetic>"),
+    (['--dataset=movielens_20m'], 'flag --dataset=movielens_20m: value should be one of '
+     '<movielens_100k|movielens_1m|synthetic>'),
+    (['--dataset=movielens_1m', '--grouplens_timeout=0'], 'prepare_data: error: MovieLens-1M: no --raw_archive and '
+     'GroupLens not tried (--grouplens_timeout=0); download https://files.grouplens.org/datasets/movielens/ml-1m.zip '
+     'and pass --raw_archive=PATH'),
     ([], 'Flag --dataset must have a value other than None'),
     (['--dataset=synthetic', '--num_users=10'], '--dataset=synthetic needs --num_users and --num_items'),
     (['--dataset=synthetic', '--num_users=10', '--num_items=50'], '--num_items must be >= 105'),
@@ -56,3 +60,13 @@ def test_corrupt_archive_is_a_clear_error(tmp_path, movielens_archive):
   assert code == 2
   assert f'prepare_data: error: {corrupt}: not a readable zip archive' in stderr
   assert 'Traceback' not in stderr
+
+
+def test_an_archive_that_is_not_movielens_1m_is_named(tmp_path):
+  from tests.data.test_movielens import ml1m_zip  # pylint: disable=g-import-not-at-top
+  archive = ml1m_zip(tmp_path / 'ml-1m.zip')
+  code, _, stderr = _run(tmp_path, '--dataset=movielens_1m', f'--raw_archive={archive}')
+  assert code == 2 and 'Traceback' not in stderr
+  assert f'prepare_data: error: {archive}: md5 ' in stderr
+  assert "is not ml-1m.zip's (c4d9eecfca2ab87c1945afe126590906" in stderr
+  assert not (tmp_path / 'movielens_1m').exists()

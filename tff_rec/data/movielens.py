@@ -1,4 +1,4 @@
-"""MovieLens-100K: acquisition, checksum verification and parsing.
+"""MovieLens-100K and -1M: acquisition, checksum verification and parsing.
 
 Harper & Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 2015.
 
@@ -6,6 +6,8 @@ Two sources hold the same 100,000 ratings: the official GroupLens archive
 (`ml-100k.zip`: u.data, u.item, u.user) and the copy inside the RecBole 1.2.1
 wheel (`recbole/dataset_example/ml-100k/ml-100k.{inter,item,user}`). Either is
 parsed into the same records and verified against one checksum of the ratings.
+MovieLens-1M comes from GroupLens' `ml-1m.zip` (or a local copy), verified by
+its published md5 and documented sizes.
 """
 
 from __future__ import annotations
@@ -301,3 +303,119 @@ def fetch(raw_dir: str, *, grouplens_timeout_s: float = 5.0) -> str:
   recbole = os.path.join(raw_dir, RECBOLE_WHEEL)
   _download_recbole(recbole)
   return recbole
+
+
+# MovieLens-1M (GroupLens `ml-1m.zip`: ratings.dat, movies.dat, users.dat, '::'-separated; its README.txt gives the
+# sizes and the occupation codes). Not in the package registry: fetched from GroupLens, or given as --raw_archive.
+ML1M = 'movielens_1m'
+ML1M_ARCHIVE = 'ml-1m.zip'
+ML1M_URL = 'https://files.grouplens.org/datasets/movielens/ml-1m.zip'
+ML1M_MD5 = 'c4d9eecfca2ab87c1945afe126590906'  # GroupLens' published ml-1m.zip.md5.
+ML1M_SIZES = {'ratings': 1_000_209, 'users': 6_040, 'rated items': 3_706}
+ML1M_OCCUPATIONS = ('other', 'academic/educator', 'artist', 'clerical/admin', 'college/grad student',
+                    'customer service', 'doctor/health care', 'executive/managerial', 'farmer', 'homemaker',
+                    'K-12 student', 'lawyer', 'programmer', 'retired', 'sales/marketing', 'scientist', 'self-employed',
+                    'technician/engineer', 'tradesman/craftsman', 'unemployed', 'writer')
+
+
+def _fields(lines: Iterable[str], filename: str, count: int, names: str) -> Iterator[tuple[str, list[str]]]:
+  """(where, fields) of each non-empty '::'-separated line, exactly `count` fields (`names` in the error)."""
+  for line_no, line in enumerate(lines, start=1):
+    line = line.rstrip('\r\n')
+    if not line:
+      continue
+    where = f'{filename}:{line_no}'
+    fields = line.split('::')
+    if len(fields) != count:
+      raise DataError(f'{where}: expected {count} fields ({names}), got {len(fields)}: {line!r}')
+    yield where, fields
+
+
+def _parse_ml1m_movies(lines: Iterable[str], filename: str) -> dict[int, Item]:
+  """`MovieID::Title (YYYY)::Genre|Genre`: the release year is the title's."""
+  items = {}
+  for where, (item, title, genres) in _fields(lines, filename, 3, 'movie, title, genres'):
+    unknown = [g for g in genres.split('|') if g and g not in _GENRE_INDEX]
+    if unknown:
+      raise DataError(f'{where}: unknown genre {unknown[0]!r}')
+    year = re.search(r'\((\d{4})\)\s*$', title)
+    item_id = _int(item, 'movie id', where)
+    items[item_id] = Item(item_id, title, int(year.group(1)) if year else 0,
+                          tuple(sorted(_GENRE_INDEX[g] for g in genres.split('|') if g)))
+  return items
+
+
+def _parse_ml1m_users(lines: Iterable[str], filename: str) -> dict[int, User]:
+  """`UserID::Gender::Age::Occupation::Zip-code`: age is its bucket's lower bound, occupation a code (README)."""
+  users = {}
+  for where, (user, gender, age, occupation, _) in _fields(lines, filename, 5, 'user, gender, age, occupation, zip'):
+    code = _int(occupation, 'occupation', where)
+    if not 0 <= code < len(ML1M_OCCUPATIONS):
+      raise DataError(f'{where}: occupation code {code} is not one of 0-{len(ML1M_OCCUPATIONS) - 1}')
+    user_id = _int(user, 'user id', where)
+    users[user_id] = User(user_id, _int(age, 'age', where), gender, ML1M_OCCUPATIONS[code])
+  return users
+
+
+def file_md5(path: str) -> str:
+  digest = hashlib.md5()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def read_ml1m(path: str, *, verify: bool = True) -> MovieLens:
+  """Reads MovieLens-1M from GroupLens' `ml-1m.zip`.
+
+  Args:
+    path: The archive.
+    verify: Check the archive's md5 against GroupLens' published one and the
+      documented sizes (ratings, users, rated items).
+
+  Raises:
+    DataError: On a wrong checksum or size, malformed content, or ratings of
+      unknown users or movies, naming the file and line.
+  """
+  if verify and os.path.isfile(path) and (digest := file_md5(path)) != ML1M_MD5:
+    raise DataError(f'{path}: md5 {digest} is not ml-1m.zip\'s ({ML1M_MD5}, GroupLens): the file is corrupt or not '
+                    f'MovieLens-1M; download it again from {ML1M_URL}')
+  try:
+    archive = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as e:
+    raise DataError(f'{path}: not a readable zip archive ({e})') from None
+  with archive:
+    ratings = parse_ratings(_read_lines(archive, 'ml-1m/ratings.dat'), f'{path}:ml-1m/ratings.dat', sep='::',
+                            skip_header=False)
+    items = _parse_ml1m_movies(_read_lines(archive, 'ml-1m/movies.dat'), f'{path}:ml-1m/movies.dat')
+    users = _parse_ml1m_users(_read_lines(archive, 'ml-1m/users.dat'), f'{path}:ml-1m/users.dat')
+  user_ids, item_ids, values, timestamps = ratings
+  missing_users = set(np.unique(user_ids).tolist()) - users.keys()
+  missing_items = set(np.unique(item_ids).tolist()) - items.keys()
+  if missing_users or missing_items:
+    raise DataError(f'{path}: ratings reference unknown users {sorted(missing_users)[:5]} '
+                    f'or movies {sorted(missing_items)[:5]}')
+  sizes = {'ratings': len(user_ids), 'users': len(np.unique(user_ids)), 'rated items': len(np.unique(item_ids))}
+  if verify and sizes != ML1M_SIZES:
+    raise DataError(f'{path}: MovieLens-1M has {ML1M_SIZES}, this archive {sizes}')
+  return MovieLens(users, items, user_ids, item_ids, values, timestamps, 'grouplens')
+
+
+def fetch_ml1m(raw_dir: str, *, timeout_s: float = 5.0) -> str:
+  """A cached `ml-1m.zip` in `raw_dir`, else downloaded from GroupLens; unreachable, an error saying what to do."""
+  cached = os.path.join(raw_dir, ML1M_ARCHIVE)
+  if os.path.exists(cached):
+    _LOG.info('Using cached %s', cached)
+    return cached
+  if timeout_s <= 0:
+    raise DataError(f'MovieLens-1M: no --raw_archive and GroupLens not tried (--grouplens_timeout=0); download '
+                    f'{ML1M_URL} and pass --raw_archive=PATH, or put it at {cached}')
+  os.makedirs(raw_dir, exist_ok=True)
+  try:
+    with urllib.request.urlopen(ML1M_URL, timeout=timeout_s) as response:
+      data = response.read()
+  except OSError as e:
+    raise DataError(f'MovieLens-1M: GroupLens is not reachable ({e}); download {ML1M_URL} and pass '
+                    f'--raw_archive=PATH, or put it at {cached}') from None
+  atomic.write_bytes(cached, data)
+  return cached

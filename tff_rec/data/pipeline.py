@@ -50,12 +50,19 @@ def _with_platforms(options: PrepareOptions, occupation_counts: Mapping[str, flo
 
 
 def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, num_platforms: int,
-                      progress: bool = True) -> dict[str, Any]:
-  """Verifies and prepares MovieLens-100K from `archive` (see `movielens.fetch`)."""
-  ml = movielens.read_archive(archive)
-  _LOG.info('MovieLens-100K from %s (%s): checksum verified', archive, ml.source)
+                      progress: bool = True, dataset: str = 'movielens_100k', verify: bool = True) -> dict[str, Any]:
+  """Verifies and prepares MovieLens-100K (`movielens.fetch`) or, with `dataset=movielens.ML1M`, MovieLens-1M
+  (`movielens.fetch_ml1m`) from `archive`: the same splits, views and schema. `verify=False` skips the checksum
+  and size checks (tests' small archives of the same layout)."""
+  if dataset == movielens.ML1M:
+    ml = movielens.read_ml1m(archive, verify=verify)
+    checksum = {'archive_md5': movielens.ML1M_MD5} if verify else {}
+  else:
+    ml = movielens.read_archive(archive, verify=verify)
+    checksum = {'ratings_sha256': movielens.RATINGS_SHA256} if verify else {}
+  _LOG.info('%s from %s (%s): %s', dataset, archive, ml.source, 'verified' if verify else 'not verified')
   options = _with_platforms(options, Counter(u.occupation for u in ml.users.values()), num_platforms)
-  metadata = {'dataset': 'movielens_100k', 'source': ml.source, 'ratings_sha256': movielens.RATINGS_SHA256}
+  metadata = {'dataset': dataset, 'source': ml.source, **checksum}
   return prepare(ml.per_user(), np.asarray(sorted(ml.users)), ml.items, out_dir, options, metadata,
                  progress=progress)
 
