@@ -40,9 +40,9 @@ def configure_determinism(reproducible: bool) -> None:
 
   Reproducible (same flags and seed, same metrics): without op determinism,
   multi-threaded reductions (scatter-adds, segment sums) may add in a different
-  order from run to run. Not for DP on TFF's runtime: its aggregators draw noise
-  from unseeded random ops, which determinism forbids (and a fixed seed would
-  repeat the same noise every round).
+  order from run to run. Every draw of the shard process is stateless under
+  (seed, round), so its runs are; TFF's own DP and compression aggregators (the
+  test references) draw from unseeded random ops, which determinism forbids.
   """
   if reproducible:
     tf.config.experimental.enable_op_determinism()
