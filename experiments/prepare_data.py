@@ -25,9 +25,9 @@ from tff_rec.data.pipeline import PrepareOptions
 from tff_rec.data.records import DataError
 from tff_rec.data.synthetic import SyntheticConfig
 
-_DATASET = flags.DEFINE_enum('dataset', None, ['movielens_100k', 'movielens_1m', 'synthetic'],
-                             'Which dataset to prepare (movielens_1m: GroupLens\' ml-1m.zip, fetched or '
-                             '--raw_archive).')
+_DATASET = flags.DEFINE_enum('dataset', None, ['movielens_100k', *movielens.RELEASES, 'synthetic'],
+                             'Which dataset to prepare (movielens_1m|10m|20m|25m: GroupLens\' archive, fetched '
+                             'or --raw_archive, verified by its md5 and documented sizes).')
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data', 'Root directory for raw and prepared data.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of every random choice (splits, negatives, synthetic data).')
 _HELDOUT = flags.DEFINE_float('heldout_fraction', 0.1, 'Fraction of users kept out of all training splits.',
@@ -37,7 +37,8 @@ _PLATFORMS = flags.DEFINE_integer('num_platforms', 5, 'Platforms in the cross-si
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 # MovieLens source.
 _RAW_ARCHIVE = flags.DEFINE_string('raw_archive', None, 'Use this local archive instead of fetching (ml-100k.zip '
-                                   'or the RecBole 1.2.1 wheel; ml-1m.zip): it is still verified.')
+                                   'or the RecBole 1.2.1 wheel; ml-1m.zip, ml-10m.zip, ml-20m.zip, ml-25m.zip): it is '
+                                   'still verified.')
 _GROUPLENS_TIMEOUT = flags.DEFINE_float('grouplens_timeout', 5.0, 'Seconds to try the GroupLens archive '
                                         '(MovieLens-100K: then the RecBole wheel copy); 0 skips GroupLens.',
                                         lower_bound=0)
@@ -93,8 +94,8 @@ def run(config: Config) -> dict:
     return pipeline.prepare_synthetic(config.synthetic, config.output_dir, config.options,
                                       num_platforms=config.num_platforms, progress=config.progress)
   raw = os.path.join(config.data_dir, 'raw')
-  if config.dataset == movielens.ML1M:
-    archive = config.raw_archive or movielens.fetch_ml1m(raw, timeout_s=config.grouplens_timeout)
+  if config.dataset in movielens.RELEASES:
+    archive = config.raw_archive or movielens.fetch_release(raw, config.dataset, timeout_s=config.grouplens_timeout)
   else:
     archive = config.raw_archive or movielens.fetch(raw, grouplens_timeout_s=config.grouplens_timeout)
   return pipeline.prepare_movielens(archive, config.output_dir, config.options, num_platforms=config.num_platforms,

@@ -1,5 +1,6 @@
 """MovieLens-100K and -1M parsing, validation and checksums."""
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -125,7 +126,7 @@ def ml1m_zip(path, users: int = 6, movies: int = 8, occupation: str = '12'):
 
 
 def test_movielens_1m_layout_parses(tmp_path):
-  ml = movielens.read_ml1m(ml1m_zip(tmp_path / 'ml-1m.zip'), verify=False)
+  ml = movielens.read_release(ml1m_zip(tmp_path / 'ml-1m.zip'), movielens.ML1M, verify=False)
   assert len(ml.user_ids) == 36 and ml.user_ids.tolist() == sorted(ml.user_ids.tolist())
   assert ml.ratings.min() >= 1 and ml.ratings.max() <= 5
   toy = ml.items[1]
@@ -141,24 +142,68 @@ def test_movielens_1m_layout_parses(tmp_path):
 def test_movielens_1m_bad_users_name_file_and_line(tmp_path, occupation, problem):
   path = ml1m_zip(tmp_path / 'ml-1m.zip', occupation=occupation)
   with pytest.raises(DataError, match=f'ml-1m/users.dat:1: {problem}'):
-    movielens.read_ml1m(path, verify=False)
+    movielens.read_release(path, movielens.ML1M, verify=False)
 
 
-def test_movielens_1m_is_verified_by_md5_and_sizes(tmp_path):
+def test_movielens_1m_is_verified_by_md5_and_sizes(tmp_path, monkeypatch):
   path = ml1m_zip(tmp_path / 'ml-1m.zip')
   with pytest.raises(DataError, match="md5 [0-9a-f]{32} is not ml-1m.zip's \\(c4d9eecfca2ab87c1945afe126590906"):
-    movielens.read_ml1m(path)
-  movielens.ML1M_MD5, saved = movielens.file_md5(path), movielens.ML1M_MD5  # Right checksum, wrong sizes.
-  try:
-    with pytest.raises(DataError, match=r"MovieLens-1M has \{'ratings': 1000209, .* this archive \{'ratings': 36"):
-      movielens.read_ml1m(path)
-  finally:
-    movielens.ML1M_MD5 = saved
+    movielens.read_release(path, movielens.ML1M)
+  release = movielens.RELEASES[movielens.ML1M]
+  monkeypatch.setitem(movielens.RELEASES, movielens.ML1M, dataclasses.replace(release, md5=movielens.file_md5(path)))
+  with pytest.raises(DataError, match=r"movielens_1m has \{'ratings': 1000209, .* this archive \{'ratings': 36"):
+    movielens.read_release(path, movielens.ML1M)  # The right checksum, the wrong sizes.
 
 
 def test_movielens_1m_is_fetched_from_the_cache_or_named_when_unreachable(tmp_path):
   with pytest.raises(DataError, match='download https://files.grouplens.org/datasets/movielens/ml-1m.zip and pass '
                                       '--raw_archive=PATH, or put it at .*ml-1m.zip'):
-    movielens.fetch_ml1m(str(tmp_path), timeout_s=0)
+    movielens.fetch_release(str(tmp_path), movielens.ML1M, timeout_s=0)
   cached = ml1m_zip(tmp_path / 'ml-1m.zip')
-  assert movielens.fetch_ml1m(str(tmp_path), timeout_s=0) == cached
+  assert movielens.fetch_release(str(tmp_path), movielens.ML1M, timeout_s=0) == cached
+
+
+def release_zip(path, dataset: str, users: int = 6, movies: int = 120, bad_row: str | None = None):
+  """A small archive in a 10M / 20M / 25M layout: no users file, half-star ratings, 10M+ genre names."""
+  release = movielens.RELEASES[dataset]
+  csv_layout = release.ratings.endswith('.csv')
+  rows = [(u, m, 0.5 + (u + m) % 10 / 2, 1100000000 + 10 * u + m) for u in range(1, users + 1)
+          for m in sorted({1, 2, 3, 4, 5, 6 + u % (movies - 5)})]
+  titles = ['"American President, The (1995)"', 'Toy Story (1995)', 'Heat (1995)', 'Planet Earth (2006)',
+            'Nixon (1995)', 'Untitled']
+  genres = ['Comedy|Drama|Romance', 'Adventure|Animation|Children|Comedy|Fantasy', 'Action|Crime|Thriller',
+            'Documentary|IMAX', 'Drama', '(no genres listed)']
+  if csv_layout:
+    ratings = ['userId,movieId,rating,timestamp'] + [f'{u},{m},{r},{t}' for u, m, r, t in rows]
+    movie_lines = ['movieId,title,genres'] + [f'{m},{titles[(m - 1) % 6]},{genres[(m - 1) % 6]}'
+                                              for m in range(1, movies + 1)]
+  else:
+    ratings = [f'{u}::{m}::{r}::{t}' for u, m, r, t in rows]
+    movie_lines = [f'{m}::{titles[(m - 1) % 6].strip(chr(34))}::{genres[(m - 1) % 6]}' for m in range(1, movies + 1)]
+  if bad_row:
+    ratings.append(bad_row)
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr(f'{release.folder}/{release.ratings}', ''.join(line + '\n' for line in ratings))
+    z.writestr(f'{release.folder}/{release.movies}', ''.join(line + '\n' for line in movie_lines))
+  return str(path)
+
+
+@pytest.mark.parametrize('dataset', [movielens.ML10M, movielens.ML20M, movielens.ML25M])
+def test_larger_releases_parse_half_stars_and_their_genre_names(tmp_path, dataset):
+  ml = movielens.read_release(release_zip(tmp_path / 'ml.zip', dataset), dataset, verify=False)
+  assert len(ml.user_ids) == 36 and ml.ratings.min() == 0.5 and 4.5 in ml.ratings.tolist()
+  assert ml.items[1].title == 'American President, The (1995)' and ml.items[1].year == 1995  # A quoted comma.
+  index = movielens._GENRE_INDEX
+  assert ml.items[2].genres == tuple(sorted(index[g] for g in ('Adventure', 'Animation', "Children's", 'Comedy',
+                                                               'Fantasy')))
+  assert ml.items[4].genres == (index['Documentary'],) and ml.items[6].genres == () and ml.items[6].year == 0
+  assert ml.users[1] == movielens.User(1, 0, '', 'group_01')  # No demographics: a pseudo-group by id.
+
+
+@pytest.mark.parametrize('bad_row, problem', [('7,1,6.0,1100000000', 'rating 6 is outside 0.5-5'),
+                                              ('1,1,3.0,1100000000', 'duplicate rating of item 1 by user 1'),
+                                              ('7,x,3.0,1100000000', 'expected user, item, rating, timestamp')])
+def test_larger_releases_name_a_bad_row(tmp_path, bad_row, problem):
+  path = release_zip(tmp_path / 'ml.zip', movielens.ML20M, bad_row=bad_row)
+  with pytest.raises(DataError, match=f'ml-20m/ratings.csv: .*{problem}'):
+    movielens.read_release(path, movielens.ML20M, verify=False)

@@ -166,3 +166,13 @@ def test_movielens_1m_is_prepared_like_100k(tmp_path):
   assert sorted(os.listdir(out)) == ['clients.sqlite', 'platforms.sqlite', 'stats.json']
   train = client_data.load(str(out / 'clients.sqlite'), 'ranking_train')
   assert len(train.client_ids) == stats['users'] - stats['heldout_users']
+
+
+def test_a_release_without_demographics_gets_a_cross_silo_view_by_pseudo_group(tmp_path):
+  from tests.data.test_movielens import release_zip  # pylint: disable=g-import-not-at-top
+  archive = release_zip(tmp_path / 'ml-20m.zip', movielens.ML20M, users=30)
+  out = tmp_path / 'movielens_20m'
+  pipeline.prepare_movielens(archive, str(out), PrepareOptions(seed=0), num_platforms=3, progress=False,
+                             dataset=movielens.ML20M, verify=False)
+  stats = json.loads((out / 'stats.json').read_text())
+  assert stats['users'] == 30 and stats['ratings'] == 180 and len(stats['platforms']) == 3

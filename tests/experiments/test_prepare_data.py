@@ -18,9 +18,9 @@ def _run(tmp_path, *flags):
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--dataset=movielens_20m'], 'flag --dataset=movielens_20m: value should be one of '
-     '<movielens_100k|movielens_1m|synthetic>'),
-    (['--dataset=movielens_1m', '--grouplens_timeout=0'], 'prepare_data: error: MovieLens-1M: no --raw_archive and '
+    (['--dataset=movielens_30m'], 'flag --dataset=movielens_30m: value should be one of '
+     '<movielens_100k|movielens_1m|movielens_10m|movielens_20m|movielens_25m|synthetic>'),
+    (['--dataset=movielens_1m', '--grouplens_timeout=0'], 'prepare_data: error: movielens_1m: no --raw_archive and '
      'GroupLens not tried (--grouplens_timeout=0); download https://files.grouplens.org/datasets/movielens/ml-1m.zip '
      'and pass --raw_archive=PATH'),
     ([], 'Flag --dataset must have a value other than None'),

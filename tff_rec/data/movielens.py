@@ -1,4 +1,4 @@
-"""MovieLens-100K and -1M: acquisition, checksum verification and parsing.
+"""MovieLens (100K, 1M, 10M, 20M, 25M): acquisition, checksum verification and parsing.
 
 Harper & Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 2015.
 
@@ -6,12 +6,13 @@ Two sources hold the same 100,000 ratings: the official GroupLens archive
 (`ml-100k.zip`: u.data, u.item, u.user) and the copy inside the RecBole 1.2.1
 wheel (`recbole/dataset_example/ml-100k/ml-100k.{inter,item,user}`). Either is
 parsed into the same records and verified against one checksum of the ratings.
-MovieLens-1M comes from GroupLens' `ml-1m.zip` (or a local copy), verified by
-its published md5 and documented sizes.
+The larger releases (`RELEASES`) come from GroupLens' archives (or a local
+copy), verified by their published md5 and documented sizes.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import io
@@ -305,56 +306,125 @@ def fetch(raw_dir: str, *, grouplens_timeout_s: float = 5.0) -> str:
   return recbole
 
 
-# MovieLens-1M (GroupLens `ml-1m.zip`: ratings.dat, movies.dat, users.dat, '::'-separated; its README.txt gives the
-# sizes and the occupation codes). Not in the package registry: fetched from GroupLens, or given as --raw_archive.
-ML1M = 'movielens_1m'
-ML1M_ARCHIVE = 'ml-1m.zip'
-ML1M_URL = 'https://files.grouplens.org/datasets/movielens/ml-1m.zip'
-ML1M_MD5 = 'c4d9eecfca2ab87c1945afe126590906'  # GroupLens' published ml-1m.zip.md5.
-ML1M_SIZES = {'ratings': 1_000_209, 'users': 6_040, 'rated items': 3_706}
+# The larger GroupLens releases: not on any package registry, so fetched from GroupLens or given as --raw_archive,
+# and verified by GroupLens' published md5 of the archive and the sizes its README.txt documents.
+ML1M, ML10M, ML20M, ML25M = 'movielens_1m', 'movielens_10m', 'movielens_20m', 'movielens_25m'
+GROUPLENS_DIR = 'https://files.grouplens.org/datasets/movielens/'
 ML1M_OCCUPATIONS = ('other', 'academic/educator', 'artist', 'clerical/admin', 'college/grad student',
                     'customer service', 'doctor/health care', 'executive/managerial', 'farmer', 'homemaker',
                     'K-12 student', 'lawyer', 'programmer', 'retired', 'sales/marketing', 'scientist', 'self-employed',
-                    'technician/engineer', 'tradesman/craftsman', 'unemployed', 'writer')
+                    'technician/engineer', 'tradesman/craftsman', 'unemployed', 'writer')  # ml-1m README.txt's codes.
+PSEUDO_GROUPS = 21  # Without demographics, users are dealt to groups by id, which the cross-silo view assigns.
+# The 10M+ genre names that differ from the 100K's: 'Children' is "Children's"; IMAX and '(no genres listed)'
+# have no 100K genre and are dropped.
+_GENRE_ALIASES = {'Children': "Children's", 'IMAX': None, '(no genres listed)': None}
 
 
-def _fields(lines: Iterable[str], filename: str, count: int, names: str) -> Iterator[tuple[str, list[str]]]:
-  """(where, fields) of each non-empty '::'-separated line, exactly `count` fields (`names` in the error)."""
-  for line_no, line in enumerate(lines, start=1):
-    line = line.rstrip('\r\n')
-    if not line:
+@dataclasses.dataclass(frozen=True)
+class Release:
+  """A GroupLens MovieLens release: its archive's layout, published md5 and documented sizes."""
+
+  archive: str
+  folder: str
+  ratings: str
+  movies: str
+  users: str | None  # users.dat with demographics (1M only).
+  md5: str
+  sizes: dict[str, int]  # ratings, users and rated items.
+
+  @property
+  def url(self) -> str:
+    return GROUPLENS_DIR + self.archive
+
+
+def _sizes(ratings: int, users: int, items: int) -> dict[str, int]:
+  return {'ratings': ratings, 'users': users, 'rated items': items}
+
+
+RELEASES = {
+    ML1M: Release('ml-1m.zip', 'ml-1m', 'ratings.dat', 'movies.dat', 'users.dat',
+                  'c4d9eecfca2ab87c1945afe126590906', _sizes(1_000_209, 6_040, 3_706)),
+    ML10M: Release('ml-10m.zip', 'ml-10M100K', 'ratings.dat', 'movies.dat', None,
+                   'ce571fd55effeba0271552578f2648bd', _sizes(10_000_054, 69_878, 10_677)),
+    ML20M: Release('ml-20m.zip', 'ml-20m', 'ratings.csv', 'movies.csv', None,
+                   'cd245b17a1ae2cc31bb14903e1204af3', _sizes(20_000_263, 138_493, 26_744)),
+    ML25M: Release('ml-25m.zip', 'ml-25m', 'ratings.csv', 'movies.csv', None,
+                   '6b51fb2759a8657d3bfcbfc42b592ada', _sizes(25_000_095, 162_541, 59_047)),
+}
+
+
+def _fields(lines: Iterable[str], filename: str, count: int, names: str, sep: str) -> Iterator[tuple[str, list[str]]]:
+  """(where, fields) of each non-empty line, exactly `count` fields (`names` in the error); ',' is CSV with a header
+  and quoted fields."""
+  if sep == ',':
+    rows = enumerate(csv.reader(lines), start=1)
+    next(rows, None)  # The header.
+  else:
+    rows = ((n, line.rstrip('\r\n').split(sep)) for n, line in enumerate(lines, start=1) if line.strip())
+  for line_no, fields in rows:
+    if not fields:
       continue
     where = f'{filename}:{line_no}'
-    fields = line.split('::')
     if len(fields) != count:
-      raise DataError(f'{where}: expected {count} fields ({names}), got {len(fields)}: {line!r}')
+      raise DataError(f'{where}: expected {count} fields ({names}), got {len(fields)}: {fields!r}')
     yield where, fields
 
 
-def _parse_ml1m_movies(lines: Iterable[str], filename: str) -> dict[int, Item]:
-  """`MovieID::Title (YYYY)::Genre|Genre`: the release year is the title's."""
+def _parse_movies(lines: Iterable[str], filename: str, sep: str) -> dict[int, Item]:
+  """`movie, title (YYYY), Genre|Genre`: the release year is the title's (0 if it has none)."""
   items = {}
-  for where, (item, title, genres) in _fields(lines, filename, 3, 'movie, title, genres'):
-    unknown = [g for g in genres.split('|') if g and g not in _GENRE_INDEX]
+  for where, (item, title, genres) in _fields(lines, filename, 3, 'movie, title, genres', sep):
+    names = [_GENRE_ALIASES.get(g, g) for g in genres.split('|') if g]
+    unknown = [g for g in names if g is not None and g not in _GENRE_INDEX]
     if unknown:
       raise DataError(f'{where}: unknown genre {unknown[0]!r}')
     year = re.search(r'\((\d{4})\)\s*$', title)
     item_id = _int(item, 'movie id', where)
     items[item_id] = Item(item_id, title, int(year.group(1)) if year else 0,
-                          tuple(sorted(_GENRE_INDEX[g] for g in genres.split('|') if g)))
+                          tuple(sorted({_GENRE_INDEX[g] for g in names if g is not None})))
   return items
 
 
 def _parse_ml1m_users(lines: Iterable[str], filename: str) -> dict[int, User]:
   """`UserID::Gender::Age::Occupation::Zip-code`: age is its bucket's lower bound, occupation a code (README)."""
   users = {}
-  for where, (user, gender, age, occupation, _) in _fields(lines, filename, 5, 'user, gender, age, occupation, zip'):
+  for where, (user, gender, age, occupation, _) in _fields(lines, filename, 5, 'user, gender, age, occupation, zip',
+                                                           '::'):
     code = _int(occupation, 'occupation', where)
     if not 0 <= code < len(ML1M_OCCUPATIONS):
       raise DataError(f'{where}: occupation code {code} is not one of 0-{len(ML1M_OCCUPATIONS) - 1}')
     user_id = _int(user, 'user id', where)
     users[user_id] = User(user_id, _int(age, 'age', where), gender, ML1M_OCCUPATIONS[code])
   return users
+
+
+def _parse_ratings_fast(data: bytes, filename: str, sep: str):
+  """`parse_ratings` for tens of millions of lines, with numpy: (user, item, rating, timestamp) sorted by (user,
+  item); ratings in [0.5, 5] (10M+ have half stars); a duplicate pair or a malformed row is an error naming the
+  file. Written by hand: no CSV reader of the pinned stack parses 25M rows in seconds (no pandas)."""
+  text = data.decode('latin-1')
+  if sep == '::':
+    text = text.replace('::', ',')
+  try:
+    rows = np.loadtxt(io.StringIO(text), delimiter=',', skiprows=1 if sep == ',' else 0, dtype=np.float64, ndmin=2)
+  except ValueError as e:
+    raise DataError(f'{filename}: {e} (expected user, item, rating, timestamp numbers)') from None
+  if rows.shape[0] == 0 or rows.shape[1] != 4:
+    raise DataError(f'{filename}: expected rows of 4 fields (user, item, rating, timestamp), got {rows.shape}')
+  users, items, ratings, timestamps = rows.T
+  ids = np.stack([users, items, timestamps])
+  if not np.all(ids == np.round(ids)):
+    raise DataError(f'{filename}: a user, item or timestamp is not an integer')
+  if not np.all((ratings >= 0.5) & (ratings <= 5.0)):
+    row = int(np.flatnonzero((ratings < 0.5) | (ratings > 5.0))[0])
+    raise DataError(f'{filename}: row {row + 1} of the ratings: rating {ratings[row]:g} is outside 0.5-5')
+  users, items, timestamps = users.astype(np.int64), items.astype(np.int64), timestamps.astype(np.int64)
+  order = np.lexsort((items, users))
+  users, items, ratings, timestamps = users[order], items[order], ratings[order], timestamps[order]
+  duplicate = np.flatnonzero((np.diff(users) == 0) & (np.diff(items) == 0))
+  if len(duplicate):
+    raise DataError(f'{filename}: duplicate rating of item {items[duplicate[0]]} by user {users[duplicate[0]]}')
+  return users, items, ratings.astype(np.float32), timestamps
 
 
 def file_md5(path: str) -> str:
@@ -365,57 +435,76 @@ def file_md5(path: str) -> str:
   return digest.hexdigest()
 
 
-def read_ml1m(path: str, *, verify: bool = True) -> MovieLens:
-  """Reads MovieLens-1M from GroupLens' `ml-1m.zip`.
+def read_release(path: str, dataset: str, *, verify: bool = True) -> MovieLens:
+  """Reads a GroupLens release (`RELEASES`: MovieLens-1M, 10M, 20M, 25M) from its zip archive.
+
+  Users without demographics (10M+) get none, and the occupation of the
+  pseudo-group `user id mod PSEUDO_GROUPS` (what the cross-silo view groups).
 
   Args:
     path: The archive.
+    dataset: A key of `RELEASES`.
     verify: Check the archive's md5 against GroupLens' published one and the
       documented sizes (ratings, users, rated items).
 
   Raises:
     DataError: On a wrong checksum or size, malformed content, or ratings of
-      unknown users or movies, naming the file and line.
+      unknown users or movies, naming the file (and line where known).
   """
-  if verify and os.path.isfile(path) and (digest := file_md5(path)) != ML1M_MD5:
-    raise DataError(f'{path}: md5 {digest} is not ml-1m.zip\'s ({ML1M_MD5}, GroupLens): the file is corrupt or not '
-                    f'MovieLens-1M; download it again from {ML1M_URL}')
+  release = RELEASES[dataset]
+  if verify and os.path.isfile(path) and (digest := file_md5(path)) != release.md5:
+    raise DataError(f'{path}: md5 {digest} is not {release.archive}\'s ({release.md5}, GroupLens): the file is '
+                    f'corrupt or not that release; download it again from {release.url}')
   try:
     archive = zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError) as e:
     raise DataError(f'{path}: not a readable zip archive ({e})') from None
+  member = lambda name: f'{release.folder}/{name}'
+  sep = ',' if release.ratings.endswith('.csv') else '::'
   with archive:
-    ratings = parse_ratings(_read_lines(archive, 'ml-1m/ratings.dat'), f'{path}:ml-1m/ratings.dat', sep='::',
-                            skip_header=False)
-    items = _parse_ml1m_movies(_read_lines(archive, 'ml-1m/movies.dat'), f'{path}:ml-1m/movies.dat')
-    users = _parse_ml1m_users(_read_lines(archive, 'ml-1m/users.dat'), f'{path}:ml-1m/users.dat')
+    try:
+      data = archive.read(member(release.ratings))
+    except KeyError:
+      raise DataError(f'{path}: has no {member(release.ratings)} (is it {release.archive}?)') from None
+    if dataset == ML1M:  # Small: parsed line by line, every problem named with its line.
+      ratings = parse_ratings(io.TextIOWrapper(io.BytesIO(data), encoding='latin-1').readlines(),
+                              f'{path}:{member(release.ratings)}', sep=sep, skip_header=False)
+    else:
+      ratings = _parse_ratings_fast(data, f'{path}:{member(release.ratings)}', sep)
+    del data
+    items = _parse_movies(_read_lines(archive, member(release.movies)), f'{path}:{member(release.movies)}', sep)
+    users = (_parse_ml1m_users(_read_lines(archive, member(release.users)), f'{path}:{member(release.users)}')
+             if release.users else None)
   user_ids, item_ids, values, timestamps = ratings
+  if users is None:
+    users = {int(u): User(int(u), 0, '', f'group_{int(u) % PSEUDO_GROUPS:02d}') for u in np.unique(user_ids)}
   missing_users = set(np.unique(user_ids).tolist()) - users.keys()
   missing_items = set(np.unique(item_ids).tolist()) - items.keys()
   if missing_users or missing_items:
     raise DataError(f'{path}: ratings reference unknown users {sorted(missing_users)[:5]} '
                     f'or movies {sorted(missing_items)[:5]}')
-  sizes = {'ratings': len(user_ids), 'users': len(np.unique(user_ids)), 'rated items': len(np.unique(item_ids))}
-  if verify and sizes != ML1M_SIZES:
-    raise DataError(f'{path}: MovieLens-1M has {ML1M_SIZES}, this archive {sizes}')
+  sizes = _sizes(len(user_ids), len(np.unique(user_ids)), len(np.unique(item_ids)))
+  if verify and sizes != release.sizes:
+    raise DataError(f'{path}: {dataset} has {release.sizes}, this archive {sizes}')
   return MovieLens(users, items, user_ids, item_ids, values, timestamps, 'grouplens')
 
 
-def fetch_ml1m(raw_dir: str, *, timeout_s: float = 5.0) -> str:
-  """A cached `ml-1m.zip` in `raw_dir`, else downloaded from GroupLens; unreachable, an error saying what to do."""
-  cached = os.path.join(raw_dir, ML1M_ARCHIVE)
+def fetch_release(raw_dir: str, dataset: str, *, timeout_s: float = 5.0) -> str:
+  """A cached release archive in `raw_dir`, else downloaded from GroupLens; unreachable, an error saying what to
+  do."""
+  release = RELEASES[dataset]
+  cached = os.path.join(raw_dir, release.archive)
   if os.path.exists(cached):
     _LOG.info('Using cached %s', cached)
     return cached
+  advice = f'download {release.url} and pass --raw_archive=PATH, or put it at {cached}'
   if timeout_s <= 0:
-    raise DataError(f'MovieLens-1M: no --raw_archive and GroupLens not tried (--grouplens_timeout=0); download '
-                    f'{ML1M_URL} and pass --raw_archive=PATH, or put it at {cached}')
+    raise DataError(f'{dataset}: no --raw_archive and GroupLens not tried (--grouplens_timeout=0); {advice}')
   os.makedirs(raw_dir, exist_ok=True)
   try:
-    with urllib.request.urlopen(ML1M_URL, timeout=timeout_s) as response:
+    with urllib.request.urlopen(release.url, timeout=timeout_s) as response:
       data = response.read()
   except OSError as e:
-    raise DataError(f'MovieLens-1M: GroupLens is not reachable ({e}); download {ML1M_URL} and pass '
-                    f'--raw_archive=PATH, or put it at {cached}') from None
+    raise DataError(f'{dataset}: GroupLens is not reachable ({e}); {advice}') from None
   atomic.write_bytes(cached, data)
   return cached

@@ -51,12 +51,12 @@ def _with_platforms(options: PrepareOptions, occupation_counts: Mapping[str, flo
 
 def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, num_platforms: int,
                       progress: bool = True, dataset: str = 'movielens_100k', verify: bool = True) -> dict[str, Any]:
-  """Verifies and prepares MovieLens-100K (`movielens.fetch`) or, with `dataset=movielens.ML1M`, MovieLens-1M
-  (`movielens.fetch_ml1m`) from `archive`: the same splits, views and schema. `verify=False` skips the checksum
-  and size checks (tests' small archives of the same layout)."""
-  if dataset == movielens.ML1M:
-    ml = movielens.read_ml1m(archive, verify=verify)
-    checksum = {'archive_md5': movielens.ML1M_MD5} if verify else {}
+  """Verifies and prepares MovieLens-100K (`movielens.fetch`) or a larger GroupLens release
+  (`dataset` a key of `movielens.RELEASES`, `movielens.fetch_release`) from `archive`: the same splits, views
+  and schema. `verify=False` skips the checksum and size checks (tests' small archives of the same layout)."""
+  if dataset in movielens.RELEASES:
+    ml = movielens.read_release(archive, dataset, verify=verify)
+    checksum = {'archive_md5': movielens.RELEASES[dataset].md5} if verify else {}
   else:
     ml = movielens.read_archive(archive, verify=verify)
     checksum = {'ratings_sha256': movielens.RATINGS_SHA256} if verify else {}
