@@ -200,10 +200,17 @@ def test_larger_releases_parse_half_stars_and_their_genre_names(tmp_path, datase
   assert ml.users[1] == movielens.User(1, 0, '', 'group_01')  # No demographics: a pseudo-group by id.
 
 
-@pytest.mark.parametrize('bad_row, problem', [('7,1,6.0,1100000000', 'rating 6 is outside 0.5-5'),
-                                              ('1,1,3.0,1100000000', 'duplicate rating of item 1 by user 1'),
-                                              ('7,x,3.0,1100000000', 'expected user, item, rating, timestamp')])
-def test_larger_releases_name_a_bad_row(tmp_path, bad_row, problem):
-  path = release_zip(tmp_path / 'ml.zip', movielens.ML20M, bad_row=bad_row)
-  with pytest.raises(DataError, match=f'ml-20m/ratings.csv: .*{problem}'):
+@pytest.mark.parametrize('bad_row, problem', [('7,1,6.0,1100000000', ':38: rating 6 is outside 0.5-5'),
+                                              ('1,1,3.0,1100000000', ': duplicate rating of item 1 by user 1'),
+                                              ('7,x,3.0,1100000000', ':2-38: .*expected user, item, rating')])
+def test_larger_releases_name_a_bad_line(tmp_path, bad_row, problem):
+  path = release_zip(tmp_path / 'ml.zip', movielens.ML20M, bad_row=bad_row)  # Line 38: after the header and 36.
+  with pytest.raises(DataError, match=f'ml-20m/ratings.csv{problem}'):
     movielens.read_release(path, movielens.ML20M, verify=False)
+
+
+def test_larger_releases_are_read_in_chunks_alike(tmp_path):
+  path = release_zip(tmp_path / 'ml.zip', movielens.ML10M)
+  whole, chunked = [movielens._parse_ratings_fast(zipfile.ZipFile(path).open('ml-10M100K/ratings.dat'), 'f', '::',
+                                                  chunk_lines=n) for n in (1000, 7)]
+  assert all(np.array_equal(a, b) for a, b in zip(whole, chunked)) and len(whole[0]) == 36

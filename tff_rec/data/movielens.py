@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -398,33 +399,46 @@ def _parse_ml1m_users(lines: Iterable[str], filename: str) -> dict[int, User]:
   return users
 
 
-def _parse_ratings_fast(data: bytes, filename: str, sep: str):
-  """`parse_ratings` for tens of millions of lines, with numpy: (user, item, rating, timestamp) sorted by (user,
-  item); ratings in [0.5, 5] (10M+ have half stars); a duplicate pair or a malformed row is an error naming the
-  file. Written by hand: no CSV reader of the pinned stack parses 25M rows in seconds (no pandas)."""
-  text = data.decode('latin-1')
-  if sep == '::':
-    text = text.replace('::', ',')
-  try:
-    rows = np.loadtxt(io.StringIO(text), delimiter=',', skiprows=1 if sep == ',' else 0, dtype=np.float64, ndmin=2)
-  except ValueError as e:
-    raise DataError(f'{filename}: {e} (expected user, item, rating, timestamp numbers)') from None
-  if rows.shape[0] == 0 or rows.shape[1] != 4:
-    raise DataError(f'{filename}: expected rows of 4 fields (user, item, rating, timestamp), got {rows.shape}')
-  users, items, ratings, timestamps = rows.T
-  ids = np.stack([users, items, timestamps])
-  if not np.all(ids == np.round(ids)):
-    raise DataError(f'{filename}: a user, item or timestamp is not an integer')
-  if not np.all((ratings >= 0.5) & (ratings <= 5.0)):
-    row = int(np.flatnonzero((ratings < 0.5) | (ratings > 5.0))[0])
-    raise DataError(f'{filename}: row {row + 1} of the ratings: rating {ratings[row]:g} is outside 0.5-5')
-  users, items, timestamps = users.astype(np.int64), items.astype(np.int64), timestamps.astype(np.int64)
+def _parse_ratings_fast(stream, filename: str, sep: str, chunk_lines: int = 1_000_000):
+  """`parse_ratings` for tens of millions of lines, streamed from the binary `stream` in chunks and parsed with
+  numpy: (user, item, rating, timestamp) sorted by (user, item); ratings in [0.5, 5] (10M+ have half stars); a
+  duplicate pair or a malformed line is an error naming the file and lines. Written by hand: no CSV reader of the
+  pinned stack parses 25M rows in seconds (no pandas)."""
+  reader = io.TextIOWrapper(stream, encoding='latin-1')
+  first = 2 if sep == ',' else 1  # The line number of the first rating.
+  if sep == ',':
+    next(reader, None)  # The header.
+  parts = []
+  while lines := list(itertools.islice(reader, chunk_lines)):
+    where = f'{filename}:{first}-{first + len(lines) - 1}'
+    text = ''.join(lines)
+    if sep == '::':
+      text = text.replace('::', ',')
+    try:
+      rows = np.loadtxt(io.StringIO(text), delimiter=',', dtype=np.float64, ndmin=2)
+    except ValueError as e:
+      raise DataError(f'{where}: {e} (expected user, item, rating, timestamp numbers)') from None
+    if rows.shape[1] != 4:
+      raise DataError(f'{where}: expected 4 fields (user, item, rating, timestamp), got {rows.shape[1]}')
+    if not np.all(rows[:, [0, 1, 3]] == np.round(rows[:, [0, 1, 3]])):
+      raise DataError(f'{where}: a user, item or timestamp is not an integer')
+    bad = np.flatnonzero((rows[:, 2] < 0.5) | (rows[:, 2] > 5.0))
+    if len(bad):
+      raise DataError(f'{filename}:{first + int(bad[0])}: rating {rows[bad[0], 2]:g} is outside 0.5-5')
+    parts.append((rows[:, 0].astype(np.int32), rows[:, 1].astype(np.int32), rows[:, 2].astype(np.float32),
+                  rows[:, 3].astype(np.int64)))
+    first += len(lines)
+  if not parts:
+    raise DataError(f'{filename}: no ratings')
+  users, items, ratings, timestamps = (np.concatenate(column) for column in zip(*parts))
+  del parts
   order = np.lexsort((items, users))
   users, items, ratings, timestamps = users[order], items[order], ratings[order], timestamps[order]
+  del order
   duplicate = np.flatnonzero((np.diff(users) == 0) & (np.diff(items) == 0))
   if len(duplicate):
     raise DataError(f'{filename}: duplicate rating of item {items[duplicate[0]]} by user {users[duplicate[0]]}')
-  return users, items, ratings.astype(np.float32), timestamps
+  return users.astype(np.int64), items.astype(np.int64), ratings, timestamps
 
 
 def file_md5(path: str) -> str:
@@ -462,16 +476,14 @@ def read_release(path: str, dataset: str, *, verify: bool = True) -> MovieLens:
   member = lambda name: f'{release.folder}/{name}'
   sep = ',' if release.ratings.endswith('.csv') else '::'
   with archive:
-    try:
-      data = archive.read(member(release.ratings))
-    except KeyError:
-      raise DataError(f'{path}: has no {member(release.ratings)} (is it {release.archive}?)') from None
+    if member(release.ratings) not in archive.namelist():
+      raise DataError(f'{path}: has no {member(release.ratings)} (is it {release.archive}?)')
     if dataset == ML1M:  # Small: parsed line by line, every problem named with its line.
-      ratings = parse_ratings(io.TextIOWrapper(io.BytesIO(data), encoding='latin-1').readlines(),
-                              f'{path}:{member(release.ratings)}', sep=sep, skip_header=False)
+      ratings = parse_ratings(_read_lines(archive, member(release.ratings)), f'{path}:{member(release.ratings)}',
+                              sep=sep, skip_header=False)
     else:
-      ratings = _parse_ratings_fast(data, f'{path}:{member(release.ratings)}', sep)
-    del data
+      with archive.open(member(release.ratings)) as stream:
+        ratings = _parse_ratings_fast(stream, f'{path}:{member(release.ratings)}', sep)
     items = _parse_movies(_read_lines(archive, member(release.movies)), f'{path}:{member(release.movies)}', sep)
     users = (_parse_ml1m_users(_read_lines(archive, member(release.users)), f'{path}:{member(release.users)}')
              if release.users else None)
