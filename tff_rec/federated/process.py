@@ -1,10 +1,11 @@
-"""Federated Reconstruction, FedAvg and FedProx as TFF learning processes whose clients are shards of users.
+"""Every algorithm as one TFF learning process whose clients are shards of users.
 
 Federated Reconstruction (Singhal et al., "Federated Reconstruction: Partially
-Local Federated Learning", NeurIPS 2021) is the default; FedAvg (McMahan et
-al., AISTATS 2017) and FedProx (Li et al., MLSys 2020) with a global user table
-are the baselines, the same process with another client work
-(`shard_math.ClientSettings.algorithm`). The process is composed from TFF's four templates
+Local Federated Learning", NeurIPS 2021) of MF or the two-tower model is the
+default; federated ALS (Hu et al. 2008, its item solve as the finalizer), and
+FedAvg (McMahan et al., AISTATS 2017) and FedProx (Li et al., MLSys 2020) with
+a global user table as the baselines, are the same process with another client
+work (`shard_math.ClientSettings`). The process is composed from TFF's four templates
 (`tff.learning.templates.compose_learning_process`): TFF's broadcast
 distributor, a client work process of ours (`shard_math.user_updates` on every
 user of a shard, batched), a shard aggregator (the weighted mean, or user-level
