@@ -6,7 +6,7 @@
 PY := .venv/bin/python
 DATA_DIR ?= data
 RUNS_DIR ?= runs
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3  # TensorFlow's C++ start-up lines off (tff_rec/quiet.py; as the binaries do).
 
 .PHONY: setup demo test prepare bench clean
 setup:
