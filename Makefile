@@ -6,7 +6,8 @@
 PY := .venv/bin/python
 DATA_DIR ?= data
 RUNS_DIR ?= runs
-export TF_CPP_MIN_LOG_LEVEL ?= 3  # TensorFlow's C++ start-up lines off (tff_rec/quiet.py; as the binaries do).
+# TensorFlow's C++ start-up lines off, as the binaries have them (tff_rec/quiet.py).
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: setup demo test prepare bench clean
 setup:
