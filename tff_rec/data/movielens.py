@@ -220,6 +220,16 @@ def _read_lines(archive: zipfile.ZipFile, member: str) -> list[str]:
   return io.TextIOWrapper(io.BytesIO(data), encoding='latin-1').readlines()
 
 
+def _check_references(path: str, user_ids: np.ndarray, item_ids: np.ndarray, users: dict, items: dict,
+                      item_noun: str) -> None:
+  """Every rating's user and item is in the users and items files, or a `DataError` names the first few."""
+  missing_users = set(np.unique(user_ids).tolist()) - users.keys()
+  missing_items = set(np.unique(item_ids).tolist()) - items.keys()
+  if missing_users or missing_items:
+    raise DataError(f'{path}: ratings reference unknown users {sorted(missing_users)[:5]} '
+                    f'or {item_noun} {sorted(missing_items)[:5]}')
+
+
 def read_archive(path: str, *, verify: bool = True) -> MovieLens:
   """Reads MovieLens-100K from a GroupLens `ml-100k.zip` or the RecBole wheel.
 
@@ -248,11 +258,7 @@ def read_archive(path: str, *, verify: bool = True) -> MovieLens:
       items = _parse_grouplens_items(_read_lines(archive, 'ml-100k/u.item'), f'{path}:ml-100k/u.item')
       users = _parse_users(_read_lines(archive, 'ml-100k/u.user'), f'{path}:ml-100k/u.user', sep='|', skip_header=False)
   user_ids, item_ids, values, timestamps = ratings
-  missing_users = set(np.unique(user_ids).tolist()) - users.keys()
-  missing_items = set(np.unique(item_ids).tolist()) - items.keys()
-  if missing_users or missing_items:
-    raise DataError(f'{path}: ratings reference unknown users {sorted(missing_users)[:5]} '
-                    f'or items {sorted(missing_items)[:5]}')
+  _check_references(path, user_ids, item_ids, users, items, 'items')
   if verify:
     digest = ratings_sha256(user_ids, item_ids, values, timestamps)
     if digest != RATINGS_SHA256 or len(user_ids) != NUM_RATINGS:
@@ -490,11 +496,7 @@ def read_release(path: str, dataset: str, *, verify: bool = True) -> MovieLens:
   user_ids, item_ids, values, timestamps = ratings
   if users is None:
     users = {int(u): User(int(u), 0, '', f'group_{int(u) % PSEUDO_GROUPS:02d}') for u in np.unique(user_ids)}
-  missing_users = set(np.unique(user_ids).tolist()) - users.keys()
-  missing_items = set(np.unique(item_ids).tolist()) - items.keys()
-  if missing_users or missing_items:
-    raise DataError(f'{path}: ratings reference unknown users {sorted(missing_users)[:5]} '
-                    f'or movies {sorted(missing_items)[:5]}')
+  _check_references(path, user_ids, item_ids, users, items, 'movies')
   sizes = _sizes(len(user_ids), len(np.unique(user_ids)), len(np.unique(item_ids)))
   if verify and sizes != release.sizes:
     raise DataError(f'{path}: {dataset} has {release.sizes}, this archive {sizes}')

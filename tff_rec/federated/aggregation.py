@@ -176,6 +176,14 @@ _quantize = _tff_primitives._client_tensor_shift_for_secure_sum  # pylint: disab
 _dequantize = _tff_primitives._server_tensor_shift_for_secure_sum  # pylint: disable=protected-access
 
 
+def _quantized_sums(records, low: float, high: float, weight: tf.Tensor) -> list[tf.Tensor]:
+  """Each leaf [U] of `records` summed over users as TFF's secure sum quantises values in [low, high] (the
+  adaptive bound's quantile records); a user of `weight` 0 adds nothing."""
+  zero = _quantize(tf.constant(0.0), low, high)
+  return [tf.reduce_sum((_quantize(r, low, high) - zero) * weight) + tf.reduce_sum(weight) * zero
+          for r in tf.nest.flatten(records)]
+
+
 def _bitwidth(values_bits: int, summands: int) -> int:
   """Bits of a sum of `summands` values each in [0, 2**values_bits - 1]."""
   return values_bits + max(0, int(np.ceil(np.log2(summands))))
@@ -226,8 +234,7 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
       largest, smallest = tf.reduce_max(flat, axis=1), tf.reduce_min(flat, axis=1)
       records = tf.vectorized_map(lambda x: query.preprocess_record(sample_params, x), tf.maximum(largest, -smallest))
       weight = tf.cast(participates, tf.int64)
-      zero = _quantize(tf.constant(0.0), -1.0, 1.0)
-      record_ints = [tf.reduce_sum((_quantize(r, -1.0, 1.0) - zero) * weight) + count * zero for r in records]
+      record_ints = _quantized_sums(records, -1.0, 1.0, weight)
 
       def integers(leaf):
         quantized = _quantize(leaf, -bound, bound) - _quantize(tf.zeros([], leaf.dtype), -bound, bound)
@@ -429,9 +436,7 @@ class DistributedDPFactory(tff.aggregators.UnweightedAggregationFactory):
       with tf.control_dependencies(checks):
         total = tf.reduce_sum(tf.cast(rounded, tf.int64), axis=0) + noise
       wrapped = tf.math.floormod(total, modulus)
-      zero = _quantize(tf.constant(0.0), -0.5, 0.5)
-      record_ints = [tf.reduce_sum(_quantize(r, -0.5, 0.5) - zero) + tf.cast(users, tf.int64) * zero
-                     for r in tf.nest.flatten(records)]
+      record_ints = _quantized_sums(records, -0.5, 0.5, tf.ones([users], tf.int64))
       return (tf.cast(wrapped, tf.int32), record_ints, users,
               tf.reduce_sum(tf.cast(tf.greater(norms, p['clip']), tf.int32)))
 

@@ -441,13 +441,21 @@ def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: 
   return sums
 
 
+def _two_tower_users(weights, features: two_tower.ItemFeatures, items, labels, mask, *, learning_rate: float,
+                     epochs: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(the candidate tower over the catalogue [rows, d], each user's query reconstructed from its support against
+  it [U, 1, d])."""
+  table = candidates(weights, features, tf.range(tf.shape(weights[0])[0], dtype=tf.int64))
+  return table, reconstruction.reconstruct_query(table, items, labels, mask, learning_rate=learning_rate,
+                                                 epochs=epochs)
+
+
 def two_tower_evaluation_sums(weights, features: two_tower.ItemFeatures, data, *, learning_rate: float,
                               epochs: int) -> collections.OrderedDict:
   """`evaluation_sums` of the two-tower model: each user's query reconstructed from its support against the
   candidate tower over the catalogue (`reconstruction.reconstruct_query`), items scored by the dot product."""
-  table = candidates(weights, features, tf.range(tf.shape(weights[0])[0], dtype=tf.int64))
-  query = reconstruction.reconstruct_query(table, data['items'], data['labels'], data['mask'],
-                                           learning_rate=learning_rate, epochs=epochs)  # [U, 1, d]
+  table, query = _two_tower_users(weights, features, data['items'], data['labels'], data['mask'],
+                                  learning_rate=learning_rate, epochs=epochs)
 
   def score(indices):  # indices [U, ...] -> scores [U, ...]
     flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
@@ -463,8 +471,7 @@ def two_tower_support_losses(weights, items, labels, mask, *, features: two_towe
                              learning_rate: float, epochs: int) -> tf.Tensor:
   """Each user's mean retrieval loss over its support batches after reconstruction [U] (the membership-inference
   signal of the two-tower model)."""
-  table = candidates(weights, features, tf.range(tf.shape(weights[0])[0], dtype=tf.int64))
-  query = reconstruction.reconstruct_query(table, items, labels, mask, learning_rate=learning_rate, epochs=epochs)
+  table, query = _two_tower_users(weights, features, items, labels, mask, learning_rate=learning_rate, epochs=epochs)
   users = tf.shape(items)[0]
 
   def step(t, total, batches):
