@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tff_rec.data import arrays, schema
+from tff_rec.data import arrays, client_data, schema
 from tff_rec.evaluation import client_eval
 from tff_rec.models import mf, reconstruction, two_tower
 from tff_rec import preprocessing
@@ -99,6 +99,9 @@ class RecommendationTask:
     self.train_split = schema.split_name(self.family, schema.TRAIN)
     self.train_data = arrays.SplitArrays(self.db_path, self.train_split, self.lookup, user_lookup=self.user_lookup)
     if not self.train_data.client_ids:
+      if self.family == schema.RATING and client_data.read_metadata(self.db_path).get('feedback') == 'implicit':
+        raise ValueError(f'{data.data_dir} holds implicit feedback (every label 1, no rating splits): train it with '
+                         '--objective=implicit')
       raise ValueError(f'{self.db_path} has no clients in split {self.train_split}')
     self.eval_kind = client_eval.RANKING if self.objective == mf.IMPLICIT else client_eval.RATING
     self._check_specs()

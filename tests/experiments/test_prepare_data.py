@@ -19,7 +19,12 @@ def _run(tmp_path, *flags):
 
 @pytest.mark.parametrize('flags, message', [
     (['--dataset=movielens_30m'], 'flag --dataset=movielens_30m: value should be one of '
-     '<movielens_100k|movielens_1m|movielens_10m|movielens_20m|movielens_25m|synthetic>'),
+     '<movielens_100k|movielens_1m|movielens_10m|movielens_20m|movielens_25m|interactions|synthetic>'),
+    (['--dataset=interactions'], '--dataset=interactions needs --interactions_file'),
+    (['--dataset=interactions', '--interactions_file=nowhere.csv'], 'prepare_data: error: nowhere.csv: no such file '
+     '(--interactions_file)'),
+    (['--dataset=interactions', '--interactions_file=x.csv', '--columns=stars=r'], "prepare_data: error: --columns: "
+     "unknown role 'stars' (roles: user, item, rating, count, timestamp)"),
     (['--dataset=movielens_1m', '--grouplens_timeout=0'], 'prepare_data: error: movielens_1m: no --raw_archive and '
      'GroupLens not tried (--grouplens_timeout=0); download https://files.grouplens.org/datasets/movielens/ml-1m.zip '
      'and pass --raw_archive=PATH'),

@@ -248,3 +248,25 @@ def test_a_movielens_1m_format_dataset_trains_exports_and_serves(tmp_path):
   out = recommend(history_item_ids=tf.constant([['1', '2', '3']]), history_ratings=tf.constant([[5.0, 4.0, 3.0]]))
   items = [i.decode() for i in out['item_ids'].numpy()[0]]
   assert len(items) == 5 and not {'1', '2', '3'} & set(items)  # Unseen movies, by their MovieLens ids.
+
+
+@pytest.mark.slow
+def test_an_implicit_interactions_file_trains_exports_and_serves(tmp_path):
+  """The same for an interaction log with string ids, play counts and no timestamp (implicit feedback)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tff_rec.data import interactions, pipeline  # pylint: disable=g-import-not-at-top
+  log = tmp_path / 'plays.tsv'
+  log.write_text('listener\ttrack\tplays\n' + ''.join(f'user-{u}\ttrack-{(u * 5 + k) % 150}\t{1 + k % 3}\n'
+                                                       for u in range(30) for k in range(6)))
+  data_dir = tmp_path / 'plays'
+  pipeline.prepare_interactions(
+      interactions.InteractionsSpec(str(log), {'user': 'listener', 'item': 'track', 'count': 'plays'}), str(data_dir),
+      pipeline.PrepareOptions(seed=0), num_platforms=1, progress=False)
+  export_dir = str(tmp_path / 'export')
+  final = _run(str(data_dir), tmp_path, 'plays', export_dir=export_dir, top_k=5)
+  assert 0.0 <= final['hr@10'] <= 1.0 and final['rmse'] is None  # No rating splits: no RMSE.
+  recommend = tf.saved_model.load(export_dir).signatures['recommend']
+  history = ['track-0', 'track-1', 'track-2']
+  out = recommend(history_item_ids=tf.constant([history]), history_ratings=tf.constant([[1.0, 1.0, 1.0]]))
+  items = [i.decode() for i in out['item_ids'].numpy()[0]]
+  assert len(items) == 5 and all(i.startswith('track-') for i in items) and not set(history) & set(items)

@@ -1,40 +1,126 @@
-"""Encoding of one rating as a `tf.train.Example` following `schema.element_spec`."""
+"""Encoding of ratings as serialized `tf.train.Example`s following `schema.element_spec`.
+
+Written by hand on the protobuf wire format (the `Example` -> `Features` -> map<string, `Feature`> encoding of
+tensorflow/core/example/{example,feature}.proto): an example is the concatenation of precomputed per-item and
+per-user byte strings and two per-rating fields, so preparing tens of millions of ratings costs a few
+microseconds each instead of building a protobuf message per rating (about 5x faster; protobuf has no bulk
+encoder). `tests/data/test_examples.py` parses the bytes back with protobuf and compares them with messages
+built field by field.
+"""
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
-from tensorflow.core.example import example_pb2
 
 from tff_rec.data import schema
 from tff_rec.data.records import Item, User
+
+_FLOAT = struct.Struct('<f')
+_ONE_BYTE = [bytes([i]) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+  """A protobuf varint; negative int64s as their 64-bit two's complement (ten bytes), as protobuf does."""
+  if 0 <= value < 0x80:
+    return _ONE_BYTE[value]
+  value &= (1 << 64) - 1
+  out = bytearray()
+  while value > 0x7F:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+  """A length-delimited field (wire type 2)."""
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _entry(key: str, feature: bytes) -> bytes:
+  """One entry of `Features.feature` (map field 1: key 1, value 2)."""
+  return _field(1, _field(1, key.encode()) + _field(2, feature))
+
+
+def _bytes_feature(values: Iterable[bytes]) -> bytes:
+  return _field(1, b''.join(_field(1, v) for v in values))  # Feature.bytes_list = 1, BytesList.value = 1.
+
+
+def _int64_feature(values: Iterable[int]) -> bytes:
+  return _field(3, _field(1, b''.join(_varint(int(v)) for v in values)))  # Feature.int64_list = 3, packed.
+
+
+def _float_feature(values: Sequence[float]) -> bytes:
+  return _field(2, _field(1, b''.join(_FLOAT.pack(v) for v in values)))  # Feature.float_list = 2, packed.
+
+
+# The constant head of the one-float `rating` entry and of the one-int64 `timestamp` entry (whose payload length
+# depends on the varint's).
+_RATING_HEAD = _entry('rating', _float_feature([0.0]))[:-4]
+_TIMESTAMP_KEY = _field(1, b'timestamp')
+
+
+def _timestamp_entries(timestamps: Sequence[int]) -> list[bytes]:
+  """The `timestamp` entry of each value; the entry's head depends only on the varint's length, so it is built
+  once per length."""
+  heads = {}
+  out = []
+  for timestamp in timestamps:
+    value = _varint(timestamp)
+    head = heads.get(len(value))
+    if head is None:
+      int64_list = b'\x0a' + _varint(len(value))  # Int64List.value, packed.
+      feature = b'\x1a' + _varint(len(int64_list) + len(value)) + int64_list  # Feature.int64_list.
+      entry = _TIMESTAMP_KEY + b'\x12' + _varint(len(feature) + len(value)) + feature
+      head = heads[len(value)] = b'\x0a' + _varint(len(entry) + len(value)) + entry
+    out.append(head + value)
+  return out
 
 
 class ExampleEncoder:
   """Serializes ratings, with item features looked up from the catalogue.
 
-  Uses the protobuf classes directly (not `tf.train.Example` on tensors):
-  it runs ~10x faster, which matters when streaming millions of users.
+  Args:
+    items: The catalogue, by item id.
+    genres: The dataset's genre vocabulary, at most `schema.NUM_GENRES` (the width of `item_genres`; slots
+      past the vocabulary stay 0).
   """
 
-  def __init__(self, items: dict[int, Item]):
-    self._genres = {}
+  def __init__(self, items: Mapping[int, Item], genres: Sequence[str] = schema.GENRES):
+    if len(genres) > schema.NUM_GENRES:
+      raise ValueError(f'a genre vocabulary has at most {schema.NUM_GENRES} slots, got {len(genres)}')
+    self._item_keys = {item_id: _field(1, item.key.encode()) for item_id, item in items.items()}  # BytesList.value.
+    self._items = {}
     for item_id, item in items.items():
       multi_hot = [0] * schema.NUM_GENRES
       for g in item.genres:
         multi_hot[g] = 1
-      self._genres[item_id] = multi_hot
-    self._years = {item_id: item.year for item_id, item in items.items()}
+      self._items[item_id] = (_entry('item_id', _field(1, self._item_keys[item_id]))
+                              + _entry('item_genres', _int64_feature(multi_hot))
+                              + _entry('item_year', _int64_feature([item.year])))
+    self._user: Optional[User] = None
+    self._user_bytes = b''
 
-  def encode(
-      self,
-      user: User,
-      item_id: int,
-      rating: float,
-      timestamp: int,
-      negatives: Optional[np.ndarray] = None,
-  ) -> bytes:
+  def _user_part(self, user: User) -> bytes:
+    if user is not self._user:
+      self._user = user
+      self._user_bytes = (_entry('user_id', _bytes_feature([user.key.encode()]))
+                          + _entry('user_age', _int64_feature([user.age]))
+                          + _entry('user_gender', _bytes_feature([user.gender.encode()]))
+                          + _entry('user_occupation', _bytes_feature([user.occupation.encode()])))
+    return self._user_bytes
+
+  def negatives_entry(self, negatives: np.ndarray) -> bytes:
+    """The `negative_item_ids` entry of ranking validation and test examples."""
+    keys = self._item_keys
+    return _entry('negative_item_ids', _field(1, b''.join([keys[i] for i in negatives.tolist()])))
+
+  def encode(self, user: User, item_id: int, rating: float, timestamp: int,
+             negatives: Optional[np.ndarray] = None) -> bytes:
     """Returns the serialized example for one rating.
 
     Args:
@@ -44,17 +130,17 @@ class ExampleEncoder:
       timestamp: Unix seconds.
       negatives: Item ids for `negative_item_ids` (ranking val/test only).
     """
-    example = example_pb2.Example()
-    f = example.features.feature
-    f['user_id'].bytes_list.value.append(str(user.user_id).encode())
-    f['item_id'].bytes_list.value.append(str(item_id).encode())
-    f['rating'].float_list.value.append(float(rating))
-    f['timestamp'].int64_list.value.append(int(timestamp))
-    f['item_genres'].int64_list.value.extend(self._genres[item_id])
-    f['item_year'].int64_list.value.append(self._years[item_id])
-    f['user_age'].int64_list.value.append(user.age)
-    f['user_gender'].bytes_list.value.append(user.gender.encode())
-    f['user_occupation'].bytes_list.value.append(user.occupation.encode())
-    if negatives is not None:
-      f['negative_item_ids'].bytes_list.value.extend(str(i).encode() for i in negatives.tolist())
-    return example.SerializeToString()
+    extra = self.negatives_entry(negatives) if negatives is not None else b''
+    return self.encode_many(user, [item_id], [rating], [timestamp], extra)[0]
+
+  def encode_many(self, user: User, item_ids: Sequence[int], ratings: Sequence[float], timestamps: Sequence[int],
+                  extra: bytes = b'') -> list[bytes]:
+    """The serialized examples of one user's ratings (parallel sequences); `extra` is appended to each (a
+    `negatives_entry`)."""
+    head = self._user_part(user)
+    items = self._items
+    out = []
+    for item_id, rating, timestamp in zip(item_ids, ratings, _timestamp_entries(timestamps)):
+      features = b''.join((head, items[item_id], _RATING_HEAD, _FLOAT.pack(rating), timestamp, extra))
+      out.append(b'\x0a' + _varint(len(features)) + features)
+    return out

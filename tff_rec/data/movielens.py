@@ -32,7 +32,7 @@ import numpy as np
 
 from tff_rec import atomic
 from tff_rec.data import schema
-from tff_rec.data.records import DataError, Item, User, UserRatings
+from tff_rec.data.records import DataError, Item, Ratings, User, anonymous_users
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,29 +49,7 @@ NUM_RATINGS = 100_000
 _GENRE_INDEX = {g: i for i, g in enumerate(schema.GENRES)}
 
 
-@dataclasses.dataclass(frozen=True)
-class MovieLens:
-  """Parsed MovieLens data."""
-
-  users: dict[int, User]
-  items: dict[int, Item]
-  # Parallel arrays over all ratings, sorted by (user, item).
-  user_ids: np.ndarray
-  item_ids: np.ndarray
-  ratings: np.ndarray
-  timestamps: np.ndarray
-  source: str
-
-  def per_user(self) -> Iterator[UserRatings]:
-    """Yields each user's ratings, in increasing user id."""
-    bounds = np.flatnonzero(np.diff(self.user_ids)) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(self.user_ids)]):
-      yield UserRatings(
-          self.users[int(self.user_ids[lo])],
-          self.item_ids[lo:hi],
-          self.ratings[lo:hi],
-          self.timestamps[lo:hi],
-      )
+MovieLens = Ratings  # Parsed MovieLens data (any release).
 
 
 def ratings_sha256(user_ids, item_ids, ratings, timestamps) -> str:
@@ -321,7 +299,6 @@ ML1M_OCCUPATIONS = ('other', 'academic/educator', 'artist', 'clerical/admin', 'c
                     'customer service', 'doctor/health care', 'executive/managerial', 'farmer', 'homemaker',
                     'K-12 student', 'lawyer', 'programmer', 'retired', 'sales/marketing', 'scientist', 'self-employed',
                     'technician/engineer', 'tradesman/craftsman', 'unemployed', 'writer')  # ml-1m README.txt's codes.
-PSEUDO_GROUPS = 21  # Without demographics, users are dealt to groups by id, which the cross-silo view assigns.
 # The 10M+ genre names that differ from the 100K's: 'Children' is "Children's"; IMAX and '(no genres listed)'
 # have no 100K genre and are dropped.
 _GENRE_ALIASES = {'Children': "Children's", 'IMAX': None, '(no genres listed)': None}
@@ -459,7 +436,7 @@ def read_release(path: str, dataset: str, *, verify: bool = True) -> MovieLens:
   """Reads a GroupLens release (`RELEASES`: MovieLens-1M, 10M, 20M, 25M) from its zip archive.
 
   Users without demographics (10M+) get none, and the occupation of the
-  pseudo-group `user id mod PSEUDO_GROUPS` (what the cross-silo view groups).
+  pseudo-group `user id mod records.PSEUDO_GROUPS` (what the cross-silo view groups).
 
   Args:
     path: The archive.
@@ -495,7 +472,7 @@ def read_release(path: str, dataset: str, *, verify: bool = True) -> MovieLens:
              if release.users else None)
   user_ids, item_ids, values, timestamps = ratings
   if users is None:
-    users = {int(u): User(int(u), 0, '', f'group_{int(u) % PSEUDO_GROUPS:02d}') for u in np.unique(user_ids)}
+    users = anonymous_users(user_ids)
   _check_references(path, user_ids, item_ids, users, items, 'movies')
   sizes = _sizes(len(user_ids), len(np.unique(user_ids)), len(np.unique(item_ids)))
   if verify and sizes != release.sizes:

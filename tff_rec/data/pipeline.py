@@ -14,14 +14,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 import tqdm
 
 from tff_rec import atomic
-from tff_rec.data import movielens, schema, silos, splits, stats
+from tff_rec.data import interactions, movielens, schema, silos, splits, stats
 from tff_rec.data.examples import ExampleEncoder
 from tff_rec.data.records import DataError, Item, UserRatings
 from tff_rec.data.sql_writer import SqlClientDataWriter, publish
@@ -67,6 +67,21 @@ def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, nu
                  progress=progress)
 
 
+def prepare_interactions(spec: interactions.InteractionsSpec, out_dir: str, options: PrepareOptions, *,
+                         num_platforms: int, progress: bool = True) -> dict[str, Any]:
+  """Reads an interaction log (`interactions.read`) and prepares it: the same splits, views and schema; implicit
+  feedback gets no rating splits."""
+  log = interactions.read(spec, options.seed)
+  _LOG.info('%s: %s', spec.path, log.report)
+  options = _with_platforms(options, Counter(u.occupation for u in log.data.users.values()), num_platforms)
+  metadata = {'dataset': 'interactions', 'source': os.path.abspath(spec.path), 'feedback': log.feedback,
+              'temporal': log.temporal, 'interactions': dataclasses.asdict(spec) | {'report': log.report}}
+  result = prepare(log.data.per_user(), np.asarray(sorted(log.data.users)), log.data.items, out_dir, options,
+                   metadata, progress=progress, genres=log.categories,
+                   rating_splits=log.feedback == interactions.EXPLICIT)
+  return result | {'interactions': log.report, 'feedback': log.feedback, 'temporal': log.temporal}
+
+
 def prepare_synthetic(config: SyntheticConfig, out_dir: str, options: PrepareOptions, *, num_platforms: int,
                       progress: bool = True) -> dict[str, Any]:
   """Generates and prepares a synthetic dataset, streaming one user at a time."""
@@ -76,19 +91,23 @@ def prepare_synthetic(config: SyntheticConfig, out_dir: str, options: PrepareOpt
   return prepare(source.users(), source.user_ids, source.items, out_dir, options, metadata, progress=progress)
 
 
-def _user_examples(ur: UserRatings, encoder: ExampleEncoder, catalogue: np.ndarray, seed: int, heldout: bool):
-  """Yields (split name, serialized examples) for one user."""
+def _user_examples(ur: UserRatings, encoder: ExampleEncoder, catalogue: np.ndarray, seed: int, heldout: bool,
+                   families: Sequence[str]):
+  """Yields (split name, serialized examples) for one user: each rating encoded once, and again with negatives
+  where it is a ranking validation or test example."""
+  plain = encoder.encode_many(ur.user, ur.item_ids.tolist(), ur.ratings.tolist(), ur.timestamps.tolist())
   neg_val, neg_test = splits.ranking_negatives(ur, catalogue, schema.NUM_NEGATIVES, seed)
-  families = ((schema.RANKING, splits.leave_one_out(ur)), (schema.RATING, splits.random_split(ur, seed)))
-  for family, split in families:
+  for family in families:
+    split = splits.leave_one_out(ur) if family == schema.RANKING else splits.random_split(ur, seed)
     for part, idx in ((schema.TRAIN, split.train), (schema.VAL, split.val), (schema.TEST, split.test)):
       if not len(idx):
         continue
-      negatives = None
       if family == schema.RANKING and part != schema.TRAIN:
-        negatives = neg_val if part == schema.VAL else neg_test
-      blobs = [encoder.encode(ur.user, int(ur.item_ids[i]), float(ur.ratings[i]), int(ur.timestamps[i]), negatives)
-               for i in idx.tolist()]
+        extra = encoder.negatives_entry(neg_val if part == schema.VAL else neg_test)
+        blobs = encoder.encode_many(ur.user, ur.item_ids[idx].tolist(), ur.ratings[idx].tolist(),
+                                    ur.timestamps[idx].tolist(), extra)
+      else:
+        blobs = [plain[i] for i in idx.tolist()]
       yield schema.split_name(family, part, heldout=heldout), blobs
 
 
@@ -101,6 +120,8 @@ def prepare(
     metadata: Mapping[str, Any],
     *,
     progress: bool = True,
+    genres: Sequence[str] = schema.GENRES,
+    rating_splits: bool = True,
 ) -> dict[str, Any]:
   """Writes `out_dir/clients.sqlite` (+ `platforms.sqlite`) and `stats.json`.
 
@@ -112,13 +133,17 @@ def prepare(
     options: Seed, held-out fraction, platform rule.
     metadata: Extra JSON-able facts to record (dataset, source, checksum ...).
     progress: Show a progress bar.
+    genres: The genre vocabulary `Item.genres` index (MovieLens': `schema.GENRES`).
+    rating_splits: Write the rating family (random 80/10/10, for RMSE); False for implicit feedback, whose
+      "ratings" are all 1.
 
   Returns:
     The statistics (also written to `stats.json`), with `seconds` added.
   """
   start = time.monotonic()
   heldout = splits.select_heldout_users(user_ids, options.heldout_fraction, options.seed)
-  encoder = ExampleEncoder(dict(items))
+  encoder = ExampleEncoder(dict(items), genres)
+  families = (schema.RANKING, schema.RATING) if rating_splits else (schema.RANKING,)
   catalogue = np.asarray(sorted(items), np.int64)
   os.makedirs(out_dir, exist_ok=True)
   clients = SqlClientDataWriter(os.path.join(out_dir, schema.CLIENTS_DB))
@@ -127,31 +152,34 @@ def prepare(
   writers = [w for w in (clients, platforms) if w is not None]
   try:
     for writer in writers:
-      writer.add_rows('items', ((str(i), it.title, it.year, '|'.join(schema.GENRES[g] for g in it.genres))
-                                for i, it in sorted(items.items())))
+      writer.add_rows('items', ((it.key, it.title, it.year, '|'.join(genres[g] for g in it.genres))
+                                for _, it in sorted(items.items())))
       writer.set_metadata(
           **metadata, seed=options.seed, heldout_fraction=options.heldout_fraction,
-          num_negatives=schema.NUM_NEGATIVES, split_version=SPLIT_VERSION, genres=list(schema.GENRES),
-          splits=list(schema.ALL_SPLITS),
+          num_negatives=schema.NUM_NEGATIVES, split_version=SPLIT_VERSION, genres=list(genres),
+          splits=[s for s in schema.ALL_SPLITS if rating_splits or schema.RATING not in s],
           view='cross_silo' if writer is platforms else 'cross_device',
           occupation_platform=dict(options.occupation_platform or {}))
     bar = tqdm.tqdm(users, total=len(user_ids), unit='user', disable=not progress, mininterval=2.0)
-    user_rows = []
+    user_rows, example_rows = [], []
     for ur in bar:
-      uid = ur.user.user_id
+      uid, key = ur.user.user_id, ur.user.key
       platform = options.occupation_platform[ur.user.occupation] if platforms else None
-      for split, blobs in _user_examples(ur, encoder, catalogue, options.seed, uid in heldout):
-        clients.add_examples(str(uid), split, blobs)
-        if platforms:
-          platforms.add_examples(platform, split, blobs)
-      user_rows.append((str(uid), ur.user.age, ur.user.gender, ur.user.occupation, platform, int(uid in heldout)))
+      for split, blobs in _user_examples(ur, encoder, catalogue, options.seed, uid in heldout, families):
+        example_rows.extend((split, key, blob) for blob in blobs)
+      user_rows.append((key, ur.user.age, ur.user.gender, ur.user.occupation, platform, int(uid in heldout)))
+      if len(example_rows) >= 50_000:
+        clients.add_example_rows(example_rows)
+        example_rows = []
       if len(user_rows) >= 10_000:
-        for writer in writers:
-          writer.add_rows('users', user_rows)
+        clients.add_rows('users', user_rows)
         user_rows = []
-    for writer in writers:
-      writer.add_rows('users', user_rows)
-      writer.commit()
+    clients.add_example_rows(example_rows)
+    clients.add_rows('users', user_rows)
+    clients.commit()
+    if platforms:  # The same examples under each user's platform, copied inside SQLite.
+      platforms.add_examples_of_groups(clients.temp_path)
+      platforms.commit()
     result = stats.compute(clients.temp_path)
     with atomic.replacing(os.path.join(out_dir, schema.STATS_JSON)) as stats_path:
       with open(stats_path, 'w') as f:

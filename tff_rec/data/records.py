@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
+
+# Without demographics (MovieLens-10M+, interaction logs) a user's occupation is the pseudo-group
+# `group_NN`, NN = user id mod PSEUDO_GROUPS, which is what the cross-silo view deals to platforms.
+PSEUDO_GROUPS = 21
 
 
 class DataError(ValueError):
@@ -16,7 +22,12 @@ class Item:
   item_id: int
   title: str
   year: int  # 0 when unknown.
-  genres: tuple[int, ...]  # Indices into schema.GENRES.
+  genres: tuple[int, ...]  # Indices into the dataset's genre vocabulary (schema.GENRES for MovieLens).
+  name: Optional[str] = None  # The id as stored (client-facing); None: str(item_id).
+
+  @property
+  def key(self) -> str:
+    return str(self.item_id) if self.name is None else self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +36,18 @@ class User:
   age: int
   gender: str
   occupation: str
+  name: Optional[str] = None  # The id as stored (the client id); None: str(user_id).
+
+  @property
+  def key(self) -> str:
+    return str(self.user_id) if self.name is None else self.name
+
+
+def anonymous_users(user_ids: np.ndarray, names: Optional[Sequence[str]] = None) -> dict[int, User]:
+  """Users without demographics: age 0, no gender, the pseudo-group occupation (see PSEUDO_GROUPS)."""
+  return {int(u): User(int(u), 0, '', f'group_{int(u) % PSEUDO_GROUPS:02d}',
+                       None if names is None else str(names[int(u)]))
+          for u in np.unique(user_ids)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,3 +61,28 @@ class UserRatings:
 
   def __len__(self) -> int:
     return len(self.item_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ratings:
+  """A parsed dataset: users, the item catalogue, and every rating as parallel arrays grouped by user."""
+
+  users: dict[int, User]
+  items: dict[int, Item]
+  # Parallel arrays over all ratings, sorted by (user, item).
+  user_ids: np.ndarray
+  item_ids: np.ndarray
+  ratings: np.ndarray
+  timestamps: np.ndarray
+  source: str
+
+  def per_user(self) -> Iterator[UserRatings]:
+    """Yields each user's ratings, in increasing user id."""
+    bounds = np.flatnonzero(np.diff(self.user_ids)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(self.user_ids)]):
+      yield UserRatings(
+          self.users[int(self.user_ids[lo])],
+          self.item_ids[lo:hi],
+          self.ratings[lo:hi],
+          self.timestamps[lo:hi],
+      )

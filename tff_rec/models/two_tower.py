@@ -23,6 +23,7 @@ embedding of each (user, item) example.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 
 import numpy as np
@@ -55,11 +56,13 @@ def item_features(db_path: str, vocabulary: list[str]) -> ItemFeatures:
   con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
   try:
     rows = {r[0]: (r[1] or 0, r[2] or '') for r in con.execute('SELECT item_id, year, genres FROM items')}
+    vocabulary_row = con.execute("SELECT value FROM tff_rec_metadata WHERE key = 'genres'").fetchone()
   finally:
     con.close()
+  genre_names = json.loads(vocabulary_row[0]) if vocabulary_row else schema.GENRES  # The dataset's own vocabulary.
   genres = np.zeros((len(vocabulary) + 1, schema.NUM_GENRES), np.float32)
   years = np.zeros(len(vocabulary) + 1, np.int64)
-  index = {g: i for i, g in enumerate(schema.GENRES)}
+  index = {g: i for i, g in enumerate(genre_names)}
   for i, item in enumerate(vocabulary, start=1):
     year, names = rows[item]
     years[i] = year_bucket(int(year))
