@@ -1,6 +1,8 @@
 r"""Exports a finished training run's model as a SavedModel that serves recommendations.
 
   python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo [--top_k=10]
+  python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo_tflite --format=tflite \
+      [--quantize=none|float16|dynamic_int8|int8]
 
 The model reconstructs each user from the history a request carries (user
 embeddings never leave clients, so the server has none): see
@@ -16,9 +18,13 @@ from absl import app, flags
 
 from experiments import export_flags, logs
 from tff_rec import runtime
-from tff_rec.serving import export
+from tff_rec.serving import export, tflite
 
 _RUN_DIR = flags.DEFINE_string('run_dir', None, 'A finished run: <root_output_dir>/<experiment_name>.')
+_FORMAT = flags.DEFINE_enum('format', 'saved_model', list(export.FORMATS), 'saved_model (servers), or tflite: '
+                            'model.tflite for on-device inference with the same signatures (docs/serving.md).')
+_QUANTIZE = flags.DEFINE_enum('quantize', 'none', list(tflite.QUANTIZATIONS), '--format=tflite: '
+                              'post-training quantisation of the model.')
 
 
 def main(argv):
@@ -29,7 +35,8 @@ def main(argv):
     print('export: error: --run_dir and --export_dir are required', file=sys.stderr)
     return 2
   try:
-    metadata = export.export_run(_RUN_DIR.value, export_flags.EXPORT_DIR.value, export_flags.TOP_K.value)
+    metadata = export.export_run(_RUN_DIR.value, export_flags.EXPORT_DIR.value, export_flags.TOP_K.value,
+                                 fmt=_FORMAT.value, quantize=_QUANTIZE.value)
   except (ValueError, FileNotFoundError) as e:
     print(f'export: error: {e}', file=sys.stderr)
     return 2

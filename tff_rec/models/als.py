@@ -65,12 +65,43 @@ def solve_users(item_embedding: tf.Tensor, items: tf.Tensor, weights: tf.Tensor,
   rated item; an item rated twice counts twice). A user with none gets 0.
   """
   y = tf.gather(item_embedding, items)  # [users, n, d]
-  d = tf.shape(item_embedding)[1]
+  d = item_embedding.shape[1]
+  weighted = tf.expand_dims(weights, -1) * y
   gramian = tf.matmul(item_embedding, item_embedding, transpose_a=True)
-  a = (gramian[None] + config.alpha * tf.einsum('un,und,une->ude', weights, y, y)
-       + config.regularization * tf.eye(d, dtype=item_embedding.dtype)[None])
-  b = (1.0 + config.alpha) * tf.einsum('un,und->ud', weights, y)
-  return tf.linalg.solve(a, b[..., None])[..., 0]
+  a = (tf.expand_dims(gramian + config.regularization * tf.eye(d, dtype=item_embedding.dtype), 0)
+       + config.alpha * tf.matmul(weighted, y, transpose_a=True))  # [users, d, d]
+  b = (1.0 + config.alpha) * tf.reduce_sum(weighted, axis=1)  # [users, d]
+  return spd_solve(a, b)
+
+
+def spd_solve(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+  """x with a x = b for symmetric positive definite a [users, d, d] (static d), b [users, d].
+
+  Cholesky a = L L^T, then two triangular solves, unrolled over the d columns in plain elementwise ops and
+  reductions: the exact solve, and one that TFLite's builtin ops express (the on-device model,
+  `tff_rec.serving.tflite`; TFLite has no matrix solve). Written by hand for that reason.
+  """
+  d = a.shape[-1]
+  columns = []  # L's columns, each [users, d] (zeros above the diagonal).
+  for j in range(d):
+    done = tf.stack(columns, axis=-1) if columns else None  # [users, d, j]
+    row_j = done[:, j, :] if columns else None  # [users, j]: L[j, :j]
+    residual = a[:, :, j] - (tf.reduce_sum(done * tf.expand_dims(row_j, 1), -1) if columns else 0.0)  # [users, d]
+    pivot = tf.sqrt(residual[:, j:j + 1])
+    below = tf.cast(tf.range(d) >= j, a.dtype)
+    columns.append(residual / pivot * below)
+  lower = tf.stack(columns, axis=-1)  # [users, d, d]
+  y = []  # Forward: L y = b.
+  for i in range(d):
+    partial = tf.reduce_sum(lower[:, i, :i] * tf.stack(y, -1), -1) if y else 0.0
+    y.append((b[:, i] - partial) / lower[:, i, i])
+  y = tf.stack(y, -1)
+  x = [None] * d  # Backward: L^T x = y.
+  for i in reversed(range(d)):
+    later = tf.stack(x[i + 1:], -1) if i + 1 < d else None
+    partial = tf.reduce_sum(lower[:, i + 1:, i] * later, -1) if later is not None else 0.0
+    x[i] = (y[:, i] - partial) / lower[:, i, i]
+  return tf.stack(x, -1)
 
 
 def reconstruct(item_embedding: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor,

@@ -74,7 +74,7 @@ def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str, 
     objective: `mf.RATING` (example = (item, rating)) or `mf.IMPLICIT`
       (item k at position t -> (item, 1) then (n, 0) for each n in
       negatives[(t + item) mod rows]).
-    negatives: `negative_table`, [rows, num_negatives] int64.
+    negatives: `negative_table`, [rows, num_negatives] item indices (int32 or int64).
     recent_items, recent_repeats: recency emphasis: the examples of the
       user's last `recent_items` items are appended `recent_repeats` more
       times, so the SGD steps that finish reconstruction are on the newest
@@ -85,37 +85,51 @@ def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str, 
     items [users, L] int64, labels [users, L] float32 (padding: item 0,
     label 0) and the number of examples per user [users].
   """
-  history = tf.convert_to_tensor(history, tf.int64)
+  history = tf.cast(tf.convert_to_tensor(history, tf.int64), tf.int32)
   ratings = tf.convert_to_tensor(ratings, tf.float32)
   valid = history > 0
-  items = tf.ragged.boolean_mask(history, valid)  # [users, (n)]
+  position = tf.cumsum(tf.cast(valid, tf.int32), axis=1) - 1  # Each item's place among the user's items.
+  count = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1, keepdims=True)
   if objective == mf.RATING:
-    blocks = tf.expand_dims(items, -1)  # [users, (n), 1]: one example per item.
-    block_labels = tf.expand_dims(tf.ragged.boolean_mask(ratings, valid), -1)
+    blocks, labels = tf.expand_dims(history, -1), tf.expand_dims(ratings, -1)  # [users, H, 1]: one per item.
   else:
-    negatives = tf.convert_to_tensor(negatives, tf.int64)
-    per_item = 1 + tf.shape(negatives, out_type=tf.int64)[1]
-    position = tf.ragged.range(items.row_lengths())
-    rows = tf.math.floormod(position + items, tf.shape(negatives, out_type=tf.int64)[0])
-    flat = tf.concat([items.flat_values[:, None], tf.gather(negatives, rows.flat_values)], axis=1)
-    blocks = items.with_flat_values(flat)  # [users, (n), 1 + negatives]
-    block_labels = items.with_flat_values(
-        tf.one_hot(tf.zeros_like(items.flat_values, tf.int32), tf.cast(per_item, tf.int32)))
+    negatives = tf.cast(negatives, tf.int32)
+    rows = tf.math.floormod(position + history, tf.shape(negatives)[0])
+    blocks = tf.concat([tf.expand_dims(history, -1), tf.gather(negatives, rows)], axis=-1)  # [users, H, 1 + N]
+    labels = tf.concat([tf.ones_like(blocks[..., :1], tf.float32), tf.zeros_like(blocks[..., 1:], tf.float32)], -1)
+  keep = [valid]
   if recent_items > 0 and recent_repeats > 0:
-    blocks = tf.concat([blocks] + [blocks[:, -recent_items:]] * recent_repeats, axis=1)
-    block_labels = tf.concat([block_labels] + [block_labels[:, -recent_items:]] * recent_repeats, axis=1)
-  items, labels = blocks.merge_dims(1, 2), block_labels.merge_dims(1, 2)
-  return items.to_tensor(0), labels.to_tensor(0.0), items.row_lengths()
+    recent = tf.logical_and(valid, position >= count - recent_items)
+    keep += [recent] * recent_repeats
+    blocks = tf.concat([blocks] * (1 + recent_repeats), axis=1)
+    labels = tf.concat([labels] * (1 + recent_repeats), axis=1)
+  keep = tf.concat(keep, axis=1)
+  users = tf.shape(blocks)[0]
+  keep = tf.reshape(tf.broadcast_to(tf.expand_dims(keep, -1), tf.shape(blocks)), [users, -1])
+  blocks, labels = tf.reshape(blocks, [users, -1]), tf.reshape(labels, [users, -1])
+  # Close up: the kept examples first, in order (a stable partition by top_k on a decreasing key). Dense ops
+  # only, no ragged ones, so that the exported model converts to TFLite's builtin ops (tff_rec.serving.tflite).
+  slots = tf.shape(blocks)[1]
+  index = tf.range(slots)
+  key = tf.cast(tf.where(keep, 2 * slots - index, slots - index), tf.float32)
+  order = tf.math.top_k(key, slots).indices
+  counts = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+  length = tf.reduce_max(tf.concat([counts, [0]], 0))
+  order = order[:, :length]
+  inside = tf.expand_dims(tf.range(length), 0) < tf.expand_dims(counts, 1)
+  items = tf.where(inside, tf.gather(blocks, order, batch_dims=1), 0)
+  labels = tf.where(inside, tf.gather(labels, order, batch_dims=1), 0.0)
+  return tf.cast(items, tf.int64), labels, tf.cast(counts, tf.int64)
 
 
 def batched(items: tf.Tensor, labels: tf.Tensor, counts: tf.Tensor,
             batch_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """[users, L] examples -> [users, batches, batch_size] items, labels and mask (`Dataset.batch` cuts)."""
-  length = tf.shape(items, out_type=tf.int64)[1]
-  batches = tf.maximum(tf.constant(1, tf.int64), (length + batch_size - 1) // batch_size)
+  length = tf.shape(items)[1]  # int32 arithmetic: TFLite's builtin FloorDiv has no int64 kernel.
+  batches = tf.maximum(1, (length + batch_size - 1) // batch_size)
   pad = [[0, 0], [0, batches * batch_size - length]]
-  mask = tf.sequence_mask(counts, batches * batch_size, tf.float32)
-  shape = tf.stack([tf.shape(items, out_type=tf.int64)[0], batches, batch_size])
+  mask = tf.sequence_mask(tf.cast(counts, tf.int32), batches * batch_size, tf.float32)
+  shape = tf.stack([tf.shape(items)[0], batches, batch_size])
   return (tf.reshape(tf.pad(items, pad), shape), tf.reshape(tf.pad(labels, pad), shape),
           tf.reshape(mask, shape))
 
@@ -147,6 +161,8 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
                 epochs: int) -> list[tf.Tensor]:
   """Every user's local parameters from zeros: SGD on its [users, batches, B] batches, items frozen.
 
+  (`tf.expand_dims` rather than `[..., None]`: TFLite's builtin strided slice has no new axes.)
+
   The gradient of the batch-mean `mf.RegularizedLoss` is written out (by hand:
   a handful of ops per step instead of a tape's, for serving latency;
   `tests/models/test_reconstruction.py` checks it against the tape):
@@ -173,10 +189,10 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
     else:
       g = tf.sigmoid(score) - labels[:, t]
     g = g * weights[:, t]
-    p_u = p_u - learning_rate * (tf.reduce_sum(g[..., None] * q, 1, keepdims=True) + 2.0 * l2 * p_u *
-                                 nonempty[:, t, None])
+    p_u = p_u - learning_rate * (tf.reduce_sum(tf.expand_dims(g, -1) * q, 1, keepdims=True) + 2.0 * l2 * p_u *
+                                 tf.expand_dims(nonempty[:, t], -1))
     if rating:
-      b_u = b_u - learning_rate * tf.reduce_sum(g, 1)[:, None, None]
+      b_u = b_u - learning_rate * tf.reshape(tf.reduce_sum(g, 1), [-1, 1, 1])
     return s + 1, p_u, b_u
 
   _, p_u, b_u = tf.while_loop(lambda s, *_: s < epochs * batches, step, (tf.constant(0), p_u, b_u))

@@ -41,6 +41,8 @@ MODEL_STATE = 'model_state.npz'
 METADATA = 'metadata.json'
 UNKNOWN_SCORE = float(np.finfo(np.float32).min)  # Unknown candidates, and slots left when K > unseen items.
 SIGNATURES = ('serving_default', 'recommend', 'score')
+SAVED_MODEL, TFLITE = 'saved_model', 'tflite'
+FORMATS = (SAVED_MODEL, TFLITE)
 MF, TWO_TOWER = 'mf', 'two_tower'  # As `tff_rec.tasks` names the models.
 
 
@@ -117,13 +119,16 @@ class Recommender(tf.Module):
     self.top_k = min(top_k, len(vocabulary))
     self.num_items = len(vocabulary)
     self.vocabulary = tf.constant(vocabulary, tf.string)
+    self.blank_and_vocabulary = tf.constant(['', *vocabulary], tf.string)
     self.lookup = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(self.vocabulary, tf.range(1, self.num_items + 1, dtype=tf.int64)),
         default_value=0)
     self.item_embedding = tf.Variable(weights[0], trainable=False, name='item_embedding')
     self.item_bias = tf.Variable(weights[1], trainable=False, name='item_bias')
     self.global_mean = tf.Variable(weights[2], trainable=False, name='global_mean') if rating else None
-    self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives))
+    # int32 (support_examples computes in int32): half the size of the on-device model's largest constant.
+    self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives),
+                                 tf.int32)
 
   def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
     """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u; two-tower: the query), and the history."""
@@ -156,14 +161,17 @@ class Recommender(tf.Module):
                                 tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
   def recommend(self, history_item_ids, history_ratings):
     user, history = self.user(history_item_ids, history_ratings)
-    scores = (tf.matmul(user[0][:, 0], self.item_embedding[1:], transpose_b=True) + self.item_bias[1:, 0][None]
-              + self._offset(user))  # [batch, items]
+    # Scores over the whole table, then the unknown item's column dropped (slicing the table instead would put a
+    # second copy of it in the TFLite model, where constants are folded).
+    scores = (tf.matmul(user[0][:, 0], self.item_embedding, transpose_b=True)
+              + tf.expand_dims(self.item_bias[:, 0], 0))[:, 1:] + self._offset(user)  # [batch, items]
     seen = tf.where(history > 0)
     seen = tf.scatter_nd(tf.stack([seen[:, 0], tf.gather_nd(history, seen) - 1], 1),
                          tf.ones([tf.shape(seen)[0]], tf.int32), tf.shape(scores, out_type=tf.int64))
     scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
     top, indices = tf.math.top_k(scores, self.top_k)
-    ids = tf.where(top > UNKNOWN_SCORE, tf.gather(self.vocabulary, indices), '')
+    # '' where no item is left: a gather from the vocabulary after a blank (a select on strings is not a TFLite op).
+    ids = tf.gather(self.blank_and_vocabulary, tf.where(top > UNKNOWN_SCORE, indices + 1, 0))
     return {'item_ids': ids, 'scores': top}
 
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
@@ -213,8 +221,15 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
-def export_run(run_dir: str, export_dir: str, top_k: int = 10) -> dict[str, Any]:
-  """Exports the trained model of the run in `run_dir`; returns the metadata written beside it."""
+def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAVED_MODEL,
+               quantize: str = 'none') -> dict[str, Any]:
+  """Exports the trained model of the run in `run_dir`; returns the metadata written beside it.
+
+  `fmt`: `saved_model`, or `tflite` (`export_dir/model.tflite`, `tff_rec.serving.tflite`, quantised by
+  `quantize`).
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
   state_path = os.path.join(run_dir, MODEL_STATE)
   for name in (MODEL_STATE, 'final_metrics.json', 'hparams.json'):
     if not os.path.exists(os.path.join(run_dir, name)):
@@ -238,11 +253,25 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10) -> dict[str, Any]
       'source_run_dir': os.path.abspath(run_dir),
       'export_time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-  save(module, export_dir, metadata)
+  if fmt == SAVED_MODEL:
+    save(module, export_dir, metadata)
+    return metadata
+  from tff_rec.serving import tflite  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as staging:
+    tf.saved_model.save(module, staging, signatures={'recommend': module.recommend, 'score': module.score})
+    model = tflite.convert(staging, quantize)
+  tflite.write(model, export_dir)
+  metadata |= {'format': TFLITE, 'quantize': quantize, 'signatures': list(tflite.SIGNATURES),
+               'model_bytes': len(model)}
+  atomic.write_json(os.path.join(export_dir, METADATA), metadata)
   return metadata
 
 
 def describe(export_dir: str, metadata: dict[str, Any]) -> str:
   """A summary of an export for the binaries to print."""
+  if metadata.get('format') == TFLITE:
+    return (f'Exported TFLite model to {export_dir}/model.tflite ({metadata["model_bytes"] / 1e6:.2f} MB, '
+            f'quantize={metadata["quantize"]}; signatures {", ".join(metadata["signatures"])}; '
+            f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}; metadata.json beside it)')
   return (f'Exported SavedModel to {export_dir}/ (signatures {", ".join(SIGNATURES)}; '
           f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}; metadata.json beside it)')
