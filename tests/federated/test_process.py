@@ -474,7 +474,9 @@ def test_two_tower_shards_equal_tffs_two_tower_process_over_rounds(tiny_dataset)
   clients = task.eval_clients('test')
   ref_totals = reference.evaluate(ref_state, clients)
   for engine, state in zip(engines, states):
-    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state))
+    # 1e-4: the reference differentiates TFRS's loss with a tape, the shard process reconstructs the query with the
+    # closed-form gradient (reconstruction.retrieval_score_gradients): float32 rounding apart, which Adam amplifies.
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=1e-4)
     totals = engine.evaluate(state, clients)
     assert totals.keys() == ref_totals.keys() and ref_totals['count'] > 0
     for key in ref_totals:
@@ -512,5 +514,7 @@ def test_split_dataset_reconstructs_on_even_batches_and_trains_on_odd_ones_as_tf
       odd = sum(max(0, min(4, len(x) - 4 * t)) for x, _ in examples for t in range(1, len(x) // 4 + 1, 2))
       assert got['client_work/train/num_examples'] == 2 * odd  # The odd batches', local_epochs 2.
   for engine, state in zip(engines, states):
-    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state), atol=5e-6)
+    # Two-tower 1e-5: its query by the closed-form gradient against TFF's tape (float32 rounding apart).
+    _assert_weights_close(reference.global_weights(ref_state), engine.global_weights(state),
+                          atol=5e-6 if model == 'mf' else 1e-5)
   assert not np.allclose(engines[0].global_weights(states[0])[0], engines[0].global_weights(engines[0].initialize())[0])

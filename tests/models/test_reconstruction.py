@@ -116,3 +116,21 @@ def test_retrieval_reconstruction_equals_keras_sgd_with_the_tfrs_loss():
     expected = client_eval.local_variables(bundle)[0].numpy()
     np.testing.assert_allclose(query[u].numpy(), expected, atol=1e-5)
     assert np.abs(expected).sum() > 0
+
+
+@pytest.mark.parametrize('labels, mask', [
+    ([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1]], [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+    ([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]], [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),  # No negatives.
+    ([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], [[1, 1, 1, 1, 1], [0, 0, 0, 0, 0]]),  # No positives; an empty batch.
+])
+def test_closed_form_retrieval_gradient_equals_the_tape(labels, mask):
+  rng = np.random.default_rng(7)
+  query = tf.constant(rng.normal(size=(2, 1, 3)), tf.float32)
+  candidates = tf.constant(rng.normal(size=(2, 5, 3)), tf.float32)
+  labels, mask = tf.constant(labels, tf.float32), tf.constant(mask, tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(query)
+    loss = tf.reduce_sum(reconstruction.retrieval_batch_losses(query, candidates, labels, mask))
+  gradient = reconstruction.retrieval_score_gradients(query, candidates, labels, mask)
+  np.testing.assert_allclose(tf.reduce_sum(gradient[..., None] * candidates, 1, keepdims=True).numpy(),
+                             tape.gradient(loss, query).numpy(), atol=1e-6)

@@ -22,14 +22,14 @@ SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, num_negatives=3, em
                 progress=False, seed=3, eval_recent_items=2, eval_recent_repeats=2)
 
 
-@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'fed_als'])
+@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'fed_als', 'two_tower'])
 def run(request, tiny_dataset, tmp_path_factory):
   """A finished 2-round run on tiny data and its SavedModel export: (run dir, SavedModel dir, data dir). Embedding
   dimension 16: TFLite quantises only weights of over 1,024 values (151 items x 16)."""
   out = tmp_path_factory.mktemp(f'tflite_{request.param}')
   model = dict(mf_implicit=dict(objective=mf.IMPLICIT), mf_rating=dict(objective=mf.RATING),
-               fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0))[
-                   request.param]
+               fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0),
+               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'))[request.param]
   if not FLAGS.is_parsed():
     FLAGS(['train_federated', '--experiment_name=unset'])
   with flagsaver.flagsaver(data_dir=tiny_dataset, root_output_dir=str(out), experiment_name='run',

@@ -223,6 +223,27 @@ def retrieval_batch_losses(query: tf.Tensor, candidates: tf.Tensor, labels: tf.T
   return tf.math.divide_no_nan(tf.reduce_sum(per_positive, axis=1), tf.reduce_sum(positive, axis=1))
 
 
+def retrieval_score_gradients(query: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
+                              mask: tf.Tensor) -> tf.Tensor:
+  """d `retrieval_batch_losses` / d score of each example [users, B], in closed form.
+
+  With s_n = <query, c_n>, N = logsumexp of the negatives' scores, sigma_i = sigmoid(s_i - N) and P positives:
+  a positive i gets (sigma_i - 1) / P and a negative n gets softmax_n(negatives) * sum_i (1 - sigma_i) / P, so
+  the query's gradient is sum_n g_n c_n. Written by hand (as MF's SGD step is) because a gradient tape's ops are
+  not TFLite's builtin ones, and the on-device model reconstructs the query too;
+  `tests/models/test_reconstruction.py` checks it against the tape.
+  """
+  scores = tf.reduce_sum(query * candidates, -1)  # [users, B]
+  positive, negative = labels * mask, (1.0 - labels) * mask
+  excluded = -1e9  # As retrieval_batch_losses: a batch without negatives has N = -1e9 + log B.
+  negatives = tf.reduce_logsumexp(tf.where(negative > 0, scores, excluded), axis=1, keepdims=True)  # [users, 1]
+  sigma = tf.sigmoid(scores - negatives)
+  weights = tf.math.divide_no_nan(1.0, tf.reduce_sum(positive, axis=1, keepdims=True))  # 1 / P (0 without any).
+  pulled = tf.reduce_sum(positive * (1.0 - sigma), axis=1, keepdims=True)  # sum_i (1 - sigma_i)
+  softmax = tf.where(negative > 0, tf.exp(scores - negatives), 0.0)
+  return weights * (positive * (sigma - 1.0) + softmax * pulled)
+
+
 def reconstruct_query(candidates: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor, *,
                       learning_rate: float, epochs: int) -> tf.Tensor:
   """Every user's two-tower query embedding [users, 1, d] from zeros: SGD on the retrieval loss, items frozen.
@@ -234,11 +255,9 @@ def reconstruct_query(candidates: tf.Tensor, items: tf.Tensor, labels: tf.Tensor
 
   def step(s, query):
     t = s % batches
-    with tf.GradientTape() as tape:
-      tape.watch(query)
-      total = tf.reduce_sum(retrieval_batch_losses(query, tf.gather(candidates, items[:, t]), labels[:, t],
-                                                   mask[:, t]))
-    return s + 1, query - learning_rate * tape.gradient(total, query)
+    batch = tf.gather(candidates, items[:, t])  # [users, B, d]
+    gradient = retrieval_score_gradients(query, batch, labels[:, t], mask[:, t])  # [users, B]
+    return s + 1, query - learning_rate * tf.reduce_sum(tf.expand_dims(gradient, -1) * batch, 1, keepdims=True)
 
   _, query = tf.while_loop(lambda s, _: s < epochs * batches, step, (tf.constant(0), query))
   return query

@@ -2,13 +2,13 @@
 
 import numpy as np
 
-from benchmarks import prepare_scale
+from benchmarks import ml25m_archive
 from tff_rec.data import movielens
 
 
 def test_generated_archive_reads_as_movielens_25m_with_the_requested_size(tmp_path):
   path = str(tmp_path / 'ml-25m.zip')
-  sizes = prepare_scale.write_ml25m_archive(path, 100_000, seed=3)
+  sizes = ml25m_archive.write_ml25m_archive(path, 100_000, seed=3)
   assert sizes['ratings'] == 100_000
   data = movielens.read_release(path, movielens.ML25M, verify=False)  # Duplicate pairs would be an error here.
   assert len(data.user_ids) == 100_000 and len(data.users) == sizes['users']
