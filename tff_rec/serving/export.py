@@ -126,7 +126,7 @@ class Recommender(tf.Module):
     self.item_embedding = tf.Variable(weights[0], trainable=False, name='item_embedding')
     self.item_bias = tf.Variable(weights[1], trainable=False, name='item_bias')
     self.global_mean = tf.Variable(weights[2], trainable=False, name='global_mean') if rating else None
-    # int32 (support_examples computes in int32): half the size of the on-device model's largest constant.
+    # int32, as support_examples computes (the SavedModel's constant half the size of an int64 one).
     self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives),
                                  tf.int32)
 
