@@ -36,7 +36,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from tff_rec.data import schema
-from tff_rec.data.records import DataError, Item, Ratings, anonymous_users
+from tff_rec.data.records import DataError, Item, Ratings, anonymous_users, title_year
 
 ROLES = ('user', 'item', 'rating', 'count', 'timestamp')
 ITEM_ROLES = ('item', 'title', 'categories', 'year')
@@ -163,7 +163,7 @@ def _is_number(value: str) -> bool:
     return False
 
 
-def _is_integer(value: str) -> bool:
+def _is_timestamp(value: str) -> bool:
   try:
     int(value)
     return True
@@ -173,7 +173,7 @@ def _is_integer(value: str) -> bool:
 
 _CHECKS = {'user': ('an id', lambda v: v != ''), 'item': ('an id', lambda v: v != ''),
            'rating': ('a finite number', _is_number), 'count': ('a finite number', _is_number),
-           'timestamp': ('integer seconds or an ISO 8601 date', _is_integer),
+           'timestamp': ('integer seconds or an ISO 8601 date', _is_timestamp),
            'title': ('text', lambda v: True), 'categories': ('text', lambda v: True),
            'year': ('an integer year', lambda v: v == '' or v.strip().isdigit())}
 
@@ -212,13 +212,13 @@ def _ids(path: str, column: pa.ChunkedArray, role: str) -> tuple[np.ndarray, np.
   if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(
       column.type)):
     raise DataError(f'{path}: {role} ids must be integers or strings, the column is {column.type}')
-  if not pa.types.is_integer(column.type) and pc.any(pc.equal(pc.utf8_trim_whitespace(column), '')).as_py():
-    row = int(pc.index(pc.equal(pc.utf8_trim_whitespace(column), ''), True).as_py())
-    raise DataError(f'{_where(path, row)}: no {role} id')
   if pa.types.is_integer(column.type):
     values = column.to_numpy()
     names, dense = np.unique(values, return_inverse=True)
     return dense.astype(np.int64), names.astype(str)
+  blank = pc.index(pc.utf8_trim_whitespace(column), '').as_py()
+  if blank >= 0:
+    raise DataError(f'{_where(path, int(blank))}: no {role} id')
   encoded = column.combine_chunks().dictionary_encode()
   dictionary = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
   order = np.argsort(dictionary, kind='stable')
@@ -288,8 +288,7 @@ def _items(spec: InteractionsSpec, names: np.ndarray) -> tuple[dict[int, Item], 
       year = str(rows['year'][row] or '').strip() if 'year' in rows else ''
       if year and not year.isdigit():
         raise DataError(f'{_where(spec.item_metadata, row)}: year {year!r} is not an integer')
-      match = re.search(r'\((\d{4})\)\s*$', titles[i])
-      years[i] = int(year) if year else int(match.group(1)) if match else 0
+      years[i] = int(year) if year else title_year(titles[i])
       field = str(rows['categories'][row] or '') if 'categories' in rows else ''
       categories[i] = [c.strip() for c in field.split(spec.category_delimiter) if c.strip()]
   vocabulary = _categories(categories)
@@ -353,9 +352,7 @@ def read(spec: InteractionsSpec, seed: int) -> Interactions:
   kept_users, users = np.unique(users, return_inverse=True)
   kept_items, items = np.unique(items, return_inverse=True)
   user_names, item_names = user_names[kept_users], item_names[kept_items]
-  users, items = users.astype(np.int64), items.astype(np.int64)
-  by_pair = np.lexsort((items, users))  # Already sorted by user; items too after the merge, but cheap to be sure.
-  users, items, ratings, times = users[by_pair], items[by_pair], ratings[by_pair], times[by_pair]
+  users, items = users.astype(np.int64), items.astype(np.int64)  # Still sorted by (user, item), as merged.
   catalogue, vocabulary = _items(spec, item_names)
   per_user = np.bincount(users)
   if len(catalogue) - per_user.max() < schema.NUM_NEGATIVES:

@@ -19,7 +19,6 @@ import io
 import itertools
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 
 from tff_rec import atomic
 from tff_rec.data import schema
-from tff_rec.data.records import DataError, Item, Ratings, User, anonymous_users
+from tff_rec.data.records import DataError, Item, Ratings, User, anonymous_users, title_year
 
 _LOG = logging.getLogger(__name__)
 
@@ -147,9 +146,9 @@ def _recbole_year(value: str, title: str, where: str) -> int:
   """
   if value.isdigit() and len(value) == 4:
     return int(value)
-  match = re.search(r'\((\d{4})\)\s*$', title)
-  _LOG.info('%s: release year %r is not a year; using %s', where, value, match.group(1) if match else 'unknown')
-  return int(match.group(1)) if match else 0
+  year = title_year(title)
+  _LOG.info('%s: release year %r is not a year; using %s', where, value, year or 'unknown')
+  return year
 
 
 def _parse_recbole_items(lines: Iterable[str], filename: str) -> dict[int, Item]:
@@ -362,9 +361,8 @@ def _parse_movies(lines: Iterable[str], filename: str, sep: str) -> dict[int, It
     unknown = [g for g in names if g is not None and g not in _GENRE_INDEX]
     if unknown:
       raise DataError(f'{where}: unknown genre {unknown[0]!r}')
-    year = re.search(r'\((\d{4})\)\s*$', title)
     item_id = _int(item, 'movie id', where)
-    items[item_id] = Item(item_id, title, int(year.group(1)) if year else 0,
+    items[item_id] = Item(item_id, title, title_year(title),
                           tuple(sorted({_GENRE_INDEX[g] for g in names if g is not None})))
   return items
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
@@ -11,6 +12,15 @@ import numpy as np
 # Without demographics (MovieLens-10M+, interaction logs) a user's occupation is the pseudo-group
 # `group_NN`, NN = user id mod PSEUDO_GROUPS, which is what the cross-silo view deals to platforms.
 PSEUDO_GROUPS = 21
+
+
+_TITLE_YEAR = re.compile(r'\((\d{4})\)\s*$')
+
+
+def title_year(title: str) -> int:
+  """The release year a title ends with, `Heat (1995)` -> 1995; 0 if it has none."""
+  match = _TITLE_YEAR.search(title)
+  return int(match.group(1)) if match else 0
 
 
 class DataError(ValueError):
