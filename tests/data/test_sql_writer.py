@@ -13,8 +13,8 @@ from tff_rec.data import sql_writer
 def test_nothing_appears_until_published(tmp_path):
   target = tmp_path / 'clients.sqlite'
   writer = sql_writer.SqlClientDataWriter(str(target))
-  writer.add_examples('7', 'ranking_train', [b'a', b'b'])
-  writer.add_examples('8', 'ranking_train', [b'c'])
+  writer.add_example_rows([('ranking_train', '7', b'a'), ('ranking_train', '7', b'b')])
+  writer.add_example_rows([('ranking_train', '8', b'c')])
   writer.commit()
   assert not target.exists()
   sql_writer.publish([writer])
@@ -28,7 +28,7 @@ def test_failure_removes_the_temporary(tmp_path):
   target = tmp_path / 'clients.sqlite'
   with pytest.raises(RuntimeError):
     with sql_writer.SqlClientDataWriter(str(target)) as writer:
-      writer.add_examples('7', 'ranking_train', [b'a'])
+      writer.add_example_rows([('ranking_train', '7', b'a')])
       raise RuntimeError('boom')
   assert os.listdir(tmp_path) == []
 

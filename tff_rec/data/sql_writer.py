@@ -81,9 +81,6 @@ class SqlClientDataWriter:
       self._con.execute(statement)
     self._committed = False
 
-  def add_examples(self, client_id: str, split: str, serialized: Iterable[bytes]) -> None:
-    self.add_example_rows((split, client_id, blob) for blob in serialized)
-
   def add_example_rows(self, rows: Iterable[tuple[str, str, bytes]]) -> None:
     """Adds (split name, client id, serialized example) rows."""
     self._con.executemany('INSERT INTO examples (split_name, client_id, serialized_example_proto) VALUES (?, ?, ?)',

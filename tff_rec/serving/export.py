@@ -118,10 +118,11 @@ class Recommender(tf.Module):
     self.config = config
     self.top_k = min(top_k, len(vocabulary))
     self.num_items = len(vocabulary)
-    self.vocabulary = tf.constant(vocabulary, tf.string)
+    # Item index i is blank_and_vocabulary[i]: '' for 0 (unknown, or no item left in a top K).
     self.blank_and_vocabulary = tf.constant(['', *vocabulary], tf.string)
     self.lookup = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(self.vocabulary, tf.range(1, self.num_items + 1, dtype=tf.int64)),
+        tf.lookup.KeyValueTensorInitializer(self.blank_and_vocabulary[1:],
+                                            tf.range(1, self.num_items + 1, dtype=tf.int64)),
         default_value=0)
     self.item_embedding = tf.Variable(weights[0], trainable=False, name='item_embedding')
     self.item_bias = tf.Variable(weights[1], trainable=False, name='item_bias')
@@ -170,7 +171,7 @@ class Recommender(tf.Module):
                          tf.ones([tf.shape(seen)[0]], tf.int32), tf.shape(scores, out_type=tf.int64))
     scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
     top, indices = tf.math.top_k(scores, self.top_k)
-    # '' where no item is left: a gather from the vocabulary after a blank (a select on strings is not a TFLite op).
+    # '' where no item is left by gathering index 0 (a select on strings is not a TFLite op).
     ids = tf.gather(self.blank_and_vocabulary, tf.where(top > UNKNOWN_SCORE, indices + 1, 0))
     return {'item_ids': ids, 'scores': top}
 
