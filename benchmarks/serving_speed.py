@@ -1,4 +1,4 @@
-r"""Serving speed of an exported model (issue 5): in-process latency and REST throughput.
+r"""Serving speed of an exported model (issues 5, 18): in-process and gRPC latency, throughput, version switches.
 
   .venv/bin/python -m benchmarks.serving_speed [--export_dir=DIR] [--seconds=5]
 
@@ -7,9 +7,18 @@ Latency: the `recommend` signature of a reloaded SavedModel for one user with
 in-process; p50 and p99 over `--calls` calls after warm-up. Targets: p50 <= 2 ms,
 p99 <= 10 ms on 2 cores.
 
-Throughput: `experiments.serve` in its own process, and `--concurrency`
-client threads posting TF Serving predict requests over keep-alive
-connections for `--seconds` each: requests/s (and users/s) at batch 1 and 32.
+gRPC: `experiments.serve` in its own process, called over loopback with the
+tensorflow-serving-api package's stub: `Predict` p50 and p99 for one user
+(batch 1) over `--calls` sequential calls (target p50 <= 2 ms).
+
+Throughput: `--concurrency` client threads posting TF Serving REST predict
+requests over keep-alive connections for `--seconds` each: requests/s (and
+users/s) at batch 1 and 32.
+
+Version switch: `--concurrency` gRPC clients each make `--switch_calls`
+Predict calls while a second version is exported into the served base path;
+every request must succeed (target: zero failed), and the responses' versions
+show when the new one took over.
 
 Without --export_dir the model is the demo's shape (embedding 32, 8
 negatives, batch 64, 3 reconstruction epochs, lr 2.0) with random weights:
@@ -23,6 +32,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,8 +40,10 @@ import threading
 import time
 
 from absl import app, flags
+import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from experiments import logs
 from tff_rec.models import mf
@@ -41,13 +53,14 @@ _EXPORT_DIR = flags.DEFINE_string('export_dir', None, 'An exported model (defaul
 _CALLS = flags.DEFINE_integer('calls', 2000, 'Latency: timed calls.')
 _HISTORY = flags.DEFINE_integer('history', 100, 'Latency: history items per request.')
 _SECONDS = flags.DEFINE_float('seconds', 5.0, 'Throughput: seconds per batch size.')
-_CONCURRENCY = flags.DEFINE_integer('concurrency', 4, 'Throughput: concurrent client connections.')
+_CONCURRENCY = flags.DEFINE_integer('concurrency', 4, 'Throughput and switch: concurrent client connections.')
+_SWITCH_CALLS = flags.DEFINE_integer('switch_calls', 500, 'Version switch: Predict calls per client.')
 
 NUM_ITEMS = 1682
 
 
-def demo_shaped_model(path: str) -> None:
-  rng = np.random.default_rng(0)
+def demo_shaped_model(path: str, seed: int = 0) -> None:
+  rng = np.random.default_rng(seed)
   weights = [rng.normal(0, 0.3, size=(NUM_ITEMS + 1, 32)).astype(np.float32),
              rng.normal(0, 0.1, size=(NUM_ITEMS + 1, 1)).astype(np.float32)]
   config = export.ServingConfig(mf.IMPLICIT, l2=0.003, batch_size=64, num_negatives=8, learning_rate=2.0,
@@ -109,26 +122,71 @@ def throughput(port: int, vocabulary_size: int, batch: int) -> float:
   return sum(counts) / (time.monotonic() - began)
 
 
-def start_server(export_dir: str) -> tuple[subprocess.Popen, int]:
+def predict_request(rows: dict[str, list]) -> predict_pb2.PredictRequest:
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = 'recommender'
+  request.inputs['history_item_ids'].CopyFrom(tf.make_tensor_proto(rows['history_item_ids'], tf.string))
+  request.inputs['history_ratings'].CopyFrom(tf.make_tensor_proto(rows['history_ratings'], tf.float32))
+  return request
+
+
+def grpc_latency(stub, vocabulary_size: int) -> tuple[float, float]:
+  request = predict_request(request_rows(vocabulary_size, 1, _HISTORY.value, 0))
+  for _ in range(50):
+    stub.Predict(request, timeout=60)
+  times = []
+  for _ in range(_CALLS.value):
+    began = time.perf_counter()
+    stub.Predict(request, timeout=60)
+    times.append(time.perf_counter() - began)
+  return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def version_switch(stub, vocabulary_size: int, base_path: str) -> tuple[int, list, list[int]]:
+  """Clients loop on Predict while version 2 is exported into the base path: (requests, failures, versions)."""
+  requests = [predict_request(request_rows(vocabulary_size, 1, _HISTORY.value, seed)) for seed in range(8)]
+  versions, failures = [[] for _ in range(_CONCURRENCY.value)], []
+
+  def client(worker: int) -> None:
+    for i in range(_SWITCH_CALLS.value):
+      try:
+        versions[worker].append(stub.Predict(requests[i % len(requests)], timeout=60).model_spec.version.value)
+      except grpc.RpcError as e:
+        failures.append(e)
+
+  with concurrent.futures.ThreadPoolExecutor(_CONCURRENCY.value) as pool:
+    running = [pool.submit(client, worker) for worker in range(_CONCURRENCY.value)]
+    time.sleep(0.5)
+    demo_shaped_model(os.path.join(base_path, '2'), seed=1)  # export.save: staged beside, then renamed in.
+    for future in running:
+      future.result()
+  return _CONCURRENCY.value * _SWITCH_CALLS.value, failures, [v for worker in versions for v in worker]
+
+
+def start_server(export_dir: str) -> tuple[subprocess.Popen, int, int]:
+  """experiments.serve on free ports: the process, its REST port and its gRPC port."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   process = subprocess.Popen([sys.executable, '-m', 'experiments.serve', f'--export_dir={export_dir}', '--port=0',
-                              '--threads=4'], cwd=root, stdout=subprocess.PIPE, text=True)
+                              '--grpc_port=0', '--threads=4', '--file_system_poll_wait_seconds=0.2'], cwd=root,
+                             stdout=subprocess.PIPE, text=True)
   line = process.stdout.readline()
-  found = re.search(r':(\d+)/v1/models/', line)
+  found = re.search(r':(\d+)/v1/models/.* gRPC [^:]+:(\d+)', line)
   if not found:
     process.kill()
     raise RuntimeError(f'the server did not start: {line!r}')
   threading.Thread(target=process.stdout.read, daemon=True).start()
-  return process, int(found.group(1))
+  return process, int(found.group(1)), int(found.group(2))
 
 
 def main(argv):
   del argv
   logs.configure_logging()
   with tempfile.TemporaryDirectory() as scratch:
-    export_dir = _EXPORT_DIR.value
-    if not export_dir:
-      export_dir = os.path.join(scratch, 'model')
+    base_path = os.path.join(scratch, 'recommender')
+    export_dir = os.path.join(base_path, '1')
+    if _EXPORT_DIR.value:
+      shutil.copytree(_EXPORT_DIR.value, export_dir)
+    else:
       demo_shaped_model(export_dir)
     vocabulary_size = json.load(open(os.path.join(export_dir, export.METADATA))).get('item_vocabulary_size',
                                                                                       NUM_ITEMS)
@@ -136,12 +194,24 @@ def main(argv):
     print(f'recommend, 1 user x {_HISTORY.value} history items, {vocabulary_size} items, in-process: '
           f'p50 {p50:.2f} ms (target <= 2: {"met" if p50 <= 2 else "NOT met"}), '
           f'p99 {p99:.2f} ms (target <= 10: {"met" if p99 <= 10 else "NOT met"})', flush=True)
-    process, port = start_server(export_dir)
+    process, port, grpc_port = start_server(base_path)
     try:
-      for batch in (1, 32):
-        rate = throughput(port, vocabulary_size, batch)
-        print(f'REST predict, batch {batch}, {_CONCURRENCY.value} concurrent clients: {rate:.0f} requests/s '
-              f'({rate * batch:.0f} users/s)', flush=True)
+      with grpc.insecure_channel(f'127.0.0.1:{grpc_port}') as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        p50, p99 = grpc_latency(stub, vocabulary_size)
+        print(f'gRPC Predict, batch 1 ({_HISTORY.value} history items), loopback, sequential: p50 {p50:.2f} ms '
+              f'(target <= 2: {"met" if p50 <= 2 else "NOT met"}), p99 {p99:.2f} ms', flush=True)
+        for batch in (1, 32):
+          rate = throughput(port, vocabulary_size, batch)
+          print(f'REST predict, batch {batch}, {_CONCURRENCY.value} concurrent clients: {rate:.0f} requests/s '
+                f'({rate * batch:.0f} users/s)', flush=True)
+        total, failures, served = version_switch(stub, vocabulary_size, base_path)
+        print(f'Version switch under load ({_CONCURRENCY.value} gRPC clients x {_SWITCH_CALLS.value} calls, version 2 '
+              f'exported meanwhile): {total} requests, {len(failures)} failed (target 0: '
+              f'{"met" if not failures else "NOT met"}); answered by version 1: {served.count(1)}, version 2: '
+              f'{served.count(2)}', flush=True)
+        if failures:
+          print(f'  first failure: {failures[0]}', flush=True)
     finally:
       process.terminate()
       process.wait(timeout=30)

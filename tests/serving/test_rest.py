@@ -10,7 +10,7 @@ import tensorflow as tf
 import waitress
 
 from tff_rec.models import mf
-from tff_rec.serving import export, rest
+from tff_rec.serving import export, rest, servables
 
 VOCABULARY = [f'item{i}' for i in range(1, 21)]
 HISTORY = {'history_item_ids': ['item1', 'item4', ''], 'history_ratings': [5.0, 3.0, 0.0]}
@@ -29,7 +29,7 @@ def export_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def server(export_dir):
-  service = rest.PredictionService(export_dir, 'rec', max_batch_size=8, max_list_length=50)
+  service = rest.PredictionService(servables.ModelManager('rec', export_dir, max_batch_size=8, max_list_length=50))
   server = waitress.create_server(service, host='127.0.0.1', port=0, threads=2)
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
@@ -174,4 +174,4 @@ def test_errors_name_what_was_wrong(server):
 
 def test_not_a_saved_model_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='is not a SavedModel directory'):
-    rest.PredictionService(str(tmp_path), 'rec')
+    servables.ModelManager('rec', str(tmp_path))
