@@ -1,6 +1,6 @@
 r"""Exports a finished training run's model as a SavedModel that serves recommendations.
 
-  python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo [--top_k=10]
+  python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo [--top_k=10] [--explain=3]
   python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo_tflite --format=tflite \
       [--quantize=none|float16|dynamic_int8|int8]
 
@@ -23,6 +23,9 @@ from tff_rec.serving import export, tflite
 _RUN_DIR = flags.DEFINE_string('run_dir', None, 'A finished run: <root_output_dir>/<experiment_name>.')
 _FORMAT = flags.DEFINE_enum('format', 'saved_model', list(export.FORMATS), 'saved_model (servers), or tflite: '
                             'model.tflite for on-device inference with the same signatures (docs/serving.md).')
+_EXPLAIN = flags.DEFINE_integer('explain', 0, '> 0: `recommend` also returns, for each recommended item, this many '
+                               'history items with the largest shares of its score (explanation_item_ids, '
+                               'explanation_contributions; docs/serving.md).')
 _QUANTIZE = flags.DEFINE_enum('quantize', 'none', list(tflite.QUANTIZATIONS), '--format=tflite: '
                               'post-training quantisation of the model.')
 
@@ -36,7 +39,7 @@ def main(argv):
     return 2
   try:
     metadata = export.export_run(_RUN_DIR.value, export_flags.EXPORT_DIR.value, export_flags.TOP_K.value,
-                                 fmt=_FORMAT.value, quantize=_QUANTIZE.value)
+                                 fmt=_FORMAT.value, quantize=_QUANTIZE.value, explain=_EXPLAIN.value)
   except (ValueError, FileNotFoundError) as e:
     print(f'export: error: {e}', file=sys.stderr)
     return 2

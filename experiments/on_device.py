@@ -41,15 +41,21 @@ def main(argv):
     print(f'on_device: error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
     return 2
   start = time.perf_counter()
-  top = model.recommend(history.item_ids, history.ratings)
+  if model.explains:
+    top = model.recommend_explained(history.item_ids, history.ratings)
+  else:
+    top = [(item, score, []) for item, score in model.recommend(history.item_ids, history.ratings)]
   millis = 1000 * (time.perf_counter() - start)
-  names = histories.titles(db, [*history.item_ids[-_SHOW_HISTORY.value:], *(i for i, _ in top)])
+  names = histories.titles(db, [*history.item_ids[-_SHOW_HISTORY.value:], *(i for i, _, _ in top),
+                                *(h for _, _, reasons in top for h, _ in reasons)])
   print(f'user {history.user_id}: {len(history.item_ids)} history items on the device; latest:')
   for item in history.item_ids[-_SHOW_HISTORY.value:][::-1]:
     print(f'  {item:>8}  {names.get(item, "")}')
   print(f'top {len(top)} computed on the device ({os.path.basename(_MODEL.value)}, {millis:.1f} ms):')
-  for rank, (item, score) in enumerate(top, start=1):
+  for rank, (item, score, reasons) in enumerate(top, start=1):
     print(f'{rank:3d}. {item:>8}  {score:8.3f}  {names.get(item, "")}')
+    if reasons:  # Exported with --explain: the history items with the largest shares of the score.
+      print('       because of: ' + '; '.join(f'{names.get(h, h)} ({share:+.3f})' for h, share in reasons))
   return 0
 
 

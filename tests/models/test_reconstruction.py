@@ -72,8 +72,15 @@ def test_reconstruction_equals_keras_sgd_on_the_same_batches(objective):
   items, labels, counts = reconstruction.support_examples(history, history_ratings, objective=objective,
                                                           negatives=table)
   batched = reconstruction.batched(items, labels, counts, batch_size)
-  user = reconstruction.reconstruct(weights[0], weights[1], weights[2] if objective == mf.RATING else None,
-                                    *batched, objective=objective, l2=config.l2, learning_rate=0.3, epochs=3)
+  user, shares = reconstruction.reconstruct(weights[0], weights[1], weights[2] if objective == mf.RATING else None,
+                                            *batched, objective=objective, l2=config.l2, learning_rate=0.3,
+                                            epochs=3, coefficients=True)
+  # The examples' shares rebuild the user exactly: p_u = sum_e c_e q_e (and b_u = sum_e c_b,e).
+  np.testing.assert_allclose(np.einsum('ubk,ubkd->ud', shares[0], weights[0][batched[0].numpy()]),
+                             user[0].numpy()[:, 0], atol=1e-5)
+  if objective == mf.RATING:
+    np.testing.assert_allclose(shares[1].numpy().sum((1, 2)), user[1].numpy()[:, 0, 0], atol=1e-5)
+  assert np.all(shares[0].numpy()[batched[2].numpy() == 0] == 0)  # Padding has no share.
   loss = mf.RegularizedLoss(objective)
   for u, n in enumerate(counts.numpy()):
     support = preprocessing.as_dataset((items[u, :n].numpy(), labels[u, :n].numpy()), batch_size)
@@ -108,7 +115,10 @@ def test_retrieval_reconstruction_equals_keras_sgd_with_the_tfrs_loss():
       history, np.ones(history.shape, np.float32), objective=mf.IMPLICIT,
       negatives=reconstruction.negative_table(0, num_items, 2))
   batched = reconstruction.batched(items, labels, counts, batch_size)
-  query = reconstruction.reconstruct_query(tf.constant(table), *batched, learning_rate=0.4, epochs=3)
+  query, shares = reconstruction.reconstruct_query(tf.constant(table), *batched, learning_rate=0.4, epochs=3,
+                                                   coefficients=True)
+  np.testing.assert_allclose(np.einsum('ubk,ubkd->ud', shares, table[batched[0].numpy()]), query.numpy()[:, 0],
+                             atol=1e-5)
   loss = two_tower.RetrievalLoss(dim)
   for u, n in enumerate(counts.numpy()):
     support = preprocessing.as_dataset((items[u, :n].numpy(), labels[u, :n].numpy()), batch_size)

@@ -225,3 +225,27 @@ def test_export_binary_replaces_an_export_and_keeps_it_on_error(trained, tmp_pat
     assert export_binary.main(['export']) == 0
   assert json.loads(open(os.path.join(target, export.METADATA)).read())['top_k'] == 7
   assert sorted(p for p in os.listdir(tmp_path) if p.startswith('.')) == []  # No staging left behind.
+
+
+def test_explanations_are_the_history_items_whose_shares_make_up_the_score(trained):
+  task, run_dir, _, _ = trained
+  config, vocabulary, weights = export.load_model_state(os.path.join(run_dir, export.MODEL_STATE))
+  plain = export.Recommender(config, vocabulary, weights, 5)
+  explained = export.Recommender(config, vocabulary, weights, 5, explain=4)
+  known = [vocabulary[i] for i in (0, 5, 9)]
+  ids = tf.constant([[known[0], known[1], 'junk', known[2], known[1], '']])  # A repeat, an unknown id, padding.
+  ratings = tf.constant([[5.0, 3.0, 2.0, 4.0, 3.0, 0.0]])
+  out, expected = explained.recommend(ids, ratings), plain.recommend(ids, ratings)
+  np.testing.assert_array_equal(out['item_ids'], expected['item_ids'])  # Explaining changes no recommendation.
+  np.testing.assert_allclose(out['scores'], expected['scores'], rtol=1e-6)
+  shown, shares = out['explanation_item_ids'].numpy()[0], out['explanation_contributions'].numpy()[0]
+  assert shown.shape == shares.shape == (5, 4)
+  for k in range(5):  # Each of the three known history items once, largest share first, then nothing.
+    assert sorted(x.decode() for x in shown[k, :3]) == sorted(known) and shown[k, 3] == b''
+    assert np.all(np.diff(shares[k, :3]) <= 0) and shares[k, 3] == 0.0
+  if task.objective == mf.RATING or config.als_alpha > 0:
+    # No sampled negatives take a share: the history items' shares are the whole user term of the score,
+    # <p_u, v_i> (+ b_u): the score less the item's bias (and the global mean).
+    rows = [vocabulary.index(x.decode()) + 1 for x in out['item_ids'].numpy()[0]]
+    user_term = out['scores'].numpy()[0] - weights[1][rows, 0] - (weights[2] if task.objective == mf.RATING else 0)
+    np.testing.assert_allclose(shares.sum(1), user_term, atol=1e-4)

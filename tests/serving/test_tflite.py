@@ -105,8 +105,13 @@ def test_bad_quantisation_and_missing_signatures_are_clear_errors(tmp_path):
 @pytest.mark.parametrize('run', ['fed_als'], indirect=True)
 def test_on_device_binary_prints_the_users_top_k_with_titles(run, tmp_path):
   run_dir, _, data_dir = run
-  export.export_run(run_dir, str(tmp_path / 'model'), top_k=5, fmt=export.TFLITE)
+  export.export_run(run_dir, str(tmp_path / 'model'), top_k=5, fmt=export.TFLITE, explain=2)
   user = _users(data_dir, 1)[0]
+  model = tflite.OnDeviceRecommender(str(tmp_path / 'model' / tflite.MODEL_FILE))
+  explained = model.recommend_explained(user.item_ids, user.ratings)
+  assert [(i, s) for i, s, _ in explained] == pytest.approx(model.recommend(user.item_ids, user.ratings))
+  assert all(len(reasons) == 2 and {h for h, _ in reasons} <= set(user.item_ids) and reasons[0][1] >= reasons[1][1]
+             for _, _, reasons in explained)
   command = [sys.executable, '-m', 'experiments.on_device', f'--model={tmp_path / "model" / tflite.MODEL_FILE}',
              f'--data_dir={data_dir}']
   result = subprocess.run([*command, f'--user={user.user_id}'], cwd=ROOT, capture_output=True, text=True,
@@ -115,7 +120,7 @@ def test_on_device_binary_prints_the_users_top_k_with_titles(run, tmp_path):
   assert f'user {user.user_id}: {len(user.item_ids)} history items on the device' in result.stdout
   titles = histories.titles(os.path.join(data_dir, schema.CLIENTS_DB), [user.item_ids[-1]])
   assert titles[user.item_ids[-1]] in result.stdout
-  assert '  5. ' in result.stdout
+  assert '  5. ' in result.stdout and result.stdout.count('because of: ') == 5
   result = subprocess.run([*command, '--user=nobody'], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
   assert result.returncode == 2 and "has no user 'nobody'" in result.stderr

@@ -64,6 +64,13 @@ def solve_users(item_embedding: tf.Tensor, items: tf.Tensor, weights: tf.Tensor,
   over the user's examples n (items [users, n], weights [users, n]: 1 for a
   rated item; an item rated twice counts twice). A user with none gets 0.
   """
+  return spd_solve(*normal_equations(item_embedding, items, weights, config))
+
+
+def normal_equations(item_embedding: tf.Tensor, items: tf.Tensor, weights: tf.Tensor,
+                     config: AlsConfig) -> tuple[tf.Tensor, tf.Tensor]:
+  """`solve_users`' system a [users, d, d] and b [users, d]: b = sum_n (1 + alpha) w_n y_n, so the score of an
+  item v is sum_n (1 + alpha) w_n <a^-1 v, y_n>, each example's exact share (`recommend`'s explanations)."""
   y = tf.gather(item_embedding, items)  # [users, n, d]
   d = item_embedding.shape[1]
   weighted = tf.expand_dims(weights, -1) * y
@@ -71,7 +78,7 @@ def solve_users(item_embedding: tf.Tensor, items: tf.Tensor, weights: tf.Tensor,
   a = (tf.expand_dims(gramian + config.regularization * tf.eye(d, dtype=item_embedding.dtype), 0)
        + config.alpha * tf.matmul(weighted, y, transpose_a=True))  # [users, d, d]
   b = (1.0 + config.alpha) * tf.reduce_sum(weighted, axis=1)  # [users, d]
-  return spd_solve(a, b)
+  return a, b
 
 
 def spd_solve(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

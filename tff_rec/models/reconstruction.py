@@ -158,7 +158,7 @@ def batch_losses(user: list[tf.Tensor], item_embeddings: tf.Tensor, item_biases:
 
 def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor | None, items: tf.Tensor,
                 labels: tf.Tensor, mask: tf.Tensor, *, objective: str, l2: float, learning_rate: float,
-                epochs: int) -> list[tf.Tensor]:
+                epochs: int, coefficients: bool = False) -> list[tf.Tensor] | tuple[list[tf.Tensor], list[tf.Tensor]]:
   """Every user's local parameters from zeros: SGD on its [users, batches, B] batches, items frozen.
 
   (`tf.expand_dims` rather than `[..., None]`: TFLite's builtin strided slice has no new axes.)
@@ -169,7 +169,10 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
   d/dp_u = mean_b[g_b q_b] + 2 lambda p_u and d/db_u = mean_b[g_b], where
   g = sigmoid(s) - y (implicit) or 2 (s - r) (rating).
 
-  Returns [p_u [users, 1, d]] (+ [b_u [users, 1, 1]] for ratings).
+  Returns [p_u [users, 1, d]] (+ [b_u [users, 1, 1]] for ratings); with `coefficients`, also each support
+  example's exact share of them: [c [users, batches, B]] (+ [c_b] for ratings) with p_u = sum_e c_e q_e and
+  b_u = sum_e c_b,e, since every step adds -lr g_e q_e and shrinks p_u by (1 - 2 lr lambda). `recommend`'s
+  explanations split each score among the history items by these shares.
   """
   rating = objective == mf.RATING
   users, batches = tf.shape(items)[0], tf.shape(items)[1]
@@ -179,7 +182,7 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
   weights = tf.math.divide_no_nan(mask, counts)  # The batch mean's weight of each example.
   nonempty = tf.cast(counts > 0, p_u.dtype)
 
-  def step(s, p_u, b_u):
+  def step(s, p_u, b_u, c, c_b):
     t = s % batches
     q = tf.gather(item_embedding, items[:, t])  # [users, B, d]
     score = tf.reduce_sum(p_u * q, -1) + tf.gather(item_bias, items[:, t])[..., 0]  # [users, B]
@@ -193,10 +196,19 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
                                  tf.expand_dims(nonempty[:, t], -1))
     if rating:
       b_u = b_u - learning_rate * tf.reshape(tf.reduce_sum(g, 1), [-1, 1, 1])
-    return s + 1, p_u, b_u
+    if coefficients:
+      this = tf.reshape(tf.one_hot(t, batches), [1, -1, 1])  # [1, batches, 1]: the step's batch.
+      c = c * (1.0 - 2.0 * learning_rate * l2 * nonempty[:, t:t + 1]) - learning_rate * this * tf.expand_dims(g, 1)
+      c_b = c_b - learning_rate * this * tf.expand_dims(g, 1)
+    return s + 1, p_u, b_u, c, c_b
 
-  _, p_u, b_u = tf.while_loop(lambda s, *_: s < epochs * batches, step, (tf.constant(0), p_u, b_u))
-  return [p_u, b_u] if rating else [p_u]
+  shares = tf.zeros(tf.shape(items), p_u.dtype) if coefficients else tf.zeros([])
+  _, p_u, b_u, c, c_b = tf.while_loop(lambda s, *_: s < epochs * batches, step,
+                                      (tf.constant(0), p_u, b_u, shares, shares))
+  user = [p_u, b_u] if rating else [p_u]
+  if coefficients:
+    return user, ([c, c_b] if rating else [c])
+  return user
 
 
 def retrieval_batch_losses(query: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
@@ -245,19 +257,26 @@ def retrieval_score_gradients(query: tf.Tensor, candidates: tf.Tensor, labels: t
 
 
 def reconstruct_query(candidates: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor, *,
-                      learning_rate: float, epochs: int) -> tf.Tensor:
+                      learning_rate: float, epochs: int,
+                      coefficients: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
   """Every user's two-tower query embedding [users, 1, d] from zeros: SGD on the retrieval loss, items frozen.
 
-  `candidates` is the candidate tower over the catalogue (`two_tower.candidate_table`).
+  `candidates` is the candidate tower over the catalogue (`two_tower.candidate_table`). With `coefficients`,
+  also each support example's exact share c [users, batches, B]: query = sum_e c_e candidate_e (as
+  `reconstruct`'s, without the L2 shrinkage).
   """
   users, batches = tf.shape(items)[0], tf.shape(items)[1]
   query = tf.zeros([users, 1, tf.shape(candidates)[1]], candidates.dtype)
 
-  def step(s, query):
+  def step(s, query, c):
     t = s % batches
     batch = tf.gather(candidates, items[:, t])  # [users, B, d]
     gradient = retrieval_score_gradients(query, batch, labels[:, t], mask[:, t])  # [users, B]
-    return s + 1, query - learning_rate * tf.reduce_sum(tf.expand_dims(gradient, -1) * batch, 1, keepdims=True)
+    if coefficients:
+      c = c - learning_rate * tf.reshape(tf.one_hot(t, batches), [1, -1, 1]) * tf.expand_dims(gradient, 1)
+    return (s + 1, query - learning_rate * tf.reduce_sum(tf.expand_dims(gradient, -1) * batch, 1, keepdims=True),
+            c)
 
-  _, query = tf.while_loop(lambda s, _: s < epochs * batches, step, (tf.constant(0), query))
-  return query
+  shares = tf.zeros(tf.shape(items), candidates.dtype) if coefficients else tf.zeros([])
+  _, query, c = tf.while_loop(lambda s, *_: s < epochs * batches, step, (tf.constant(0), query, shares))
+  return (query, c) if coefficients else query

@@ -15,6 +15,17 @@ Signatures (a contract; names and dtypes fixed):
 - `score`: the same history inputs and `candidate_item_ids` (string [batch, C])
   -> `scores` (float32 [batch, C]); predicted ratings for the rating objective.
 
+Exported with `explain=E > 0`, `recommend` also returns, for each recommended
+item, the E history items that contributed most to its score:
+`explanation_item_ids` (string [batch, K, E], "" past the history) and
+`explanation_contributions` (float32 [batch, K, E]). A contribution is the
+history item's exact share of the score's user term: the reconstructed user is
+a sum of per-example terms (the SGD steps' -lr g_e q_e, shrunk by the L2
+decay; ALS: b's terms through a^-1), so <user, v_i> splits over the support
+examples, and a history item's share is the sum over its examples. The
+shares not shown are the sampled negatives' (implicit feedback) and the other
+history items'; the item's bias (and b_u + mu) is not split.
+
 Unknown item ids are dropped from a history and score `UNKNOWN_SCORE` as
 candidates. A training run leaves what export needs in its output directory
 (`MODEL_STATE`, written by `tff_rec.experiment.run`).
@@ -95,7 +106,8 @@ def load_model_state(path: str) -> tuple[ServingConfig, list[str], list[np.ndarr
 class Recommender(tf.Module):
   """The exported module: item side, vocabulary and the reconstruction settings."""
 
-  def __init__(self, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray], top_k: int):
+  def __init__(self, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray], top_k: int,
+               explain: int = 0):
     super().__init__(name='recommender')
     config.validate()
     rating = config.objective == mf.RATING
@@ -115,7 +127,10 @@ class Recommender(tf.Module):
       raise ValueError(f'item embedding has {weights[0].shape[0]} rows for {len(vocabulary)} items (+1 unknown)')
     if top_k < 1:
       raise ValueError(f'top_k must be >= 1, got {top_k}')
+    if explain < 0:
+      raise ValueError(f'explain must be >= 0 (history items per recommendation; 0: none), got {explain}')
     self.config = config
+    self.explain = explain
     self.top_k = min(top_k, len(vocabulary))
     self.num_items = len(vocabulary)
     # Item index i is blank_and_vocabulary[i]: '' for 0 (unknown, or no item left in a top K).
@@ -131,8 +146,12 @@ class Recommender(tf.Module):
     self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives),
                                  tf.int32)
 
-  def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
-    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u; two-tower: the query), and the history."""
+  def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor,
+           shares: bool = False) -> tuple[list[tf.Tensor], tf.Tensor] | tuple[list[tf.Tensor], tf.Tensor, tuple]:
+    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u; two-tower: the query), and the history.
+
+    With `shares`, also (support items, labels, mask, the examples' shares of the user) for `_explain`.
+    """
     tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_ratings),
                               message='history_item_ids and history_ratings must have the same shape')
     tf.debugging.assert_all_finite(history_ratings, 'history_ratings must be finite')
@@ -143,16 +162,66 @@ class Recommender(tf.Module):
                                                             recent_repeats=c.recent_repeats)
     items, labels, mask = reconstruction.batched(items, labels, counts, c.batch_size)
     if c.model == TWO_TOWER:
-      query = reconstruction.reconstruct_query(self.item_embedding, items, labels, mask,
-                                               learning_rate=c.learning_rate, epochs=c.epochs)
-      return [query], history
-    if c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
-      return [als.reconstruct(self.item_embedding, items, labels, mask,
-                              als.AlsConfig(c.als_alpha, c.als_regularization))], history
-    user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
-                                      objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
-                                      epochs=c.epochs)
+      user = reconstruction.reconstruct_query(self.item_embedding, items, labels, mask,
+                                              learning_rate=c.learning_rate, epochs=c.epochs, coefficients=shares)
+      user, coefficients = ([user[0]], [user[1]]) if shares else ([user], None)
+    elif c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
+      user, coefficients = [als.reconstruct(self.item_embedding, items, labels, mask,
+                                            als.AlsConfig(c.als_alpha, c.als_regularization))], None
+    else:
+      user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
+                                        objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
+                                        epochs=c.epochs, coefficients=shares)
+      user, coefficients = user if shares else (user, None)
+    if shares:
+      return user, history, (items, labels, mask, coefficients)
     return user, history
+
+  def _explain(self, history: tf.Tensor, support: tuple, recommended: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The `explain` history items with the largest shares of each recommended item's score (module docstring).
+
+    Args:
+      history: [batch, H] item indices (0: padding or unknown).
+      support: `user(..., shares=True)`'s support examples and shares.
+      recommended: [batch, K] item indices (0: none).
+    """
+    items, labels, mask, coefficients = support
+    users, d, c = tf.shape(items)[0], self.item_embedding.shape[1], self.config
+    items, labels, mask = (tf.reshape(x, [users, -1]) for x in (items, labels, mask))  # [batch, L]
+    v = tf.gather(self.item_embedding, recommended)  # [batch, K, d]
+    y = tf.gather(self.item_embedding, items)  # [batch, L, d]
+    if coefficients is None:  # ALS: <a^-1 v, y_n> (1 + alpha) w_n, with a^-1 v by one solve per recommended item.
+      config = als.AlsConfig(c.als_alpha, c.als_regularization)
+      a, _ = als.normal_equations(self.item_embedding, items, als.positive_weights(labels, mask), config)
+      k = tf.shape(recommended)[1]
+      a = tf.reshape(tf.broadcast_to(tf.expand_dims(a, 1), tf.stack([users, k, d, d])), [-1, d, d])
+      solved = tf.reshape(als.spd_solve(a, tf.reshape(v, [-1, d])), tf.stack([users, k, d]))
+      weights = (1.0 + c.als_alpha) * als.positive_weights(labels, mask)
+      shares = tf.matmul(solved, y, transpose_b=True) * tf.expand_dims(weights, 1)  # [batch, K, L]
+    else:
+      shares = tf.matmul(v, y, transpose_b=True) * tf.expand_dims(tf.reshape(coefficients[0], [users, -1]), 1)
+      if len(coefficients) == 2:  # b_u's shares (ratings).
+        shares += tf.expand_dims(tf.reshape(coefficients[1], [users, -1]), 1)
+    # Each history position's examples (its positive, repeats), summed; a repeated history item counted once.
+    match = tf.cast(tf.logical_and(tf.equal(tf.expand_dims(history, 2), tf.expand_dims(items, 1)),
+                                   tf.expand_dims(history > 0, 2)), shares.dtype)  # [batch, H, L]
+    per_history = tf.matmul(shares, match, transpose_b=True)  # [batch, K, H]
+    positions = tf.range(tf.shape(history)[1])
+    earlier = tf.expand_dims(positions, 1) < tf.expand_dims(positions, 0)  # [H, H]: h' < h
+    repeated = tf.reduce_any(tf.logical_and(tf.equal(tf.expand_dims(history, 2), tf.expand_dims(history, 1)),
+                                            tf.expand_dims(earlier, 0)), axis=1)  # [batch, H]
+    shown = tf.logical_and(history > 0, tf.logical_not(repeated))
+    per_history = tf.where(tf.expand_dims(shown, 1), per_history, UNKNOWN_SCORE)
+    # E columns of nothing appended, so that top E is defined for histories shorter than E.
+    k = tf.shape(recommended)[1]
+    per_history = tf.concat([per_history, tf.fill(tf.stack([users, k, self.explain]), UNKNOWN_SCORE)], 2)
+    history = tf.concat([history, tf.zeros(tf.stack([users, self.explain]), history.dtype)], 1)
+    top, position = tf.math.top_k(per_history, self.explain)  # [batch, K, E]
+    found = tf.logical_and(top > UNKNOWN_SCORE, tf.expand_dims(recommended > 0, 2))
+    index = tf.gather(history, tf.reshape(position, [users, -1]), batch_dims=1)  # [batch, K * E]
+    index = tf.where(found, tf.reshape(index, tf.shape(position)), 0)
+    return {'explanation_item_ids': tf.gather(self.blank_and_vocabulary, index),
+            'explanation_contributions': tf.where(found, top, 0.0)}
 
   def _offset(self, user: list[tf.Tensor]) -> tf.Tensor:
     """b_u + mu [batch, 1] for ratings, else 0."""
@@ -161,7 +230,10 @@ class Recommender(tf.Module):
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
                                 tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
   def recommend(self, history_item_ids, history_ratings):
-    user, history = self.user(history_item_ids, history_ratings)
+    if self.explain:
+      user, history, support = self.user(history_item_ids, history_ratings, shares=True)
+    else:
+      user, history = self.user(history_item_ids, history_ratings)
     # Scores over the whole table, then the unknown item's column dropped (slicing the table instead would put a
     # second copy of it in the TFLite model, where constants are folded).
     scores = (tf.matmul(user[0][:, 0], self.item_embedding, transpose_b=True)
@@ -172,8 +244,11 @@ class Recommender(tf.Module):
     scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
     top, indices = tf.math.top_k(scores, self.top_k)
     # '' where no item is left by gathering index 0 (a select on strings is not a TFLite op).
-    ids = tf.gather(self.blank_and_vocabulary, tf.where(top > UNKNOWN_SCORE, indices + 1, 0))
-    return {'item_ids': ids, 'scores': top}
+    recommended = tf.where(top > UNKNOWN_SCORE, indices + 1, 0)
+    outputs = {'item_ids': tf.gather(self.blank_and_vocabulary, recommended), 'scores': top}
+    if self.explain:
+      outputs |= self._explain(history, support, tf.cast(recommended, history.dtype))
+    return outputs
 
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
                                 tf.TensorSpec([None, None], tf.float32, name='history_ratings'),
@@ -223,11 +298,11 @@ def _read_json(path: str) -> Any:
 
 
 def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAVED_MODEL,
-               quantize: str = 'none') -> dict[str, Any]:
+               quantize: str = 'none', explain: int = 0) -> dict[str, Any]:
   """Exports the trained model of the run in `run_dir`; returns the metadata written beside it.
 
   `fmt`: `saved_model`, or `tflite` (`export_dir/model.tflite`, `tff_rec.serving.tflite`, quantised by
-  `quantize`).
+  `quantize`). `explain` > 0: `recommend` also returns that many explaining history items per recommendation.
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
@@ -238,7 +313,7 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
           f'{os.path.join(run_dir, name)} does not exist: --run_dir must be a finished training run '
           '(<root_output_dir>/<experiment_name>)')
   config, vocabulary, weights = load_model_state(state_path)
-  module = Recommender(config, vocabulary, weights, top_k)
+  module = Recommender(config, vocabulary, weights, top_k, explain)
   final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
   ledger_path = os.path.join(run_dir, 'privacy_ledger.json')
   ledger = _read_json(ledger_path) if os.path.exists(ledger_path) else None
@@ -249,6 +324,7 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
       'privacy': ledger if ledger is not None else {'mechanism': 'none', 'epsilon': None, 'delta': None},
       'item_vocabulary_size': len(vocabulary),
       'top_k': module.top_k,
+      'explain': explain,
       'reconstruction': dataclasses.asdict(config),
       'signatures': list(SIGNATURES),
       'source_run_dir': os.path.abspath(run_dir),
@@ -274,5 +350,6 @@ def describe(export_dir: str, metadata: dict[str, Any]) -> str:
     return (f'Exported TFLite model to {export_dir}/model.tflite ({metadata["model_bytes"] / 1e6:.2f} MB, '
             f'quantize={metadata["quantize"]}; signatures {", ".join(metadata["signatures"])}; '
             f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}; metadata.json beside it)')
+  explained = f', {metadata["explain"]} explaining history items each' if metadata.get('explain') else ''
   return (f'Exported SavedModel to {export_dir}/ (signatures {", ".join(SIGNATURES)}; '
-          f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}; metadata.json beside it)')
+          f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}{explained}; metadata.json beside it)')

@@ -25,6 +25,7 @@ MODEL_FILE = 'model.tflite'
 NONE, FLOAT16, DYNAMIC_INT8 = 'none', 'float16', 'dynamic_int8'
 QUANTIZATIONS = (NONE, FLOAT16, DYNAMIC_INT8)
 SIGNATURES = ('recommend', 'score')
+EXPLANATION_IDS = 'explanation_item_ids'  # An output of recommend exported with --explain.
 
 
 def convert(saved_model_dir: str, quantize: str = NONE) -> bytes:
@@ -95,10 +96,25 @@ class OnDeviceRecommender:
     return {'history_item_ids': np.array([[str(i).encode() for i in item_ids]], dtype=object).reshape(1, -1),
             'history_ratings': np.asarray(ratings, np.float32).reshape(1, -1)}
 
+  @property
+  def explains(self) -> bool:
+    """Whether the model was exported with --explain (its `recommend` returns explanations)."""
+    return EXPLANATION_IDS in self._interpreter.get_signature_list()['recommend']['outputs']
+
   def recommend(self, item_ids: Sequence[str], ratings: Sequence[float]) -> list[tuple[str, float]]:
     """The top K (item id, score) for a user with this history; slots with no item are left out."""
     out = self._recommend(**self._history(item_ids, ratings))
     return [(i.decode(), float(s)) for i, s in zip(out['item_ids'][0], out['scores'][0]) if i]
+
+  def recommend_explained(self, item_ids: Sequence[str],
+                          ratings: Sequence[float]) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """As `recommend`, each item with its explaining (history item id, share of the score) pairs."""
+    if not self.explains:
+      raise ValueError(f'{self.path} was exported without --explain: its recommend returns no explanations')
+    out = self._recommend(**self._history(item_ids, ratings))
+    return [(i.decode(), float(s), [(h.decode(), float(c)) for h, c in zip(ids, shares) if h])
+            for i, s, ids, shares in zip(out['item_ids'][0], out['scores'][0], out[EXPLANATION_IDS][0],
+                                         out['explanation_contributions'][0]) if i]
 
   def score(self, item_ids: Sequence[str], ratings: Sequence[float], candidates: Sequence[str]) -> np.ndarray:
     """Scores of `candidates` [C] for a user with this history."""
