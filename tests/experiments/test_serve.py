@@ -1,4 +1,4 @@
-"""The serve binary: starts on an exported model, answers TF Serving's status call, stops on SIGTERM/SIGINT."""
+"""The serve binary: starts on an exported model, answers on REST and gRPC, stops on SIGTERM/SIGINT."""
 
 import http.client
 import json
@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 
+import grpc
 import numpy as np
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from tff_rec.models import mf
 from tff_rec.serving import export
@@ -22,10 +24,15 @@ def test_serve_binary_serves_and_stops(tmp_path):
   config = export.ServingConfig(mf.IMPLICIT, 0.0, 4, 1, 0.5, 1, 0)
   export.save(export.Recommender(config, ['a', 'b', 'c'], weights, top_k=2), str(tmp_path / 'model'), {})
   process = subprocess.Popen([sys.executable, '-m', 'experiments.serve', f'--export_dir={tmp_path / "model"}',
-                              '--port=0', '--model_name=m'], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                              '--port=0', '--grpc_port=0', '--model_name=m'], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
   try:
     line = process.stdout.readline()
-    port = int(re.search(r':(\d+)/v1/models/m ', line).group(1))
+    port, grpc_port = map(int, re.search(r':(\d+)/v1/models/m \(REST\) and gRPC 127.0.0.1:(\d+)', line).groups())
+    with grpc.insecure_channel(f'127.0.0.1:{grpc_port}') as channel:
+      status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+          get_model_status_pb2.GetModelStatusRequest(model_spec={'name': 'm'}), timeout=60)
+    assert [s.version for s in status.model_version_status] == [1]
     connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
     connection.request('POST', '/v1/models/m:predict',
                        body=json.dumps({'instances': [{'history_item_ids': ['a'], 'history_ratings': [1.0]}]}))
