@@ -74,7 +74,7 @@ def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str, 
     objective: `mf.RATING` (example = (item, rating)) or `mf.IMPLICIT`
       (item k at position t -> (item, 1) then (n, 0) for each n in
       negatives[(t + item) mod rows]).
-    negatives: `negative_table`, [rows, num_negatives] item indices (int32 or int64).
+    negatives: `negative_table`, [rows, num_negatives] item indices (int16, int32 or int64).
     recent_items, recent_repeats: recency emphasis: the examples of the
       user's last `recent_items` items are appended `recent_repeats` more
       times, so the SGD steps that finish reconstruction are on the newest
@@ -93,9 +93,9 @@ def support_examples(history: tf.Tensor, ratings: tf.Tensor, *, objective: str, 
   if objective == mf.RATING:
     blocks, labels = tf.expand_dims(history, -1), tf.expand_dims(ratings, -1)  # [users, H, 1]: one per item.
   else:
-    negatives = tf.cast(negatives, tf.int32)
     rows = tf.math.floormod(position + history, tf.shape(negatives)[0])
-    blocks = tf.concat([tf.expand_dims(history, -1), tf.gather(negatives, rows)], axis=-1)  # [users, H, 1 + N]
+    drawn = tf.cast(tf.gather(negatives, rows), tf.int32)  # Gathered, then cast: the table may be int16.
+    blocks = tf.concat([tf.expand_dims(history, -1), drawn], axis=-1)  # [users, H, 1 + N]
     labels = tf.concat([tf.ones_like(blocks[..., :1], tf.float32), tf.zeros_like(blocks[..., 1:], tf.float32)], -1)
   keep = [valid]
   if recent_items > 0 and recent_repeats > 0:

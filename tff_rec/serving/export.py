@@ -142,9 +142,10 @@ class Recommender(tf.Module):
     self.item_embedding = tf.Variable(weights[0], trainable=False, name='item_embedding')
     self.item_bias = tf.Variable(weights[1], trainable=False, name='item_bias')
     self.global_mean = tf.Variable(weights[2], trainable=False, name='global_mean') if rating else None
-    # int32, as support_examples computes (the SavedModel's constant half the size of an int64 one).
+    # The narrowest integer that holds the item indices (int16 up to 32,767 items): this constant is the largest
+    # in a small catalogue's model, larger than the int8 item table of the TFLite model (docs/serving.md).
     self.negatives = tf.constant(reconstruction.negative_table(config.seed, self.num_items, config.num_negatives),
-                                 tf.int32)
+                                 tf.int16 if self.num_items < 2 ** 15 else tf.int32)
 
   def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor,
            shares: bool = False) -> tuple[list[tf.Tensor], tf.Tensor] | tuple[list[tf.Tensor], tf.Tensor, tuple]:
