@@ -106,10 +106,9 @@ def test_pld_accountant_calibrates_and_reports_its_own_epsilon(tiny_dataset, tmp
   assert ledger['accountant'] == 'pld' and final['epsilon'] == ledger['epsilon_pld'] == pytest.approx(2.0, rel=1e-2)
   # The same budget by RDP (the looser bound) needs more noise; the PLD run's RDP epsilon is over the budget.
   pld_noise = json.loads((tmp_path / 'pld' / 'hparams.json').read_text())['dp']['noise_multiplier']
+  # (An RDP-calibrated run: test_privacy_budget_calibrates_noise_and_stops_the_run; RDP's noise above PLD's for one
+  # budget: tests/privacy/test_dp.py.)
   assert ledger['noise_multiplier'] == pld_noise and final['epsilon_rdp'] > 2.0
-  rdp_run = _run(tiny_dataset, tmp_path, 'rdp', **poisson)
-  assert json.loads((tmp_path / 'rdp' / 'hparams.json').read_text())['dp']['noise_multiplier'] > pld_noise
-  assert rdp_run['epsilon'] == rdp_run['epsilon_rdp'] == pytest.approx(2.0, rel=1e-2)
 
 
 @pytest.mark.slow

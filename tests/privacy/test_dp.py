@@ -92,6 +92,7 @@ def test_calibration_hits_the_budget():
   z = dp.calibrate_noise(4.0, sampling, 1000, 200, 1e-5)
   assert dp.epsilons(z, sampling, 1000, 200, 1e-5)['epsilon_rdp'] == pytest.approx(4.0, rel=1e-3)
   assert dp.epsilons(z * 0.95, sampling, 1000, 200, 1e-5)['epsilon_rdp'] > 4.0
+  assert dp.calibrate_noise(2.0, sampling, 1000, 200, 1e-5) > z  # Less budget, more noise.
 
 
 POISSON = SamplingConfig(client_sampling_rate=0.2)  # (Small rates keep RDP's and PLD's analyses fast.)

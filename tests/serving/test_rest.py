@@ -9,22 +9,14 @@ import pytest
 import tensorflow as tf
 import waitress
 
-from tff_rec.models import mf
 from tff_rec.serving import export, rest, servables
 
-VOCABULARY = [f'item{i}' for i in range(1, 21)]
 HISTORY = {'history_item_ids': ['item1', 'item4', ''], 'history_ratings': [5.0, 3.0, 0.0]}
 
 
 @pytest.fixture(scope='module')
-def export_dir(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  weights = [rng.normal(size=(21, 4)).astype(np.float32), rng.normal(size=(21, 1)).astype(np.float32)]
-  config = export.ServingConfig(mf.IMPLICIT, l2=0.01, batch_size=4, num_negatives=2, learning_rate=0.5, epochs=2,
-                                seed=0)
-  path = str(tmp_path_factory.mktemp('rest') / 'model')
-  export.save(export.Recommender(config, VOCABULARY, weights, top_k=3), path, {'test': True})
-  return path
+def export_dir(tiny_export):
+  return tiny_export  # One SavedModel directory: served as version 1.
 
 
 @pytest.fixture(scope='module')
