@@ -21,8 +21,7 @@ import time
 
 from absl import app, flags
 
-from tff_rec import runtime
-from tff_rec.data import client_data, interactions, movielens, pipeline, schema, stats
+from tff_rec.data import interactions, movielens, pipeline, schema, stats
 from tff_rec.data.pipeline import PrepareOptions
 from tff_rec.data.records import DataError
 from tff_rec.data.synthetic import SyntheticConfig
@@ -158,6 +157,10 @@ def main(argv):
   except DataError as e:
     print(f'prepare_data: error: {e}', file=sys.stderr)
     return 2
+  # TFF (and TensorFlow) only now, to read back what was written: its import takes seconds, and bad flags and
+  # input are answered without it.
+  from tff_rec import runtime  # pylint: disable=g-import-not-at-top
+  from tff_rec.data import client_data  # pylint: disable=g-import-not-at-top
   db = os.path.join(config.output_dir, schema.CLIENTS_DB)
   train = client_data.load(db, schema.split_name(schema.RANKING, schema.TRAIN))
   print(f'Prepared {config.dataset} in {config.output_dir}/ ({schema.CLIENTS_DB}, '

@@ -13,9 +13,10 @@ Each example is a `tf.train.Example`; every split has a fixed element spec
 from __future__ import annotations
 
 import collections
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import tensorflow as tf
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 CLIENTS_DB: Final = 'clients.sqlite'  # Cross-device: one client per user.
 PLATFORMS_DB: Final = 'platforms.sqlite'  # Cross-silo: one client per platform.
@@ -76,6 +77,8 @@ def element_spec(split: str | None = None) -> collections.OrderedDict[str, tf.Te
   """
   if split is not None and split not in ALL_SPLITS:
     raise ValueError(f'unknown split {split!r}; known splits: {", ".join(ALL_SPLITS)}')
+  # Imported here: preparing data needs the schema's names but not TensorFlow, whose import takes seconds.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
   spec = collections.OrderedDict(
       user_id=tf.TensorSpec([], tf.string),
       item_id=tf.TensorSpec([], tf.string),
