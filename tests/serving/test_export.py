@@ -13,17 +13,15 @@ from absl import flags
 from absl.testing import flagsaver
 
 from experiments import export as export_binary
-from experiments import train_federated
 from tff_rec import tasks
 from tff_rec.evaluation import client_eval
 from tff_rec.models import mf
 from tff_rec.serving import export
+from tests.serving import conftest
 
 FLAGS = flags.FLAGS
 CLI = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')  # TensorFlow's own tool, in the venv.
-SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, num_negatives=3, embedding_dim=4, eval_every=2,
-                checkpoint_every=2, eval_reconstruction_epochs=2, reconstruction_learning_rate=0.5, l2=0.01,
-                progress=False, seed=3, eval_recent_items=2, eval_recent_repeats=2)
+SETTINGS = conftest.TRAINING
 
 
 @pytest.fixture(autouse=True)
@@ -32,23 +30,10 @@ def parsed_flags():
     FLAGS(['train_federated', '--experiment_name=unset'])
 
 
-@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'two_tower', 'fed_als'])
-def trained(request, tiny_dataset, tmp_path_factory):
-  """A 2-round run on tiny data exported at the end of training: (task, run dir, export dir, final metrics)."""
-  out = tmp_path_factory.mktemp(f'export_{request.param}')
-  export_dir = str(out / 'model')
-  model = dict(mf_implicit=dict(objective=mf.IMPLICIT), mf_rating=dict(objective=mf.RATING),
-               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'),
-               fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0))[
-                   request.param]
-  if not FLAGS.is_parsed():
-    FLAGS(['train_federated', '--experiment_name=unset'])
-  with flagsaver.flagsaver(data_dir=tiny_dataset, root_output_dir=str(out), experiment_name='run',
-                           export_dir=export_dir, top_k=5, **model, **SETTINGS):
-    config = train_federated.config_from_flags()
-    task = train_federated.build_task(config)
-    final = train_federated.run(config, task)
-  return task, str(out / 'run'), export_dir, final
+@pytest.fixture
+def trained(trained_run):
+  """(task, run dir, export dir, final metrics) of a 2-round run of each model kind."""
+  return trained_run.task, trained_run.run_dir, trained_run.export_dir, trained_run.final
 
 
 def _requests(task: tasks.RecommendationTask, clients: tasks.EvalClients):
@@ -123,7 +108,7 @@ def test_served_user_is_the_client_side_reconstruction(trained):
     table = weights[0].astype(np.float64)
     for u, (items, labels) in enumerate(clients.support):
       rated = items[np.asarray(labels).reshape(-1) == 1.0]
-      expected = np.linalg.solve(table.T @ table + 3.0 * table[rated].T @ table[rated] + 2.0 * np.eye(4),
+      expected = np.linalg.solve(table.T @ table + 3.0 * table[rated].T @ table[rated] + 2.0 * np.eye(table.shape[1]),
                                  4.0 * table[rated].sum(0))
       np.testing.assert_allclose(served[u], expected, rtol=1e-3, atol=1e-5)
     assert np.abs(served).sum() > 0

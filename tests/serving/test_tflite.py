@@ -7,36 +7,16 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 
-from experiments import train_federated
 from tests.conftest import ROOT
 from tff_rec.data import histories, schema
-from tff_rec.models import mf
 from tff_rec.serving import export, tflite
 
-FLAGS = flags.FLAGS
-SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, num_negatives=3, embedding_dim=16, eval_every=2,
-                checkpoint_every=2, eval_reconstruction_epochs=2, reconstruction_learning_rate=0.5, l2=0.01,
-                progress=False, seed=3, eval_recent_items=2, eval_recent_repeats=2)
 
-
-@pytest.fixture(scope='module', params=['mf_implicit', 'mf_rating', 'fed_als', 'two_tower'])
-def run(request, tiny_dataset, tmp_path_factory):
-  """A finished 2-round run on tiny data and its SavedModel export: (run dir, SavedModel dir, data dir). Embedding
-  dimension 16: TFLite quantises only weights of over 1,024 values (151 items x 16)."""
-  out = tmp_path_factory.mktemp(f'tflite_{request.param}')
-  model = dict(mf_implicit=dict(objective=mf.IMPLICIT), mf_rating=dict(objective=mf.RATING),
-               fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0),
-               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'))[request.param]
-  if not FLAGS.is_parsed():
-    FLAGS(['train_federated', '--experiment_name=unset'])
-  with flagsaver.flagsaver(data_dir=tiny_dataset, root_output_dir=str(out), experiment_name='run',
-                           export_dir=str(out / 'saved_model'), top_k=5, **model, **SETTINGS):
-    config = train_federated.config_from_flags()
-    train_federated.run(config, train_federated.build_task(config))
-  return str(out / 'run'), str(out / 'saved_model'), tiny_dataset
+@pytest.fixture
+def run(trained_run):
+  """(run dir, SavedModel dir, data dir) of a 2-round run of each model kind."""
+  return trained_run.run_dir, trained_run.export_dir, trained_run.data_dir
 
 
 def _users(data_dir, count=4):
