@@ -347,10 +347,10 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
 
 def describe(export_dir: str, metadata: dict[str, Any]) -> str:
   """A summary of an export for the binaries to print."""
+  explained = f', {metadata["explain"]} explaining history items each' if metadata.get('explain') else ''
   if metadata.get('format') == TFLITE:
     return (f'Exported TFLite model to {export_dir}/model.tflite ({metadata["model_bytes"] / 1e6:.2f} MB, '
             f'quantize={metadata["quantize"]}; signatures {", ".join(metadata["signatures"])}; '
-            f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}; metadata.json beside it)')
-  explained = f', {metadata["explain"]} explaining history items each' if metadata.get('explain') else ''
+            f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}{explained}; metadata.json beside it)')
   return (f'Exported SavedModel to {export_dir}/ (signatures {", ".join(SIGNATURES)}; '
           f'{metadata["item_vocabulary_size"]} items, top {metadata["top_k"]}{explained}; metadata.json beside it)')
