@@ -189,3 +189,24 @@ def test_metrics_count_requests_by_signature_and_code_and_time_them(servers):
   assert 0 < delta('tff_rec_request_latency_seconds_sum', signature='recommend') < 30
   assert after[('tff_rec_model_version', (('model_name', 'rec'),))] == 3
   assert after[('tff_rec_model_loads_total', (('model_name', 'rec'), ('outcome', 'ok')))] == 1
+
+
+def test_a_failure_of_the_servers_own_is_internal_and_counted(servers, monkeypatch):
+  channel, port = servers
+  def broken(self, name, arrays):
+    raise RuntimeError('the disk went away')
+  monkeypatch.setattr(servables.Servable, 'run', broken)
+  before = _metrics(port)
+  with pytest.raises(grpc.RpcError) as raised:
+    prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_predict_request(), timeout=30)
+  assert raised.value.code() == grpc.StatusCode.INTERNAL and 'RuntimeError: the disk went away' in raised.value.details()
+  connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+  connection.request('POST', '/v1/models/rec:predict', body=json.dumps({'instances': [{'history_item_ids': IDS[0],
+                                                                                       'history_ratings': RATINGS[0]}]}))
+  response = connection.getresponse()
+  assert response.status == 500 and 'the disk went away' in json.loads(response.read())['error']
+  after = _metrics(port)
+  for api in ('grpc', 'rest'):
+    key = ('tff_rec_requests_total', tuple(sorted({'model_name': 'rec', 'api': api, 'method': 'predict',
+                                                    'signature': 'serving_default', 'code': 'INTERNAL'}.items())))
+    assert after[key] - before.get(key, 0.0) == 1

@@ -20,6 +20,7 @@ or version.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 
 import grpc
@@ -33,7 +34,7 @@ from tff_rec.serving.servables import DEFAULT_SIGNATURE, BadRequest, ModelManage
 
 SIGNATURE_DEF = 'signature_def'
 _CODES = {monitoring.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-          monitoring.NOT_FOUND: grpc.StatusCode.NOT_FOUND}
+          monitoring.NOT_FOUND: grpc.StatusCode.NOT_FOUND, monitoring.INTERNAL: grpc.StatusCode.INTERNAL}
 
 
 class _Api:
@@ -62,6 +63,9 @@ class _Api:
       code, message = monitoring.INVALID_ARGUMENT, str(e)
     except ServableNotFound as e:
       code, message = monitoring.NOT_FOUND, str(e)
+    except Exception as e:  # pylint: disable=broad-except  # The server's own failure: counted, answered INTERNAL.
+      logging.exception('gRPC %s failed', method)
+      code, message = monitoring.INTERNAL, f'{type(e).__name__}: {e}'
     finally:
       self.metrics.record('grpc', method, labels['signature'], code, time.perf_counter() - began)
     context.abort(_CODES[code], message)

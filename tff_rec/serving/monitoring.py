@@ -21,7 +21,7 @@ from __future__ import annotations
 import prometheus_client
 
 PATH = '/monitoring/prometheus/metrics'
-OK, INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED = 'OK', 'INVALID_ARGUMENT', 'NOT_FOUND', 'UNIMPLEMENTED'
+OK, INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED, INTERNAL = 'OK', 'INVALID_ARGUMENT', 'NOT_FOUND', 'UNIMPLEMENTED', 'INTERNAL'
 UNKNOWN_SIGNATURE = '<unknown>'  # A label for names not in the model: clients must not grow the series without end.
 # 100 us .. 10 s: one-user predict calls take about a millisecond; batches and cold versions longer.
 _BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)

@@ -29,6 +29,7 @@ directory in production (see docs/serving.md).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -45,7 +46,7 @@ from tff_rec.serving.servables import BadRequest, ModelManager, ServableNotFound
 DEFAULT_SIGNATURE = 'serving_default'
 _NUMPY = {tf.string: object, tf.float32: np.float32, tf.int64: np.int64, tf.int32: np.int32}
 _CODES = {200: monitoring.OK, 400: monitoring.INVALID_ARGUMENT, 404: monitoring.NOT_FOUND,
-          405: monitoring.UNIMPLEMENTED}
+          405: monitoring.UNIMPLEMENTED, 500: monitoring.INTERNAL}
 
 
 class _Name(BaseConverter):
@@ -108,6 +109,9 @@ class PredictionService:
       response = _json({'error': str(e)}, 404)
     except exceptions.NotFound:
       response = _json({'error': f'Malformed request: {request.method} {request.path}'}, 404)
+    except Exception as e:  # pylint: disable=broad-except  # The server's own failure: counted, answered 500.
+      logging.exception('REST %s %s failed', request.method, request.path)
+      response = _json({'error': f'Internal error: {type(e).__name__}: {e}'}, 500)
     if endpoint is not None:
       self.metrics.record('rest', endpoint, signature, _CODES[response.status_code], time.perf_counter() - began)
     return response(environ, start_response)
