@@ -47,7 +47,7 @@ def test_tflite_signatures_give_the_saved_model_scores_on_both_interpreters(run,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('run', ['mf_implicit'], indirect=True)  # Conversions are the cost: one model suffices.
+@pytest.mark.parametrize('trained_run', ['fed_als'], indirect=True)  # Conversions are the cost: one model suffices.
 def test_quantised_models_are_smaller_and_rank_alike(run, tmp_path):
   run_dir, _, data_dir = run
   sizes, tops = {}, {}
@@ -82,7 +82,7 @@ def test_bad_quantisation_and_missing_signatures_are_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('run', ['fed_als'], indirect=True)
+@pytest.mark.parametrize('trained_run', ['fed_als'], indirect=True)
 def test_on_device_binary_prints_the_users_top_k_with_titles(run, tmp_path):
   run_dir, _, data_dir = run
   export.export_run(run_dir, str(tmp_path / 'model'), top_k=5, fmt=export.TFLITE, explain=2)
