@@ -64,8 +64,18 @@ def test_the_newest_version_is_served_and_a_new_one_swapped_in(versions, tmp_pat
   (base / '11' / 'saved_model.pb').write_bytes(b'not a SavedModel')
   assert not manager.poll() and not manager.poll() and manager.current.version == 10
   assert loads == [(1, 'ok'), (10, 'ok'), (11, 'error')]
-  # Removing the served version falls back to the newest left (as TF Serving unloads it).
+  (base / '11' / 'saved_model.pb').write_bytes(b'still not a SavedModel')  # Changed: tried again.
+  assert not manager.poll() and loads[-1] == (11, 'error') and len(loads) == 4
+  # A version copied in file by file is tried again once its files change: half-copied it fails, complete it loads.
   shutil.rmtree(base / '11')
+  (base / '12').mkdir()
+  shutil.copy(versions / 'second' / 'saved_model.pb', base / '12')
+  assert not manager.poll() and manager.current.version == 10
+  shutil.copytree(versions / 'second' / 'variables', base / '12' / 'variables')
+  assert manager.poll() and manager.current.version == 12
+  shutil.rmtree(base / '12')
+  assert manager.poll() and manager.current.version == 10
+  # Removing the served version falls back to the newest left (as TF Serving unloads it).
   shutil.rmtree(base / '10')
   assert manager.poll() and manager.current.version == 9
 

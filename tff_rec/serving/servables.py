@@ -171,7 +171,7 @@ class ModelManager:
       raise FileNotFoundError(
           f'{source} is not a SavedModel directory (no saved_model.pb) nor a base path of numbered versions '
           f'({os.path.join(source, "1", SAVED_MODEL_PB)}, ...); export one with `python -m experiments.export`')
-    self._failed: dict[int, float] = {}  # Version -> mtime of the saved_model.pb that failed to load.
+    self._failed: dict[int, tuple] = {}  # Version -> the files (`_fingerprint`) that failed to load.
     self._servable: Servable | None = None
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
@@ -211,13 +211,13 @@ class ModelManager:
       if self._servable is not None and version == self._servable.version:
         return False
       path = versions[version]
-      mtime = _mtime(os.path.join(path, SAVED_MODEL_PB))
-      if self._failed.get(version) == mtime:
+      files = _fingerprint(path)
+      if self._failed.get(version) == files:
         continue  # Failed before and unchanged since: the next older version is the candidate.
       try:
         servable = self._load(path, version)
       except Exception as e:  # pylint: disable=broad-except  # Whatever breaks a load must not stop serving.
-        self._failed[version] = mtime
+        self._failed[version] = files
         self._on_load(version, 'error')
         logging.error('serve: version %d at %s failed to load (%s: %s); %s', version, path, type(e).__name__, e,
                       f'still serving version {self._servable.version}' if self._servable else 'not serving it')
@@ -246,8 +246,15 @@ class ModelManager:
       self._thread.join(timeout=60)
 
 
-def _mtime(path: str) -> float:
-  try:
-    return os.stat(path).st_mtime
-  except OSError:
-    return -1.0
+def _fingerprint(path: str) -> tuple:
+  """Every file under a version directory with its size and mtime: a version copied in file by file (not renamed
+  into place) that failed half-copied is tried again once the copy has changed it."""
+  files = []
+  for root, _, names in os.walk(path):
+    for name in names:
+      try:
+        stat = os.stat(os.path.join(root, name))
+      except OSError:
+        continue
+      files.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+  return tuple(sorted(files))
