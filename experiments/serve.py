@@ -59,11 +59,15 @@ def main(argv):
     grpc_server, grpc_port = (grpc_api.create_server(manager, metrics, host=_HOST.value, port=_GRPC_PORT.value,
                                                      threads=_THREADS.value)
                               if _GRPC_PORT.value >= 0 else (None, None))
+    try:
+      server = waitress.create_server(rest.PredictionService(manager, metrics), host=_HOST.value,
+                                      port=_PORT.value, threads=_THREADS.value)
+    except OSError as e:
+      raise OSError(f'REST: cannot listen on {_HOST.value}:{_PORT.value} ({e.strerror or e}); is another server on '
+                    'it? (--port)') from e
   except (ValueError, FileNotFoundError, OSError) as e:
     print(f'serve: error: {e}', file=sys.stderr)
     return 2
-  server = waitress.create_server(rest.PredictionService(manager, metrics), host=_HOST.value, port=_PORT.value,
-                                  threads=_THREADS.value)
   if grpc_server is not None:
     grpc_server.start()
   manager.start()

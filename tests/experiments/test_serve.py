@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -47,3 +48,18 @@ def test_serve_binary_rejects_a_missing_model(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'experiments.serve', f'--export_dir={tmp_path}'], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and 'is not a SavedModel directory' in result.stderr
+
+
+def test_serve_binary_names_a_taken_port(tmp_path):
+  rng = np.random.default_rng(0)
+  weights = [rng.normal(size=(4, 2)).astype(np.float32), np.zeros((4, 1), np.float32)]
+  export.save(export.Recommender(export.ServingConfig(mf.IMPLICIT, 0.0, 4, 1, 0.5, 1, 0), ['a', 'b', 'c'], weights,
+                                 top_k=2), str(tmp_path / 'model'), {})
+  with socket.socket() as taken:
+    taken.bind(('127.0.0.1', 0))
+    taken.listen()
+    for ports, words in ((['--port=0', f'--grpc_port={taken.getsockname()[1]}'], 'gRPC: cannot listen on 127.0.0.1:'),
+                         ([f'--port={taken.getsockname()[1]}', '--grpc_port=-1'], 'REST: cannot listen on 127.0.0.1:')):
+      result = subprocess.run([sys.executable, '-m', 'experiments.serve', f'--export_dir={tmp_path / "model"}',
+                               *ports], cwd=ROOT, capture_output=True, text=True, timeout=120)
+      assert result.returncode == 2 and words in result.stderr and 'Traceback' not in result.stderr, result.stderr

@@ -159,7 +159,10 @@ def create_server(manager: ModelManager, metrics: monitoring.Metrics, *, host: s
   api = _Api(manager, metrics)
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(api), server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(api), server)
-  bound = server.add_insecure_port(f'{host}:{port}')
+  try:
+    bound = server.add_insecure_port(f'{host}:{port}')
+  except RuntimeError as e:  # grpcio raises when the address is taken (older releases returned 0).
+    raise OSError(f'gRPC: cannot listen on {host}:{port} ({e}); is another server on it? (--grpc_port)') from e
   if bound == 0:
-    raise OSError(f'gRPC: cannot listen on {host}:{port}')
+    raise OSError(f'gRPC: cannot listen on {host}:{port}; is another server on it? (--grpc_port)')
   return server, bound
