@@ -154,7 +154,7 @@ class ModelManager:
     poll_seconds: How often `start`'s thread looks for a new version (TF Serving's
       --file_system_poll_wait_seconds).
     on_load: Called with (version, outcome) after each load attempt ('ok' or 'error'); monitoring counts them.
-    **limits: `max_batch_size` and `max_list_length` of `Servable`.
+    max_batch_size, max_list_length: Each version's request limits (`Servable`).
   """
 
   def __init__(self, model_name: str, source: str, *, poll_seconds: float = 1.0, on_load=None,
