@@ -212,6 +212,8 @@ def main(argv):
               f'{served.count(2)}', flush=True)
         if failures:
           print(f'  first failure: {failures[0]}', flush=True)
+        if not served.count(1) or not served.count(2):
+          print('  the switch did not fall within the calls, so this shows nothing: raise --switch_calls', flush=True)
     finally:
       process.terminate()
       process.wait(timeout=30)
