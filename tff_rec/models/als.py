@@ -112,12 +112,15 @@ def spd_solve(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 
 def reconstruct(item_embedding: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor,
-                config: AlsConfig) -> tf.Tensor:
+                config: AlsConfig, system: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
   """`solve_users` on padded [users, batches, B] support batches (as `reconstruction.reconstruct` takes them):
-  the rated, unpadded examples count. Returns [users, 1, d], the shape of MF's local user."""
+  the rated, unpadded examples count. Returns [users, 1, d], the shape of MF's local user; with `system`, also
+  the solved system's matrix a [users, d, d] (`normal_equations`), which `recommend`'s explanations reuse."""
   users = tf.shape(items)[0]
   positives = positive_weights(tf.reshape(labels, [users, -1]), tf.reshape(mask, [users, -1]))
-  return solve_users(item_embedding, tf.reshape(items, [users, -1]), positives, config)[:, None, :]
+  a, b = normal_equations(item_embedding, tf.reshape(items, [users, -1]), positives, config)
+  user = spd_solve(a, b)[:, None, :]
+  return (user, a) if system else user
 
 
 def user_statistics(users: tf.Tensor, items: tf.Tensor, weights: tf.Tensor, num_rows: int | tf.Tensor,

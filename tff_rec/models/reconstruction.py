@@ -197,9 +197,10 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
     if rating:
       b_u = b_u - learning_rate * tf.reshape(tf.reduce_sum(g, 1), [-1, 1, 1])
     if coefficients:
-      this = tf.reshape(tf.one_hot(t, batches), [1, -1, 1])  # [1, batches, 1]: the step's batch.
-      c = c * (1.0 - 2.0 * learning_rate * l2 * nonempty[:, t:t + 1]) - learning_rate * this * tf.expand_dims(g, 1)
-      c_b = c_b - learning_rate * this * tf.expand_dims(g, 1)
+      step_shares = _at_batch(-learning_rate * g, t, batches)
+      c = c * (1.0 - 2.0 * learning_rate * l2 * nonempty[:, t:t + 1]) + step_shares
+      if rating:
+        c_b = c_b + step_shares
     return s + 1, p_u, b_u, c, c_b
 
   shares = tf.zeros(tf.shape(items), p_u.dtype) if coefficients else tf.zeros([])
@@ -209,6 +210,11 @@ def reconstruct(item_embedding: tf.Tensor, item_bias: tf.Tensor, mean: tf.Tensor
   if coefficients:
     return user, ([c, c_b] if rating else [c])
   return user
+
+
+def _at_batch(values: tf.Tensor, t: tf.Tensor, batches: tf.Tensor) -> tf.Tensor:
+  """[users, B] values placed at batch t of a [users, batches, B] tensor of zeros: one SGD step's shares."""
+  return tf.reshape(tf.one_hot(t, batches, dtype=values.dtype), [1, -1, 1]) * tf.expand_dims(values, 1)
 
 
 def retrieval_batch_losses(query: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
@@ -273,7 +279,7 @@ def reconstruct_query(candidates: tf.Tensor, items: tf.Tensor, labels: tf.Tensor
     batch = tf.gather(candidates, items[:, t])  # [users, B, d]
     gradient = retrieval_score_gradients(query, batch, labels[:, t], mask[:, t])  # [users, B]
     if coefficients:
-      c = c - learning_rate * tf.reshape(tf.one_hot(t, batches), [1, -1, 1]) * tf.expand_dims(gradient, 1)
+      c = c + _at_batch(-learning_rate * gradient, t, batches)
     return (s + 1, query - learning_rate * tf.reduce_sum(tf.expand_dims(gradient, -1) * batch, 1, keepdims=True),
             c)
 

@@ -148,11 +148,10 @@ class Recommender(tf.Module):
                                  tf.int16 if self.num_items < 2 ** 15 else tf.int32)
 
   def user(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor,
-           shares: bool = False) -> tuple[list[tf.Tensor], tf.Tensor] | tuple[list[tf.Tensor], tf.Tensor, tuple]:
-    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u; two-tower: the query), and the history.
-
-    With `shares`, also (support items, labels, mask, the examples' shares of the user) for `_explain`.
-    """
+           shares: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tuple]:
+    """The reconstructed local parameters [p_u [batch, 1, d]] (+ b_u; two-tower: the query), the history, and
+    (support items, labels, mask, shares) for `_explain`: with `shares`, the examples' shares of the user (ALS:
+    its system's matrix a), else None."""
     tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_ratings),
                               message='history_item_ids and history_ratings must have the same shape')
     tf.debugging.assert_all_finite(history_ratings, 'history_ratings must be finite')
@@ -167,16 +166,15 @@ class Recommender(tf.Module):
                                               learning_rate=c.learning_rate, epochs=c.epochs, coefficients=shares)
       user, coefficients = ([user[0]], [user[1]]) if shares else ([user], None)
     elif c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
-      user, coefficients = [als.reconstruct(self.item_embedding, items, labels, mask,
-                                            als.AlsConfig(c.als_alpha, c.als_regularization))], None
+      user = als.reconstruct(self.item_embedding, items, labels, mask,
+                             als.AlsConfig(c.als_alpha, c.als_regularization), system=shares)
+      user, coefficients = ([user[0]], user[1]) if shares else ([user], None)
     else:
       user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
                                         objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
                                         epochs=c.epochs, coefficients=shares)
       user, coefficients = user if shares else (user, None)
-    if shares:
-      return user, history, (items, labels, mask, coefficients)
-    return user, history
+    return user, history, (items, labels, mask, coefficients)
 
   def _explain(self, history: tf.Tensor, support: tuple, recommended: tf.Tensor) -> dict[str, tf.Tensor]:
     """The `explain` history items with the largest shares of each recommended item's score (module docstring).
@@ -187,17 +185,14 @@ class Recommender(tf.Module):
       recommended: [batch, K] item indices (0: none).
     """
     items, labels, mask, coefficients = support
-    users, d, c = tf.shape(items)[0], self.item_embedding.shape[1], self.config
+    users, k, d = tf.shape(items)[0], tf.shape(recommended)[1], self.item_embedding.shape[1]
     items, labels, mask = (tf.reshape(x, [users, -1]) for x in (items, labels, mask))  # [batch, L]
     v = tf.gather(self.item_embedding, recommended)  # [batch, K, d]
     y = tf.gather(self.item_embedding, items)  # [batch, L, d]
-    if coefficients is None:  # ALS: <a^-1 v, y_n> (1 + alpha) w_n, with a^-1 v by one solve per recommended item.
-      config = als.AlsConfig(c.als_alpha, c.als_regularization)
-      a, _ = als.normal_equations(self.item_embedding, items, als.positive_weights(labels, mask), config)
-      k = tf.shape(recommended)[1]
-      a = tf.reshape(tf.broadcast_to(tf.expand_dims(a, 1), tf.stack([users, k, d, d])), [-1, d, d])
+    if self.config.als_alpha > 0:  # <a^-1 v, y_n> (1 + alpha) w_n, a^-1 v by one solve per recommended item.
+      a = tf.reshape(tf.broadcast_to(tf.expand_dims(coefficients, 1), tf.stack([users, k, d, d])), [-1, d, d])
       solved = tf.reshape(als.spd_solve(a, tf.reshape(v, [-1, d])), tf.stack([users, k, d]))
-      weights = (1.0 + c.als_alpha) * als.positive_weights(labels, mask)
+      weights = (1.0 + self.config.als_alpha) * als.positive_weights(labels, mask)
       shares = tf.matmul(solved, y, transpose_b=True) * tf.expand_dims(weights, 1)  # [batch, K, L]
     else:
       shares = tf.matmul(v, y, transpose_b=True) * tf.expand_dims(tf.reshape(coefficients[0], [users, -1]), 1)
@@ -214,7 +209,6 @@ class Recommender(tf.Module):
     shown = tf.logical_and(history > 0, tf.logical_not(repeated))
     per_history = tf.where(tf.expand_dims(shown, 1), per_history, UNKNOWN_SCORE)
     # E columns of nothing appended, so that top E is defined for histories shorter than E.
-    k = tf.shape(recommended)[1]
     per_history = tf.concat([per_history, tf.fill(tf.stack([users, k, self.explain]), UNKNOWN_SCORE)], 2)
     history = tf.concat([history, tf.zeros(tf.stack([users, self.explain]), history.dtype)], 1)
     top, position = tf.math.top_k(per_history, self.explain)  # [batch, K, E]
@@ -231,10 +225,7 @@ class Recommender(tf.Module):
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
                                 tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
   def recommend(self, history_item_ids, history_ratings):
-    if self.explain:
-      user, history, support = self.user(history_item_ids, history_ratings, shares=True)
-    else:
-      user, history = self.user(history_item_ids, history_ratings)
+    user, history, support = self.user(history_item_ids, history_ratings, shares=self.explain > 0)
     # Scores over the whole table, then the unknown item's column dropped (slicing the table instead would put a
     # second copy of it in the TFLite model, where constants are folded).
     scores = (tf.matmul(user[0][:, 0], self.item_embedding, transpose_b=True)
@@ -257,7 +248,7 @@ class Recommender(tf.Module):
   def score(self, history_item_ids, history_ratings, candidate_item_ids):
     tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(history_item_ids)[0],
                               message='candidate_item_ids and history_item_ids must have the same batch size')
-    user, _ = self.user(history_item_ids, history_ratings)
+    user, _, _ = self.user(history_item_ids, history_ratings)
     candidates = self.lookup.lookup(candidate_item_ids)
     q = tf.gather(self.item_embedding, candidates)  # [batch, C, d]
     scores = (tf.reduce_sum(user[0] * q, -1) + tf.gather(self.item_bias, candidates)[..., 0] + self._offset(user))

@@ -81,7 +81,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def work(labels):
       servable = self._api.servable(request.model_spec)
       name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-      labels['signature'] = name if name in servable.signatures else monitoring.UNKNOWN_SIGNATURE
+      labels['signature'] = monitoring.signature_label(name, servable.signatures)
       specs = servable.inputs[servable.check_signature(name)]
       arrays = {key: _array(key, proto, specs.get(key)) for key, proto in request.inputs.items()}
       outputs = servable.run(name, arrays)
@@ -160,9 +160,6 @@ def create_server(manager: ModelManager, metrics: monitoring.Metrics, *, host: s
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(api), server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(api), server)
   try:
-    bound = server.add_insecure_port(f'{host}:{port}')
-  except RuntimeError as e:  # grpcio raises when the address is taken (older releases returned 0).
+    return server, server.add_insecure_port(f'{host}:{port}')
+  except RuntimeError as e:  # grpcio 1.74 raises when the address is taken.
     raise OSError(f'gRPC: cannot listen on {host}:{port} ({e}); is another server on it? (--grpc_port)') from e
-  if bound == 0:
-    raise OSError(f'gRPC: cannot listen on {host}:{port}; is another server on it? (--grpc_port)')
-  return server, bound

@@ -27,6 +27,11 @@ UNKNOWN_SIGNATURE = '<unknown>'  # A label for names not in the model: clients m
 _BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
+def signature_label(name, signatures) -> str:
+  """The label of a request's signature name: the name if the model has it, else UNKNOWN_SIGNATURE."""
+  return name if isinstance(name, str) and name in signatures else UNKNOWN_SIGNATURE
+
+
 class Metrics:
   """Request counts, latencies and model loads of one served model."""
 

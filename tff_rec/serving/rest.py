@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from typing import Any
 
@@ -98,7 +97,7 @@ class PredictionService:
       else:
         request_body = _parse_json(request.get_data())
         name = request_body.get('signature_name', DEFAULT_SIGNATURE)
-        signature = name if isinstance(name, str) and name in servable.signatures else monitoring.UNKNOWN_SIGNATURE
+        signature = monitoring.signature_label(name, servable.signatures)
         body = predict(servable, request_body)
       response = _json(body, 200)
     except BadRequest as e:
@@ -172,9 +171,7 @@ def _array(key: str, value: Any, spec: tf.TensorSpec, max_batch_size: int) -> np
     array[:] = flat
   else:
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
-      raise BadRequest(f'Input "{key}" must hold numbers ({spec.dtype.name})')
-    if not all(math.isfinite(x) for x in flat):
-      raise BadRequest(f'Input "{key}" must hold finite numbers')
+      raise BadRequest(f'Input "{key}" must hold numbers ({spec.dtype.name})')  # (Finiteness: Servable.run.)
     array = np.array(flat, dtype=_NUMPY[spec.dtype])
   return array.reshape(len(value), lengths.pop())
 
