@@ -67,9 +67,14 @@ def worker_binary_path() -> str:
   return os.path.join(os.path.dirname(tff.__file__), 'data', _WORKER_NAME)
 
 
-def _die_with_parent() -> None:  # Runs in the child between fork and exec.
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# libc is loaded here, in the parent, once: loading a library in the child between fork and exec (where
+# `_die_with_parent` runs) can crash when another thread of this process (TensorFlow's, gRPC's) held the loader's
+# or malloc's lock at the fork; a fresh-clone test run lost a worker to a segfault that way.
+_PRCTL = ctypes.CDLL('libc.so.6', use_errno=True).prctl
+
+
+def _die_with_parent() -> None:  # Runs in the child between fork and exec: nothing that loads or allocates much.
+  _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
   # SIGINT is the worker's clean shutdown (`_stop_process`): restore it where this process inherited it ignored
   # (started in the background of a non-interactive shell).
   signal.signal(signal.SIGINT, signal.SIG_DFL)
