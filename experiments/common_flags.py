@@ -36,6 +36,9 @@ EVAL_RECENT_ITEMS = flags.DEFINE_integer('eval_recent_items', 0, 'Recency emphas
                                          'user\'s last this many items are revisited at the end of reconstruction.')
 EVAL_RECENT_REPEATS = flags.DEFINE_integer('eval_recent_repeats', 0, 'Recency emphasis: how many more times '
                                            '(0: none).')
+GROUP_METRICS = flags.DEFINE_string(
+    'group_metrics', 'all', 'Metrics by group of users in every evaluation: all (every attribute the data has), '
+    'none, or a comma-separated list of activity, item_popularity, gender, age, occupation, platform.')
 # Output.
 ROOT = flags.DEFINE_string('root_output_dir', 'runs', 'Root of all experiment outputs.')
 NAME = flags.DEFINE_string('experiment_name', None, 'Output subdirectory (required).')

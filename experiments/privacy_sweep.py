@@ -6,7 +6,12 @@ Takes every train_federated flag. For each epsilon the noise multiplier is
 calibrated to it over --rounds (--noise_multiplier is ignored); `inf` trains
 without DP. Runs go to `<root_output_dir>/<experiment_name>/eps_<epsilon>/`
 (each resumable like any run); the sweep writes `sweep.csv` and `sweep.png`
-(HR@10 or RMSE against epsilon, with the membership-inference AUC) beside them.
+(HR@10 or RMSE against epsilon, with the membership-inference AUC) beside them,
+and, from the runs' metrics by group (`--group_metrics`), `sweep_groups.csv`:
+each group's metric per epsilon and its loss against the run without DP (with
+`inf` among the epsilons), which the plot's lower panels show per attribute.
+Who pays for privacy: DP costs some groups more than others (Bagdasaryan et
+al., NeurIPS 2019).
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from experiments import common_flags, logs, train_federated
 from tff_rec import atomic, experiment, runtime
+from tff_rec.evaluation import groups
 from tff_rec.privacy import dp
 
 _EPSILONS = flags.DEFINE_list('epsilons', ['1', '2', '4', '8', 'inf'], 'Privacy budgets (inf: no DP).')
 
 COLUMNS = ('epsilon', 'noise_multiplier', 'hr@10', 'ndcg@10', 'rmse', 'mae', 'mia/auc', 'mia/advantage',
            'epsilon_spent', 'rounds', 'wall_seconds')
+GROUP_COLUMNS = ('epsilon', 'attribute', 'group', 'users', 'small', 'metric', 'value', 'no_dp', 'loss')
 
 
 def parse_epsilons(values: list[str]) -> list[float]:
@@ -58,14 +65,41 @@ def sweep_configs(base: train_federated.ExperimentConfig,
   return out
 
 
+def group_rows(rows: list[dict], metric: str) -> list[dict]:
+  """Each (epsilon, group): the group's `metric`, its value without DP and the loss: how much worse than without
+  DP (HR@10: no-DP minus DP; RMSE: DP minus no-DP), empty without an `inf` run or for a group without queries."""
+  lower_is_better = metric == 'rmse'
+  baseline = next((r for r in rows if not math.isfinite(r['epsilon'])), None)
+  out = []
+  for row in rows:
+    for name, values in groups.table(row):
+      attribute, _, value = name[len(groups.PREFIX):].partition('/')
+      no_dp = groups.table(baseline) if baseline else []
+      reference = dict(no_dp).get(name, {}).get(metric)
+      current = values.get(metric)
+      loss = None
+      if current is not None and reference is not None:
+        loss = current - reference if lower_is_better else reference - current
+      out.append({'epsilon': row['epsilon'], 'attribute': attribute, 'group': value, 'users': int(values['users']),
+                  'small': groups.small(values['users']), 'metric': metric, 'value': current, 'no_dp': reference,
+                  'loss': loss})
+  return out
+
+
 def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
-  text = io.StringIO()
-  writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction='ignore')
-  writer.writeheader()
-  writer.writerows(rows)
-  atomic.write_bytes(os.path.join(output_dir, 'sweep.csv'), text.getvalue().encode())
+  by_group = group_rows(rows, metric)
+  for name, columns, table in (('sweep.csv', COLUMNS, rows), ('sweep_groups.csv', GROUP_COLUMNS, by_group)):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(table)
+    atomic.write_bytes(os.path.join(output_dir, name), text.getvalue().encode())
   finite = [r for r in rows if math.isfinite(r['epsilon'])]
-  figure, axis = plt.subplots(figsize=(6, 4))
+  attributes = list(dict.fromkeys(r['attribute'] for r in by_group if r['loss'] is not None))
+  columns = max(1, min(3, len(attributes)))
+  grid = 1 + math.ceil(len(attributes) / columns)
+  figure = plt.figure(figsize=(6 * columns, 4 * grid))
+  axis = figure.add_subplot(grid, 1, 1)
   axis.plot([r['epsilon'] for r in finite], [r[metric] for r in finite], 'o-', label=f'{metric} (DP)')
   for r in rows:
     if not math.isfinite(r['epsilon']):
@@ -77,6 +111,21 @@ def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
   axis.set_xlabel('epsilon (delta fixed)')
   axis.set_ylabel(metric)
   axis.legend()
+  for i, attribute in enumerate(attributes):  # Who pays for privacy: each group's loss against no DP.
+    axis = figure.add_subplot(grid, columns, columns + 1 + i)
+    for group in dict.fromkeys(r['group'] for r in by_group if r['attribute'] == attribute):
+      points = [r for r in by_group if r['attribute'] == attribute and r['group'] == group and
+                math.isfinite(r['epsilon']) and r['loss'] is not None]
+      if points:
+        users = points[0]['users']
+        axis.plot([r['epsilon'] for r in points], [r['loss'] for r in points], marker='o',
+                  linestyle=':' if groups.small(users) else '-', label=f'{group} ({users})')
+    axis.axhline(0.0, color='gray', linewidth=0.5)
+    axis.set_xscale('log')
+    axis.set_xlabel('epsilon')
+    axis.set_ylabel(f'{metric} lost to DP')
+    axis.set_title(f'by {attribute} (users; dotted: fewer than {groups.MIN_USERS})')
+    axis.legend(fontsize='x-small', ncol=2)
   figure.tight_layout()
   with atomic.replacing(os.path.join(output_dir, 'sweep.png'), '.png') as temp:
     figure.savefig(temp, format='png')
@@ -108,9 +157,15 @@ def main(argv):
     runtime.stop_all_workers()
   metric = 'hr@10' if rows[0].get('hr@10') is not None else 'rmse'
   write_outputs(rows, base.output_dir, metric)
-  print(f'Wrote {base.output_dir}/sweep.csv and sweep.png')
+  print(f'Wrote {base.output_dir}/sweep.csv, sweep_groups.csv and sweep.png')
   for row in rows:
     print(', '.join(f'{k}={row.get(k)}' for k in COLUMNS))
+  worst = sorted((r for r in group_rows(rows, metric) if r['loss'] is not None and not r['small']),
+                 key=lambda r: (r['epsilon'], -r['loss']))
+  for epsilon in dict.fromkeys(r['epsilon'] for r in worst if math.isfinite(r['epsilon'])):
+    most = [r for r in worst if r['epsilon'] == epsilon][:3]
+    print(f'epsilon {epsilon:g}: the groups losing most {metric}: ' + ', '.join(
+        f"{r['attribute']}={r['group']} ({r['users']} users) {r['loss']:+.4f}" for r in most))
   return 0
 
 

@@ -46,6 +46,7 @@ class CentralizedExperimentConfig:
   seed: int
   export_dir: str | None = None
   top_k: int = 10
+  group_metrics: str = 'all'
 
   def validate(self) -> None:
     self.data.validate()
@@ -68,14 +69,17 @@ def config_from_flags() -> CentralizedExperimentConfig:
                                              model['seed']),
       loop=common_flags.loop_config(_EPOCHS.value),
       evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
-      output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value)
+      output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
+      group_metrics=common_flags.GROUP_METRICS.value)
 
 
 def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
   config.validate()
-  return tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
+  task = tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
                                   model=config.model)
+  task.group_attributes(config.group_metrics)  # A group attribute the data does not have fails here.
+  return task
 
 
 def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
@@ -84,7 +88,8 @@ def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> 
                                          eval_epochs=config.evaluation.epochs)
   final = experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
                         output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss',
-                        eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k))
+                        eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
+                        group_metrics=task.group_attributes(config.group_metrics))
   return final
 
 

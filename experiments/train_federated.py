@@ -130,7 +130,7 @@ def config_from_flags() -> ExperimentConfig:
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
       workers=_WORKERS.value,
       als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value),
-      users_per_shard=users_per_shard())
+      users_per_shard=users_per_shard(), group_metrics=common_flags.GROUP_METRICS.value)
 
 
 def users_per_shard() -> int:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -20,7 +20,7 @@ from tensorflow.python.framework import config as tf_config  # pylint: disable=g
 
 from tff_rec import atomic, preprocessing, runtime, tasks, training_loop
 from tff_rec.data import schema
-from tff_rec.evaluation import client_eval
+from tff_rec.evaluation import client_eval, groups
 from tff_rec.models import reconstruction
 from tff_rec.plotting import learning_curve
 from tff_rec.privacy import audit, distributed, dp
@@ -32,7 +32,7 @@ PRIVACY_LEDGER = 'privacy_ledger.json'
 HPARAMS = 'hparams.json'
 # What a resumed run may change: how long it trains, where and how it reports, how users are grouped into TFF
 # clients (the same model); not what it trains.
-RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers', 'users_per_shard')
+RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers', 'users_per_shard', 'group_metrics')
 
 
 def configure_determinism(reproducible: bool) -> None:
@@ -54,7 +54,8 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
         loop: training_loop.LoopConfig, output_dir: str, hparams: dict[str, Any], loss_key: str,
         eval_reconstruction: reconstruction.EvalSettings, privacy: Any = None,
         export_to: tuple[str | None, int] = (None, 10),
-        group_fn: Callable[[list[str]], list[list[int]]] | None = None) -> dict[str, Any]:
+        group_fn: Callable[[list[str]], list[list[int]]] | None = None,
+        group_metrics: Sequence[str] = ()) -> dict[str, Any]:
   """Trains `engine` for `loop.rounds`, evaluates on test (and held-out users); returns the final metrics.
 
   Args:
@@ -77,6 +78,8 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
       stop, privacy_ledger.json and the final epsilon.
     export_to: (export directory or None, top K): also export the trained
       model as a SavedModel (`tff_rec.serving.export.export_run`).
+    group_metrics: Attributes (`tff_rec.evaluation.groups`) whose groups every
+      evaluation also reports metrics of: f'by_{attribute}/{value}/hr@10', ...
   """
   began = time.monotonic()
   check_resumable(output_dir, hparams)
@@ -88,11 +91,13 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
     if (part, heldout) not in eval_clients:
       eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed,
                                                       recent_items=eval_reconstruction.recent_items,
-                                                      recent_repeats=eval_reconstruction.recent_repeats)
+                                                      recent_repeats=eval_reconstruction.recent_repeats,
+                                                      group_metrics=group_metrics)
     return eval_clients[part, heldout]
 
   def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:
-    return client_eval.finalize(engine.evaluate(state, eval_clients_for(part, heldout)), task.eval_kind, prefix)
+    clients = eval_clients_for(part, heldout)
+    return client_eval.finalize(engine.evaluate(state, clients), task.eval_kind, prefix, clients.group_names)
 
   def data_fn(ids: list[str], round_num: int) -> list:
     examples = task.train_examples(ids, round_num, seed)
@@ -168,9 +173,21 @@ def check_resumable(output_dir: str, hparams: dict[str, Any]) -> None:
 
 
 def format_results(final: dict) -> str:
-  rows = [(k, v) for k, v in final.items() if v is not None and not k.endswith(('count', 'users'))]
+  """The results table: the metrics, then the test metrics by group (if any), small groups flagged."""
+  rows = [(k, v) for k, v in final.items()
+          if v is not None and not k.endswith(('count', 'users')) and not groups.is_group_key(k)]
   width = max(len(k) for k, _ in rows)
-  return '\n'.join(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}' for k, v in rows)
+  lines = [f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}' for k, v in rows]
+  by_group = groups.table(final)
+  if by_group:
+    names = [m for m in ('hr@10', 'ndcg@10', 'rmse', 'mae') if any(m in values for _, values in by_group)]
+    width = max(len(name) for name, _ in by_group)
+    lines += ['', f'{"test, by group":<{width}}  {"users":>6}  ' + '  '.join(f'{m:>7}' for m in names)]
+    for name, values in by_group:
+      cells = '  '.join(f'{values[m]:7.4f}' if m in values else f'{"-":>7}' for m in names)
+      flag = f'  (fewer than {groups.MIN_USERS} users)' if groups.small(values['users']) else ''
+      lines.append(f'{name:<{width}}  {int(values["users"]):>6}  {cells}{flag}')
+  return '\n'.join(lines)
 
 
 def main(program: str, build: Callable[[], Any], train: Callable[[Any], dict[str, Any]], output_dir: str) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_rec.data import arrays, client_data, schema
-from tff_rec.evaluation import client_eval
+from tff_rec.evaluation import client_eval, groups
 from tff_rec.models import mf, reconstruction, two_tower
 from tff_rec import preprocessing
 
@@ -49,6 +49,8 @@ class EvalClients:
   queries: list[preprocessing.Examples]  # Ranking: ([n, 100], [n, 100]); rating: ([n], [n]).
   seen: list[np.ndarray]  # Item indices the client trained on: excluded from full-catalogue ranking.
   relevant: list[np.ndarray]  # Its held-out item indices: the targets of full-catalogue ranking.
+  groups: list[np.ndarray] | None = None  # [queries, G] 0/1: each query's groups (`groups.Grouping.user_rows`).
+  group_names: tuple[str, ...] = ()  # The G groups' names (metric key prefixes).
 
 
 class RecommendationTask:
@@ -104,6 +106,8 @@ class RecommendationTask:
                          '--objective=implicit')
       raise ValueError(f'{self.db_path} has no clients in split {self.train_split}')
     self.eval_kind = client_eval.RANKING if self.objective == mf.IMPLICIT else client_eval.RATING
+    self._user_attributes: groups.UserAttributes | None = None
+    self._item_raters: np.ndarray | None = None
     self._check_specs()
 
   def model_fn(self) -> mf.ModelBundle:
@@ -151,7 +155,7 @@ class RecommendationTask:
     return [self.client_dataset(e) for e in self.train_examples(client_ids, round_num, seed)]
 
   def eval_clients(self, part: str = schema.TEST, *, heldout: bool = False, seed: int = 0, recent_items: int = 0,
-                   recent_repeats: int = 0) -> EvalClients:
+                   recent_repeats: int = 0, group_metrics: Sequence[str] = ()) -> EvalClients:
     """The clients of a federated evaluation on split `part`.
 
     Support is the data a client holds before its `part` examples: its
@@ -161,6 +165,8 @@ class RecommendationTask:
     training but unshuffled with a fixed seed. Queries are the `part` split
     (LOO-99 for ranking, ratings for rating). `recent_items`, `recent_repeats`:
     the support's recency emphasis (`reconstruction.support_examples`).
+    `group_metrics`: the attributes (`groups.parse`) whose groups each query is
+    marked with, for metrics by group.
     """
     support_parts = [schema.TRAIN] + ([schema.VAL] if part == schema.TEST else [])
     supports = [arrays.SplitArrays(self.eval_db_path, schema.split_name(self.family, p, heldout=heldout),
@@ -172,13 +178,38 @@ class RecommendationTask:
         preprocessing.rating_queries)
     support_arrays = [arrays.concatenate(parts) for parts in zip(*(s.get(ids) for s in supports))]
     query_arrays = queries.get(ids)
+    marked, names = None, ()
+    if group_metrics:
+      training = np.array([len(t) for t in supports[0].get(ids)], np.int64)
+      grouping = groups.Grouping(group_metrics, self.user_attributes(), self.item_raters(), training)
+      marked = [grouping.user_rows(c, n, q.items) for c, n, q in zip(ids, training, query_arrays)]
+      names = grouping.names
     return EvalClients(
         client_ids=ids,
         support=self.support_examples([s.items for s in support_arrays], [s.ratings for s in support_arrays], seed,
                                       recent_items, recent_repeats),
         queries=[make_queries(q) for q in query_arrays],
         seen=[s.items for s in support_arrays],
-        relevant=[q.items for q in query_arrays])
+        relevant=[q.items for q in query_arrays],
+        groups=marked, group_names=names)
+
+  def group_attributes(self, spec: str) -> tuple[str, ...]:
+    """`--group_metrics` checked against this data (`groups.parse`): the attributes to report groups of."""
+    return groups.parse(spec, self.user_attributes().available())
+
+  def user_attributes(self) -> groups.UserAttributes:
+    """The users' declared attributes (demographics, platform) of the per-user data."""
+    if self._user_attributes is None:
+      self._user_attributes = groups.read_users(self.eval_db_path)
+    return self._user_attributes
+
+  def item_raters(self) -> np.ndarray:
+    """[items + 1] each item's number of raters in the training split (the training users', not held-out ones)."""
+    if self._item_raters is None:
+      train = arrays.SplitArrays(self.eval_db_path, self.train_split, self.lookup, cache=False)
+      self._item_raters = groups.item_raters([c.items for c in train.get(train.client_ids)],
+                                             self.model_config.num_items)
+    return self._item_raters
 
   def negative_table(self, seed: int) -> np.ndarray:
     """The fixed negatives of evaluation and serving support (`reconstruction.negative_table`)."""

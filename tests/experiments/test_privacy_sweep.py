@@ -33,7 +33,34 @@ def test_sweep_writes_one_row_per_epsilon(tiny_dataset, tmp_path):
   assert float(rows[0]['epsilon_spent']) == pytest.approx(8.0, rel=1e-2) and rows[1]['epsilon_spent'] == ''
   assert all(0 <= float(r['mia/auc']) <= 1 for r in rows)
   assert os.path.getsize(tmp_path / 'sweep' / 'sweep.png') > 0
-  assert sorted(os.listdir(tmp_path / 'sweep')) == ['eps_8', 'eps_inf', 'sweep.csv', 'sweep.png']
+  assert sorted(os.listdir(tmp_path / 'sweep')) == ['eps_8', 'eps_inf', 'sweep.csv', 'sweep.png',
+                                                    'sweep_groups.csv']
+  # Who pays: every group of every run, its loss against the run without DP.
+  groups = list(csv.DictReader(open(tmp_path / 'sweep' / 'sweep_groups.csv')))
+  assert {r['attribute'] for r in groups} == {'activity', 'item_popularity', 'gender', 'age', 'occupation',
+                                              'platform'}
+  for r in groups:
+    if r['value'] and r['no_dp']:
+      assert float(r['loss']) == pytest.approx(float(r['no_dp']) - float(r['value']))
+      assert float(r['epsilon']) != math.inf or float(r['loss']) == 0.0
+
+
+def test_group_losses_are_against_the_run_without_dp():
+  rows = [{'epsilon': 8.0, 'by_gender/F/hr@10': 0.5, 'by_gender/F/users': 12.0, 'by_gender/M/users': 3.0,
+           'hr@10': 0.55},
+          {'epsilon': math.inf, 'by_gender/F/hr@10': 0.7, 'by_gender/F/users': 12.0, 'by_gender/M/hr@10': 0.4,
+           'by_gender/M/users': 3.0, 'hr@10': 0.6}]
+  out = privacy_sweep.group_rows(rows, 'hr@10')
+  assert [(r['epsilon'], r['group'], r['users'], r['small'], r['value'], r['no_dp']) for r in out] == [
+      (8.0, 'F', 12, False, 0.5, 0.7), (8.0, 'M', 3, True, None, 0.4), (math.inf, 'F', 12, False, 0.7, 0.7),
+      (math.inf, 'M', 3, True, 0.4, 0.4)]
+  assert out[0]['loss'] == pytest.approx(0.2) and out[1]['loss'] is None and out[2]['loss'] == 0.0
+  # RMSE: a loss is an increase; without a run at inf there is no loss.
+  rating = privacy_sweep.group_rows([{'epsilon': 1.0, 'by_age/18-24/rmse': 1.1, 'by_age/18-24/users': 20.0},
+                                     {'epsilon': math.inf, 'by_age/18-24/rmse': 0.9, 'by_age/18-24/users': 20.0}],
+                                    'rmse')
+  assert rating[0]['loss'] == pytest.approx(0.2)
+  assert privacy_sweep.group_rows(rows[:1], 'hr@10')[0]['loss'] is None
 
 
 def test_bad_epsilons_are_refused():

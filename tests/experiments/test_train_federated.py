@@ -65,6 +65,10 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   assert 0.0 <= written['mia/auc'] <= 1.0 and 0.0 <= written['mia/advantage'] <= 1.0  # The audit.
   rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
   assert [r['key'] for r in rows] == ['1', '2'] and 'val/hr@10' in rows[0]
+  # Metrics by group (--group_metrics=all: this data has every attribute), at test and at validation.
+  for attribute in ('activity', 'item_popularity', 'gender', 'age', 'occupation', 'platform'):
+    assert any(k.startswith(f'by_{attribute}/') and k.endswith('/users') for k in written), attribute
+    assert any(k.startswith(f'val/by_{attribute}/') for k in rows[0]), attribute
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
   if 'compression' in overrides:  # 8-bit item table up, float32 down.
     assert float(rows[0]['communication/upload_bytes_per_client']) < 0.4 * float(
@@ -196,6 +200,7 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
+    ({'group_metrics': 'activity,colour'}, r"^--group_metrics: unknown \['colour'\] \(known: \['activity', "),
     ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: every configuration runs on the one .*drop '
      'the flag$'),
     ({'engine': 'tff'}, r'^--engine=tff was removed: '),
@@ -264,6 +269,11 @@ def test_an_implicit_interactions_file_trains_exports_and_serves(tmp_path):
   export_dir = str(tmp_path / 'export')
   final = _run(str(data_dir), tmp_path, 'plays', export_dir=export_dir, top_k=5)
   assert 0.0 <= final['hr@10'] <= 1.0 and final['rmse'] is None  # No rating splits: no RMSE.
+  # No demographics: groups by activity and popularity only, and asking for another is a clear error.
+  assert {k.split('/')[0] for k in final if k.startswith('by_')} == {'by_activity', 'by_item_popularity'}
+  with pytest.raises(ValueError, match=r"--group_metrics: \['age'\] not in this data; this data has "
+                                       r"\['activity', 'item_popularity'\]"):
+    _run(str(data_dir), tmp_path, 'plays_by_age', group_metrics='age')
   recommend = tf.saved_model.load(export_dir).signatures['recommend']
   history = ['track-0', 'track-1', 'track-2']
   out = recommend(history_item_ids=tf.constant([history]), history_ratings=tf.constant([[1.0, 1.0, 1.0]]))

@@ -185,7 +185,7 @@ def test_process_is_composed_from_tff_templates_and_sends_only_aggregates(task, 
   state = engine.initialize()
   assert isinstance(engine.process, tff.learning.templates.LearningProcess)
   assert state._fields == ('global_model_weights', 'distributor', 'client_work', 'aggregator', 'finalizer')
-  for computation in (engine.process.next, engine._evaluation):
+  for computation in (engine.process.next, engine.evaluation(), engine.evaluation(groups=3)):
     moved = client_to_server_intrinsics(computation)
     assert moved and set(moved) <= AGGREGATIONS, moved
   if aggregator == 'secure':  # The update crosses only through the secure sum; training metrics are plain sums.

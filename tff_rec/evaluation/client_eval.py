@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tff_rec.models.mf import ModelBundle
@@ -28,6 +29,7 @@ from tff_rec.models.mf import ModelBundle
 RANKING_KS = (5, 10, 20)
 CATALOGUE_KS = (10, 20)
 RANKING, RATING = 'ranking', 'rating'
+GROUP_K = 10  # Groups report HR@10 and NDCG@10 only: tens of groups x every K would bury the results.
 
 
 def local_variables(bundle: ModelBundle) -> list[tf.Variable]:
@@ -57,28 +59,55 @@ def reconstruct(bundle: ModelBundle, support: tf.data.Dataset, loss: tf.keras.lo
   support.repeat(epochs).reduce(tf.constant(0), step)
 
 
-def ranking_sums(candidate_scores: tf.Tensor, mask: tf.Tensor | None = None) -> collections.OrderedDict:
+def ranking_sums(candidate_scores: tf.Tensor, mask: tf.Tensor | None = None,
+                 groups: tf.Tensor | None = None) -> collections.OrderedDict:
   """Metric sums of LOO queries `candidate_scores` [..., 1 + negatives]; `[..., 0]` is the held-out item.
 
   Leading dimensions (clients, queries) are summed over; `mask` [...] (1 = a
-  real query) drops padding.
+  real query) drops padding. With `groups` [..., G] (`_group_sums`), also the
+  count, HR@10 and NDCG@10 sums of each group's queries, and its users.
   """
   rank = tf.reduce_sum(tf.cast(candidate_scores[..., 1:] >= candidate_scores[..., :1], tf.float32), axis=-1)
   mask = tf.ones_like(rank) if mask is None else tf.cast(mask, tf.float32)
   sums = collections.OrderedDict(count=tf.reduce_sum(mask))
+  per_query = {'count': mask}
   for k in RANKING_KS:
     hit = tf.cast(rank < k, tf.float32) * mask
-    sums[f'hits_at_{k}'] = tf.reduce_sum(hit)
-    sums[f'ndcg_at_{k}'] = tf.reduce_sum(hit * math.log(2.0) / tf.math.log(rank + 2.0))
+    gain = hit * math.log(2.0) / tf.math.log(rank + 2.0)
+    sums[f'hits_at_{k}'], sums[f'ndcg_at_{k}'] = tf.reduce_sum(hit), tf.reduce_sum(gain)
+    if k == GROUP_K:
+      per_query[f'hits_at_{k}'], per_query[f'ndcg_at_{k}'] = hit, gain
+  if groups is not None:
+    sums.update(_group_sums(per_query, mask, groups))
   return sums
 
 
-def rating_sums(predicted: tf.Tensor, ratings: tf.Tensor, mask: tf.Tensor | None = None) -> collections.OrderedDict:
-  """Squared and absolute error sums of `predicted` vs `ratings` (same shape; `mask` drops padding)."""
+def rating_sums(predicted: tf.Tensor, ratings: tf.Tensor, mask: tf.Tensor | None = None,
+                groups: tf.Tensor | None = None) -> collections.OrderedDict:
+  """Squared and absolute error sums of `predicted` vs `ratings` (same shape; `mask` drops padding); with
+  `groups` [..., G], also each group's (`_group_sums`)."""
   error = predicted - ratings
   mask = tf.ones_like(error) if mask is None else tf.cast(mask, error.dtype)
-  return collections.OrderedDict(count=tf.reduce_sum(mask), squared_error=tf.reduce_sum(mask * tf.square(error)),
+  sums = collections.OrderedDict(count=tf.reduce_sum(mask), squared_error=tf.reduce_sum(mask * tf.square(error)),
                                  absolute_error=tf.reduce_sum(mask * tf.abs(error)))
+  if groups is not None:
+    sums.update(_group_sums({'count': mask, 'squared_error': mask * tf.square(error),
+                             'absolute_error': mask * tf.abs(error)}, mask, groups))
+  return sums
+
+
+def _group_sums(per_query: dict[str, tf.Tensor], mask: tf.Tensor, groups: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Each group's sums [G] of per-query values [users, queries] (or [queries]: one user), and its users.
+
+  `groups` [..., G] is 1 where the query belongs to the group (`tff_rec.evaluation.groups`); a user counts in a
+  group if one of its real queries does.
+  """
+  groups = tf.cast(groups, tf.float32) * tf.expand_dims(mask, -1)
+  width = groups.shape[-1] if groups.shape[-1] is not None else tf.shape(groups)[-1]  # Static where known (TFF).
+  out = {f'group_{key}': tf.reduce_sum(tf.reshape(tf.expand_dims(value, -1) * groups, [-1, width]), 0)
+         for key, value in per_query.items()}
+  out['group_users'] = tf.reduce_sum(tf.reshape(tf.reduce_max(groups, axis=-2), [-1, width]), 0)
+  return out
 
 
 def catalogue_sums(item_scores: tf.Tensor, seen: tf.Tensor, relevant: tf.Tensor) -> collections.OrderedDict:
@@ -164,23 +193,36 @@ def evaluate_client(bundle: ModelBundle, data: Mapping[str, Any], kind: str, los
   return sums
 
 
-def finalize(totals: dict, kind: str, prefix: str = '') -> dict[str, float]:
-  """Turns summed totals (over any set of clients) into metrics."""
+def finalize(totals: dict, kind: str, prefix: str = '', group_names: Sequence[str] = ()) -> dict[str, float]:
+  """Turns summed totals (over any set of clients) into metrics; with `group_names` (the columns of the totals'
+  `group_*` sums), also each group's: f'{prefix}{name}/hr@10' (rating: rmse, mae) and its users and count."""
   count = float(totals['count'])
   if count == 0:
     return {f'{prefix}count': 0.0}
-  if kind == RANKING:
-    metrics = {}
-    for k in RANKING_KS:
-      metrics[f'{prefix}hr@{k}'] = float(totals[f'hits_at_{k}']) / count
-      metrics[f'{prefix}ndcg@{k}'] = float(totals[f'ndcg_at_{k}']) / count
-  else:
-    metrics = {f'{prefix}rmse': math.sqrt(float(totals['squared_error']) / count),
-               f'{prefix}mae': float(totals['absolute_error']) / count}
+  metrics = _metrics(totals, kind, prefix)
   users = float(totals.get('catalogue_users', 0.0))
   for k in CATALOGUE_KS:
     if users:
       metrics[f'{prefix}recall@{k}'] = float(totals[f'recall_at_{k}']) / users
       metrics[f'{prefix}catalogue_ndcg@{k}'] = float(totals[f'catalogue_ndcg_at_{k}']) / users
   metrics[f'{prefix}count'] = count
+  if group_names and 'group_count' in totals:
+    for g, name in enumerate(group_names):
+      group = {key[len('group_'):]: np.asarray(value)[g] for key, value in totals.items() if key.startswith('group_')}
+      if group['count'] > 0:
+        metrics.update(_metrics(group, kind, f'{prefix}{name}/', ks=(GROUP_K,)))
+      metrics[f'{prefix}{name}/users'] = float(group['users'])
+      metrics[f'{prefix}{name}/count'] = float(group['count'])
   return metrics
+
+
+def _metrics(totals: dict, kind: str, prefix: str, ks: Sequence[int] = RANKING_KS) -> dict[str, float]:
+  count = float(totals['count'])
+  if kind == RANKING:
+    metrics = {}
+    for k in ks:
+      metrics[f'{prefix}hr@{k}'] = float(totals[f'hits_at_{k}']) / count
+      metrics[f'{prefix}ndcg@{k}'] = float(totals[f'ndcg_at_{k}']) / count
+    return metrics
+  return {f'{prefix}rmse': math.sqrt(float(totals['squared_error']) / count),
+          f'{prefix}mae': float(totals['absolute_error']) / count}

@@ -97,6 +97,7 @@ class ExperimentConfig:
   workers: str = ''
   als: als.AlsConfig = als.AlsConfig()
   users_per_shard: int = DEFAULT_USERS_PER_SHARD
+  group_metrics: str = 'all'  # `groups.parse`: the attributes every evaluation reports groups of.
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
@@ -180,6 +181,7 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
                                   model=config.model,
                                   user_table=config.user_table)
   config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
+  task.group_attributes(config.group_metrics)  # A group attribute the data does not have fails here.
   return task
 
 
@@ -303,5 +305,6 @@ def _run(config: ExperimentConfig, task: tasks.RecommendationTask) -> dict[str, 
       loss_key='client_work/train/loss',
       eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),
       privacy=(dp.PrivacyLedger(config.dp, config.sampling, population, unit, accounting, note, accountant)
-               if config.dp.enabled else None), group_fn=group_fn)
+               if config.dp.enabled else None), group_fn=group_fn,
+      group_metrics=task.group_attributes(config.group_metrics))
   return final

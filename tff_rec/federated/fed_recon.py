@@ -177,8 +177,9 @@ def build_evaluation(model_fn: Callable[[], ModelBundle], loss_fn: Callable[[], 
   return evaluate
 
 
-def as_numpy(totals) -> dict[str, float]:
-  return {k: float(np.asarray(v)) for k, v in totals.items()}
+def as_numpy(totals) -> dict[str, Any]:
+  """A computation's metric sums: floats, and arrays for the per-group sums."""
+  return {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64) for k, v in totals.items()}
 
 
 def type_bytes(type_spec: tff.Type) -> int:

@@ -208,24 +208,29 @@ def build_als_finalizer(config: als.AlsConfig, clients: float, prior: np.ndarray
   return build
 
 
-def eval_type(kind: str) -> tff.SequenceType:
-  """A shard's evaluation data (`shard_math.eval_arrays`) as a one-element sequence."""
+def eval_type(kind: str, groups: int = 0) -> tff.SequenceType:
+  """A shard's evaluation data (`shard_math.eval_arrays`) as a one-element sequence (with `groups` > 0, each
+  query's membership of that many groups too)."""
   query_shape = [None, None, None] if kind == client_eval.RANKING else [None, None]
   three = [None, None, None]
-  return tff.SequenceType(collections.OrderedDict(
+  spec = collections.OrderedDict(
       items=tff.TensorType(np.int64, three), labels=tff.TensorType(_F32, three), mask=tff.TensorType(_F32, three),
       query_items=tff.TensorType(np.int64, query_shape), query_labels=tff.TensorType(_F32, query_shape),
       query_mask=tff.TensorType(_F32, query_shape[:2]), seen=tff.TensorType(np.bool_, [None, None]),
-      relevant=tff.TensorType(np.bool_, [None, None])))
+      relevant=tff.TensorType(np.bool_, [None, None]))
+  if groups:
+    spec['query_groups'] = tff.TensorType(_F32, [None, None, groups])
+  return tff.SequenceType(spec)
 
 
 def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
                      epochs: int, item_side: int = 0, als_config: als.AlsConfig | None = None,
-                     features: two_tower.ItemFeatures | None = None) -> tff.Computation:
+                     features: two_tower.ItemFeatures | None = None, groups: int = 0) -> tff.Computation:
   """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard
   from the item side (the weights from position `item_side` on; FedAvg's user table is not used; with
-  `features`, the two-tower model's candidate tower)."""
-  data_type = eval_type(kind)
+  `features`, the two-tower model's candidate tower). With `groups` = G > 0, the sums of each group too: [G]
+  vectors that `tff.federated_sum` adds up as it does the totals (it needs G fixed: one computation per G)."""
+  data_type = eval_type(kind, groups)
 
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
@@ -304,8 +309,7 @@ class ShardEngine:
     self.process = build_learning_process(initial, self.settings, config, factory=self._factory,
                                           update_specs=specs, finalizer=finalizer, features=self._features)
     self._weights_type = self.process.get_model_weights.type_signature.result
-    self._evaluation = build_evaluation(self._weights_type, task.eval_kind, item_side=self._item_side,
-                                        features=self._features, **self._eval)
+    self._evaluations: dict[int, tff.Computation] = {}  # `evaluation`'s, built on first use.
     if towers:
       features = self._features  # Constants of the graph, not arguments to trace.
       self._losses = tf.function(lambda *data: shard_math.two_tower_support_losses(
@@ -366,7 +370,15 @@ class ShardEngine:
     data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size,
                                                   self.task.model_config.num_items))
             for part in shard_math.split_eval(clients, self.users_per_shard)]
-    return fed_recon.as_numpy(self._evaluation(self.process.get_model_weights(state), data))
+    groups = len(clients.group_names) if clients.groups is not None else 0
+    return fed_recon.as_numpy(self.evaluation(groups)(self.process.get_model_weights(state), data))
+
+  def evaluation(self, groups: int = 0) -> tff.Computation:
+    """The federated evaluation (`build_evaluation`), with the sums of `groups` groups (0: none)."""
+    if groups not in self._evaluations:
+      self._evaluations[groups] = build_evaluation(self._weights_type, self.task.eval_kind, item_side=self._item_side,
+                                                   features=self._features, groups=groups, **self._eval)
+    return self._evaluations[groups]
 
   def global_weights(self, state) -> list[np.ndarray]:
     """The item side (what evaluation and export use)."""

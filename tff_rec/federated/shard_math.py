@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -401,8 +402,11 @@ def eval_arrays(clients, batch_size: int, num_items: int) -> collections.Ordered
   relevant = np.zeros_like(seen)
   for c, (s, r) in enumerate(zip(clients.seen, clients.relevant)):
     seen[c, s], relevant[c, r] = True, True
-  return collections.OrderedDict(items=items, labels=labels, mask=mask, query_items=query_items,
+  data = collections.OrderedDict(items=items, labels=labels, mask=mask, query_items=query_items,
                                  query_labels=query_labels, query_mask=query_mask, seen=seen, relevant=relevant)
+  if clients.groups is not None:  # [U, queries, G]: each query's groups (metrics by group).
+    data['query_groups'], _ = pad_rows(clients.groups, np.float32)
+  return data
 
 
 def reconstruct_users(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float, epochs: int,
@@ -433,9 +437,10 @@ def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: 
     return tf.reshape(out, tf.shape(indices))
 
   if rating:
-    sums = client_eval.rating_sums(score(data['query_items']), data['query_labels'], data['query_mask'])
+    sums = client_eval.rating_sums(score(data['query_items']), data['query_labels'], data['query_mask'],
+                                   data.get('query_groups'))
   else:
-    sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'])
+    sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'], data.get('query_groups'))
   all_items = tf.tile(tf.range(tf.shape(embedding)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
   sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
   return sums
@@ -461,7 +466,7 @@ def two_tower_evaluation_sums(weights, features: two_tower.ItemFeatures, data, *
     flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
     return tf.reshape(tf.reduce_sum(query * tf.gather(table, flat), -1), tf.shape(indices))
 
-  sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'])
+  sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'], data.get('query_groups'))
   all_items = tf.tile(tf.range(tf.shape(table)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
   sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
   return sums
@@ -502,17 +507,18 @@ class ItemSideEvaluator:
   def evaluate(self, weights: list[np.ndarray], clients) -> dict[str, float]:
     """Metric totals over `clients` (`tasks.EvalClients`) for the global `weights`."""
     weights = tuple(tf.constant(w) for w in weights)
-    totals: dict[str, float] = {}
+    totals: dict[str, Any] = {}
     for part in split_eval(clients, self._chunk):
       for key, value in self._sums(weights, eval_arrays(part, self._batch_size, self._num_items)).items():
-        totals[key] = totals.get(key, 0.0) + float(value)
+        value = value.numpy().astype(np.float64)
+        totals[key] = totals.get(key, 0.0) + (float(value) if value.ndim == 0 else value)
     return totals
 
 
 def split_eval(clients, users_per_shard: int) -> list:
   """`tasks.EvalClients` cut into shards of users of similar support size (objects with the same fields)."""
-  fields = ('client_ids', 'support', 'queries', 'seen', 'relevant')
-  return [type(clients)(**{f: [getattr(clients, f)[u] for u in part] for f in fields})
+  fields = ('client_ids', 'support', 'queries', 'seen', 'relevant') + (('groups',) if clients.groups else ())
+  return [dataclasses.replace(clients, **{f: [getattr(clients, f)[u] for u in part] for f in fields})
           for part in size_shards(clients.support, users_per_shard)]
 
 
