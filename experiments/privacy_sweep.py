@@ -86,6 +86,13 @@ def group_rows(rows: list[dict], metric: str) -> list[dict]:
   return out
 
 
+def _epsilon_axis(axis, finite: list[dict]) -> None:
+  """A log scale ticked at the sweep's budgets, written as numbers."""
+  axis.set_xscale('log')
+  axis.set_xticks([r['epsilon'] for r in finite], [f"{r['epsilon']:g}" for r in finite])
+  axis.minorticks_off()
+
+
 def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
   by_group = group_rows(rows, metric)
   for name, columns, table in (('sweep.csv', COLUMNS, rows), ('sweep_groups.csv', GROUP_COLUMNS, by_group)):
@@ -107,7 +114,7 @@ def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
   for r in finite:
     if r.get('mia/auc') is not None:
       axis.annotate(f"AUC {r['mia/auc']:.2f}", (r['epsilon'], r[metric]), textcoords='offset points', xytext=(4, 6))
-  axis.set_xscale('log')
+  _epsilon_axis(axis, finite)
   axis.set_xlabel('epsilon (delta fixed)')
   axis.set_ylabel(metric)
   axis.legend()
@@ -121,7 +128,7 @@ def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
         axis.plot([r['epsilon'] for r in points], [r['loss'] for r in points], marker='o',
                   linestyle=':' if groups.small(users) else '-', label=f'{group} ({users})')
     axis.axhline(0.0, color='gray', linewidth=0.5)
-    axis.set_xscale('log')
+    _epsilon_axis(axis, finite)
     axis.set_xlabel('epsilon')
     axis.set_ylabel(f'{metric} lost to DP')
     axis.set_title(f'by {attribute} (users; dotted: fewer than {groups.MIN_USERS})')

@@ -56,6 +56,16 @@ def test_only_attributes_the_data_has_are_available_and_others_are_refused_by_na
     groups.parse('activity,colour', USERS.available())
 
 
+def test_the_table_orders_attributes_as_defined_and_buckets_by_their_bounds():
+  metrics = {'val/by_gender/F/users': 1.0, 'by_occupation/writer/users': 2.0, 'by_activity/148+/users': 3.0,
+             'by_gender/F/users': 4.0, 'by_activity/18-31/users': 5.0, 'by_activity/18-31/hr@10': 0.5, 'hr@10': 0.1}
+  assert groups.table(metrics) == [('by_activity/18-31', {'users': 5.0, 'hr@10': 0.5}),
+                                   ('by_activity/148+', {'users': 3.0}), ('by_gender/F', {'users': 4.0}),
+                                   ('by_occupation/writer', {'users': 2.0})]
+  assert groups.table(metrics, 'val/') == [('by_gender/F', {'users': 1.0})]
+  assert groups.is_group_key('heldout_users/by_age/56+/hr@10') and not groups.is_group_key('hr@10')
+
+
 def test_item_raters_counts_each_user_once():
   np.testing.assert_array_equal(groups.item_raters([np.array([1, 1, 3]), np.array([3, 0])], 4), [0, 1, 0, 2, 0])
 

@@ -269,10 +269,11 @@ def test_an_implicit_interactions_file_trains_exports_and_serves(tmp_path):
   export_dir = str(tmp_path / 'export')
   final = _run(str(data_dir), tmp_path, 'plays', export_dir=export_dir, top_k=5)
   assert 0.0 <= final['hr@10'] <= 1.0 and final['rmse'] is None  # No rating splits: no RMSE.
-  # No demographics: groups by activity and popularity only, and asking for another is a clear error.
-  assert {k.split('/')[0] for k in final if k.startswith('by_')} == {'by_activity', 'by_item_popularity'}
+  # No demographics: groups by activity, popularity and the (one) platform, and asking for age is a clear error.
+  assert {k.split('/')[0] for k in final if k.startswith('by_')} == {'by_activity', 'by_item_popularity',
+                                                                       'by_platform'}
   with pytest.raises(ValueError, match=r"--group_metrics: \['age'\] not in this data; this data has "
-                                       r"\['activity', 'item_popularity'\]"):
+                                       r"\['activity', 'item_popularity', 'platform'\]"):
     _run(str(data_dir), tmp_path, 'plays_by_age', group_metrics='age')
   recommend = tf.saved_model.load(export_dir).signatures['recommend']
   history = ['track-0', 'track-1', 'track-2']

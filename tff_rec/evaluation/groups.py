@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sqlite3
 from collections.abc import Sequence
 
@@ -204,4 +205,12 @@ def table(metrics: dict, prefix: str = '') -> list[tuple[str, dict[str, float]]]
     if key.startswith(prefix + PREFIX):
       group, _, metric = key[len(prefix):].rpartition('/')
       out.setdefault(group, {})[metric] = value
-  return list(out.items())
+  return sorted(out.items(), key=lambda item: _order(item[0]))
+
+
+def _order(name: str) -> tuple:
+  """Attributes in `ATTRIBUTES` order, numeric buckets by their lower bound, other values by name."""
+  attribute, _, value = name[len(PREFIX):].partition('/')
+  leading = re.match(r'\d+', value)
+  return (ATTRIBUTES.index(attribute) if attribute in ATTRIBUTES else len(ATTRIBUTES), attribute,
+          int(leading.group()) if leading else -1, value)
