@@ -34,6 +34,7 @@ bench: prepare $(SYNTHETIC_1M)/clients.sqlite
 	$(PY) -m benchmarks.federated_speed --data_dir=$(DATA_DIR)/movielens_100k
 	$(PY) -m benchmarks.population_scaling --large_dir=$(SYNTHETIC_1M) --small_dir=$(DATA_DIR)/synthetic_u1000_i2000_s0
 	$(PY) -m benchmarks.serving_speed
+	$(PY) -m benchmarks.group_metrics_cost
 
 clean:
 	rm -rf .venv .pytest_cache
