@@ -5,7 +5,9 @@ r"""Serving speed of an exported model (issues 5, 18): in-process and gRPC laten
 Latency: the `recommend` signature of a reloaded SavedModel for one user with
 100 history items over the 1,682-item MovieLens-100K catalogue, called
 in-process; p50 and p99 over `--calls` calls after warm-up. Targets: p50 <= 2 ms,
-p99 <= 10 ms on 2 cores.
+p99 <= 10 ms on 2 cores. Without --export_dir, also the same model exported
+with `--jit_compile` (its SGD reconstruction compiled by XLA), the two taking
+turns in blocks of 100 calls, in-process and over gRPC (a server each).
 
 gRPC: `experiments.serve` in its own process, called over loopback with the
 tensorflow-serving-api package's stub: `Predict` p50 and p99 for one user
@@ -59,14 +61,15 @@ _SWITCH_CALLS = flags.DEFINE_integer('switch_calls', 500, 'Version switch: Predi
 NUM_ITEMS = 1682
 
 
-def demo_shaped_model(path: str, seed: int = 0) -> None:
+def demo_shaped_model(path: str, seed: int = 0, jit_compile: bool = False) -> None:
   rng = np.random.default_rng(seed)
   weights = [rng.normal(0, 0.3, size=(NUM_ITEMS + 1, 32)).astype(np.float32),
              rng.normal(0, 0.1, size=(NUM_ITEMS + 1, 1)).astype(np.float32)]
   config = export.ServingConfig(mf.IMPLICIT, l2=0.003, batch_size=64, num_negatives=8, learning_rate=2.0,
                                 epochs=3, seed=0)
   vocabulary = [str(i) for i in range(1, NUM_ITEMS + 1)]
-  export.save(export.Recommender(config, vocabulary, weights, top_k=10), path, {'benchmark': True})
+  export.save(export.Recommender(config, vocabulary, weights, top_k=10, jit_compile=jit_compile), path,
+              {'benchmark': True, 'jit_compile': jit_compile})
 
 
 def request_rows(vocabulary_size: int, batch: int, history: int, seed: int) -> dict[str, list]:
@@ -81,18 +84,22 @@ def predict_body(rows: dict[str, list]) -> str:
                                    for ids, ratings in zip(rows['history_item_ids'], rows['history_ratings'])]})
 
 
-def latency(export_dir: str, vocabulary_size: int) -> tuple[float, float]:
-  recommend = tf.saved_model.load(export_dir).signatures['recommend']
+def latency(export_dirs: list[str], vocabulary_size: int) -> list[tuple[float, float]]:
+  """(p50, p99) ms of each export's `recommend`, the exports taking turns in blocks of 100 calls."""
+  recommends = [tf.saved_model.load(d).signatures['recommend'] for d in export_dirs]
   rows = request_rows(vocabulary_size, 1, _HISTORY.value, 0)
   ids, ratings = tf.constant(rows['history_item_ids']), tf.constant(rows['history_ratings'], tf.float32)
-  for _ in range(50):
-    recommend(history_item_ids=ids, history_ratings=ratings)
-  times = []
-  for _ in range(_CALLS.value):
-    began = time.perf_counter()
-    recommend(history_item_ids=ids, history_ratings=ratings)['item_ids'].numpy()
-    times.append(time.perf_counter() - began)
-  return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+  times = [[] for _ in recommends]
+  for recommend in recommends:
+    for _ in range(50):
+      recommend(history_item_ids=ids, history_ratings=ratings)
+  for _ in range(max(1, _CALLS.value // 100)):
+    for recommend, out in zip(recommends, times):
+      for _ in range(100):
+        began = time.perf_counter()
+        recommend(history_item_ids=ids, history_ratings=ratings)['item_ids'].numpy()
+        out.append(time.perf_counter() - began)
+  return [(float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 99) * 1e3)) for t in times]
 
 
 def throughput(port: int, vocabulary_size: int, batch: int) -> float:
@@ -130,16 +137,20 @@ def predict_request(rows: dict[str, list]) -> predict_pb2.PredictRequest:
   return request
 
 
-def grpc_latency(stub, vocabulary_size: int) -> tuple[float, float]:
+def grpc_latency(stubs: list, vocabulary_size: int) -> list[tuple[float, float]]:
+  """(p50, p99) ms of Predict on each server's stub, the servers taking turns in blocks of 100 calls."""
   request = predict_request(request_rows(vocabulary_size, 1, _HISTORY.value, 0))
-  for _ in range(50):
-    stub.Predict(request, timeout=60)
-  times = []
-  for _ in range(_CALLS.value):
-    began = time.perf_counter()
-    stub.Predict(request, timeout=60)
-    times.append(time.perf_counter() - began)
-  return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+  times = [[] for _ in stubs]
+  for stub in stubs:
+    for _ in range(50):
+      stub.Predict(request, timeout=60)
+  for _ in range(max(1, _CALLS.value // 100)):
+    for stub, out in zip(stubs, times):
+      for _ in range(100):
+        began = time.perf_counter()
+        stub.Predict(request, timeout=60)
+        out.append(time.perf_counter() - began)
+  return [(float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 99) * 1e3)) for t in times]
 
 
 def version_switch(stub, vocabulary_size: int, base_path: str) -> tuple[int, list, list[int]]:
@@ -190,17 +201,36 @@ def main(argv):
       demo_shaped_model(export_dir)
     vocabulary_size = json.load(open(os.path.join(export_dir, export.METADATA))).get('item_vocabulary_size',
                                                                                       NUM_ITEMS)
-    p50, p99 = latency(export_dir, vocabulary_size)
-    print(f'recommend, 1 user x {_HISTORY.value} history items, {vocabulary_size} items, in-process: '
-          f'p50 {p50:.2f} ms (target <= 2: {"met" if p50 <= 2 else "NOT met"}), '
-          f'p99 {p99:.2f} ms (target <= 10: {"met" if p99 <= 10 else "NOT met"})', flush=True)
+    # The same model exported with --jit_compile (XLA), timed side by side: only for the demo-shaped model, which
+    # this benchmark can export both ways.
+    jit_base = os.path.join(scratch, 'jit')
+    if not _EXPORT_DIR.value:
+      demo_shaped_model(os.path.join(jit_base, '1'), jit_compile=True)
+    exports = [export_dir] + ([] if _EXPORT_DIR.value else [os.path.join(jit_base, '1')])
+    measured = latency(exports, vocabulary_size)
+    for name, (p50, p99) in zip(('', ' (--jit_compile)'), measured):
+      print(f'recommend{name}, 1 user x {_HISTORY.value} history items, {vocabulary_size} items, in-process: '
+            f'p50 {p50:.2f} ms (target <= 2: {"met" if p50 <= 2 else "NOT met"}), '
+            f'p99 {p99:.2f} ms (target <= 10: {"met" if p99 <= 10 else "NOT met"})', flush=True)
+    if len(measured) == 2:
+      print(f'  --jit_compile / plain, side by side: p50 {measured[1][0] / measured[0][0]:.2f}', flush=True)
     process, port, grpc_port = start_server(base_path)
+    jit_server = start_server(jit_base) if len(exports) == 2 else None
     try:
       with grpc.insecure_channel(f'127.0.0.1:{grpc_port}') as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        p50, p99 = grpc_latency(stub, vocabulary_size)
-        print(f'gRPC Predict, batch 1 ({_HISTORY.value} history items), loopback, sequential: p50 {p50:.2f} ms '
-              f'(target <= 2: {"met" if p50 <= 2 else "NOT met"}), p99 {p99:.2f} ms', flush=True)
+        stubs = [stub]
+        jit_channel = grpc.insecure_channel(f'127.0.0.1:{jit_server[2]}') if jit_server else None
+        if jit_channel:
+          stubs.append(prediction_service_pb2_grpc.PredictionServiceStub(jit_channel))
+        measured = grpc_latency(stubs, vocabulary_size)
+        if jit_channel:
+          jit_channel.close()
+        for name, (p50, p99) in zip(('', ' (--jit_compile)'), measured):
+          print(f'gRPC Predict{name}, batch 1 ({_HISTORY.value} history items), loopback, sequential: p50 {p50:.2f} '
+                f'ms (target <= 2: {"met" if p50 <= 2 else "NOT met"}), p99 {p99:.2f} ms', flush=True)
+        if len(measured) == 2:
+          print(f'  --jit_compile / plain, side by side: p50 {measured[1][0] / measured[0][0]:.2f}', flush=True)
         for batch in (1, 32):
           rate = throughput(port, vocabulary_size, batch)
           print(f'REST predict, batch {batch}, {_CONCURRENCY.value} concurrent clients: {rate:.0f} requests/s '
@@ -215,8 +245,9 @@ def main(argv):
         if not served.count(1) or not served.count(2):
           print('  the switch did not fall within the calls, so this shows nothing: raise --switch_calls', flush=True)
     finally:
-      process.terminate()
-      process.wait(timeout=30)
+      for running in [process] + ([jit_server[0]] if jit_server else []):
+        running.terminate()
+        running.wait(timeout=30)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 r"""Exports a finished training run's model as a SavedModel that serves recommendations.
 
-  python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo [--top_k=10] [--explain=3]
+  python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo [--top_k=10] [--explain=3] \
+      [--jit_compile]
   python -m experiments.export --run_dir=runs/demo_fedrecon_mf --export_dir=models/demo_tflite --format=tflite \
       [--quantize=none|float16|dynamic_int8|int8]
 
@@ -26,6 +27,9 @@ _FORMAT = flags.DEFINE_enum('format', 'saved_model', list(export.FORMATS), 'save
 _EXPLAIN = flags.DEFINE_integer('explain', 0, '> 0: `recommend` also returns, for each recommended item, this many '
                                'history items with the largest shares of its score (explanation_item_ids, '
                                'explanation_contributions; docs/serving.md).')
+_JIT = flags.DEFINE_bool('jit_compile', False, 'Compile the SavedModel\'s reconstruction (the SGD loop of MF and '
+                         'the two-tower query) with XLA: 2-3x faster requests on CPU; TF Serving must then run with '
+                         '--xla_cpu_compilation_enabled=true (docs/serving.md).')
 _QUANTIZE = flags.DEFINE_enum('quantize', 'none', list(tflite.QUANTIZATIONS), '--format=tflite: '
                               'post-training quantisation of the model.')
 
@@ -39,7 +43,8 @@ def main(argv):
     return 2
   try:
     metadata = export.export_run(_RUN_DIR.value, export_flags.EXPORT_DIR.value, export_flags.TOP_K.value,
-                                 fmt=_FORMAT.value, quantize=_QUANTIZE.value, explain=_EXPLAIN.value)
+                                 fmt=_FORMAT.value, quantize=_QUANTIZE.value, explain=_EXPLAIN.value,
+                                 jit_compile=_JIT.value)
   except (ValueError, FileNotFoundError) as e:
     print(f'export: error: {e}', file=sys.stderr)
     return 2

@@ -234,3 +234,40 @@ def test_explanations_are_the_history_items_whose_shares_make_up_the_score(train
     rows = [vocabulary.index(x.decode()) + 1 for x in out['item_ids'].numpy()[0]]
     user_term = out['scores'].numpy()[0] - weights[1][rows, 0] - (weights[2] if task.objective == mf.RATING else 0)
     np.testing.assert_allclose(shares.sum(1), user_term, atol=1e-4)
+
+
+def test_bucket_sizes_are_the_next_multiple_of_eight_then_power_of_two():
+  assert [int(export._next_power_of_two(n)) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65, 1000, 1024, 1025)] == [
+      1, 2, 4, 4, 8, 8, 16, 64, 128, 1024, 1024, 2048]
+  assert [int(export._batch_bucket(n)) for n in (1, 8, 9, 57, 64, 65, 129)] == [8, 8, 16, 64, 64, 128, 256]
+
+
+def test_jit_compiled_export_serves_what_the_plain_one_does(trained, tmp_path):
+  """--jit_compile (XLA on the SGD reconstruction, inputs padded to buckets) gives the plain export's
+  recommendations, scores and explanations, for batches and history lengths that need padding."""
+  task, run_dir, _, _ = trained
+  config, vocabulary, weights = export.load_model_state(os.path.join(run_dir, export.MODEL_STATE))
+  if config.als_alpha > 0:  # ALS solves its users exactly: nothing to compile, and asking is an error.
+    with pytest.raises(ValueError, match='jit_compile compiles the SGD reconstruction; an ALS model'):
+      export.Recommender(config, vocabulary, weights, 5, jit_compile=True)
+    return
+  with pytest.raises(ValueError, match='drop it with --format=tflite'):
+    export.export_run(run_dir, str(tmp_path / 'no'), fmt=export.TFLITE, jit_compile=True)
+  metadata = export.export_run(run_dir, str(tmp_path / 'jit'), 5, explain=2, jit_compile=True)
+  assert metadata['jit_compile'] is True
+  compiled = tf.saved_model.load(str(tmp_path / 'jit'))
+  plain = export.Recommender(config, vocabulary, weights, 5, explain=2)
+  rng = np.random.default_rng(0)
+  for users, length in ((1, 1), (3, 7), (5, 40)):  # 1, 3 and 5 users: padded to 1, 4 and 8.
+    ids = tf.constant(rng.choice(vocabulary + [''], size=(users, length)).astype(object), tf.string)
+    ratings = tf.constant(rng.integers(1, 6, size=(users, length)).astype(np.float32))
+    out, expected = compiled.signatures['recommend'](history_item_ids=ids, history_ratings=ratings), \
+        plain.recommend(ids, ratings)
+    np.testing.assert_array_equal(out['item_ids'], expected['item_ids'])
+    np.testing.assert_allclose(out['scores'], expected['scores'], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out['explanation_contributions'], expected['explanation_contributions'], atol=1e-5)
+    candidates = tf.constant(np.array([vocabulary[:4]] * users, dtype=object), tf.string)
+    np.testing.assert_allclose(
+        compiled.signatures['score'](history_item_ids=ids, history_ratings=ratings,
+                                     candidate_item_ids=candidates)['scores'],
+        plain.score(ids, ratings, candidates)['scores'], rtol=1e-5, atol=1e-5)

@@ -107,7 +107,7 @@ class Recommender(tf.Module):
   """The exported module: item side, vocabulary and the reconstruction settings."""
 
   def __init__(self, config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray], top_k: int,
-               explain: int = 0):
+               explain: int = 0, jit_compile: bool = False):
     super().__init__(name='recommender')
     config.validate()
     rating = config.objective == mf.RATING
@@ -129,8 +129,11 @@ class Recommender(tf.Module):
       raise ValueError(f'top_k must be >= 1, got {top_k}')
     if explain < 0:
       raise ValueError(f'explain must be >= 0 (history items per recommendation; 0: none), got {explain}')
+    if jit_compile and config.als_alpha > 0:
+      raise ValueError('jit_compile compiles the SGD reconstruction; an ALS model solves its users exactly instead')
     self.config = config
     self.explain = explain
+    self.jit_compile = jit_compile
     self.top_k = min(top_k, len(vocabulary))
     self.num_items = len(vocabulary)
     # Item index i is blank_and_vocabulary[i]: '' for 0 (unknown, or no item left in a top K).
@@ -161,20 +164,47 @@ class Recommender(tf.Module):
                                                             negatives=self.negatives, recent_items=c.recent_items,
                                                             recent_repeats=c.recent_repeats)
     items, labels, mask = reconstruction.batched(items, labels, counts, c.batch_size)
-    if c.model == TWO_TOWER:
-      user = reconstruction.reconstruct_query(self.item_embedding, items, labels, mask,
-                                              learning_rate=c.learning_rate, epochs=c.epochs, coefficients=shares)
-      user, coefficients = ([user[0]], [user[1]]) if shares else ([user], None)
-    elif c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
+    if c.als_alpha > 0:  # Exactly as fed_als evaluates: the ALS solve on the rated support examples.
       user = als.reconstruct(self.item_embedding, items, labels, mask,
                              als.AlsConfig(c.als_alpha, c.als_regularization), system=shares)
       user, coefficients = ([user[0]], user[1]) if shares else ([user], None)
+    elif self.jit_compile:
+      user, coefficients = self._compiled_sgd(items, labels, mask, shares)
     else:
-      user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
-                                        objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
-                                        epochs=c.epochs, coefficients=shares)
-      user, coefficients = user if shares else (user, None)
+      user, coefficients = self._sgd(items, labels, mask, shares)
     return user, history, (items, labels, mask, coefficients)
+
+  def _sgd(self, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor, shares: bool) -> tuple[list, list | None]:
+    """The SGD reconstruction (MF, or the two-tower query): (user parameters, each example's shares or None)."""
+    c = self.config
+    if c.model == TWO_TOWER:
+      user = reconstruction.reconstruct_query(self.item_embedding, items, labels, mask,
+                                              learning_rate=c.learning_rate, epochs=c.epochs, coefficients=shares)
+      return ([user[0]], [user[1]]) if shares else ([user], None)
+    user = reconstruction.reconstruct(self.item_embedding, self.item_bias, self.global_mean, items, labels, mask,
+                                      objective=c.objective, l2=c.l2, learning_rate=c.learning_rate,
+                                      epochs=c.epochs, coefficients=shares)
+    return user if shares else (user, None)
+
+  def _compiled_sgd(self, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor,
+                    shares: bool) -> tuple[list, list | None]:
+    """`_sgd` compiled by XLA, on inputs padded to the next power of two of users and of batches.
+
+    XLA compiles once per input shape; padding (users to a power of two, batches by `_batch_bucket`) bounds the
+    compilations (a few per server) without changing the result: a padded user has no examples, and a padded batch
+    is empty, so its step changes nothing (g = 0 and no L2 shrinkage), and every epoch still takes the real
+    batches in order before the next.
+    Arithmetic may differ from TF's kernels in the last bits (fused operations).
+    """
+    users, batches = tf.shape(items)[0], tf.shape(items)[1]
+    padded = [_next_power_of_two(users), _batch_bucket(batches)]
+    pad = [[0, padded[0] - users], [0, padded[1] - batches], [0, 0]]
+    compiled = tf.function(self._sgd, jit_compile=True, autograph=False)
+    user, coefficients = compiled(tf.pad(items, pad), tf.pad(labels, pad), tf.pad(mask, pad), shares)
+    user = [u[:users] for u in user]
+    if coefficients is not None:
+      coefficients = [c[:users, :batches] for c in coefficients]
+    return user, coefficients
 
   def _explain(self, history: tf.Tensor, support: tuple, recommended: tf.Tensor) -> dict[str, tf.Tensor]:
     """The `explain` history items with the largest shares of each recommended item's score (module docstring).
@@ -260,6 +290,20 @@ class Recommender(tf.Module):
     return self.user(history_item_ids, history_ratings)[0][0][:, 0]
 
 
+def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
+  """The smallest power of two >= n (n >= 1), int32 (rounded, then doubled if short: exact, as a power's log2 in
+  float may land just above its integer)."""
+  n = tf.cast(n, tf.int32)
+  power = tf.cast(2.0 ** tf.round(tf.math.log(tf.cast(n, tf.float32)) / np.log(2.0)), tf.int32)
+  return tf.where(power < n, 2 * power, power)
+
+
+def _batch_bucket(batches: tf.Tensor) -> tf.Tensor:
+  """Batches padded to a multiple of 8 up to 64, then to a power of two: at most 7 (or half) of the steps empty,
+  and 8 + log2 shapes to compile over the histories a server sees."""
+  return tf.where(batches <= 64, (batches + 7) // 8 * 8, _next_power_of_two(batches))
+
+
 def save(module: Recommender, export_dir: str, metadata: dict[str, Any]) -> None:
   """Saves `module` and `metadata.json` to `export_dir`, replacing what was there only once both are written."""
   parent = os.path.dirname(os.path.abspath(export_dir))
@@ -290,14 +334,19 @@ def _read_json(path: str) -> Any:
 
 
 def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAVED_MODEL,
-               quantize: str = 'none', explain: int = 0) -> dict[str, Any]:
+               quantize: str = 'none', explain: int = 0, jit_compile: bool = False) -> dict[str, Any]:
   """Exports the trained model of the run in `run_dir`; returns the metadata written beside it.
 
   `fmt`: `saved_model`, or `tflite` (`export_dir/model.tflite`, `tff_rec.serving.tflite`, quantised by
   `quantize`). `explain` > 0: `recommend` also returns that many explaining history items per recommendation.
+  `jit_compile`: the SavedModel's SGD reconstruction compiled by XLA (`Recommender._compiled_sgd`; TF Serving
+  then needs --xla_cpu_compilation_enabled=true).
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+  if jit_compile and fmt != SAVED_MODEL:
+    raise ValueError('--jit_compile compiles the SavedModel\'s reconstruction with XLA, which TFLite does not run; '
+                     'drop it with --format=tflite')
   state_path = os.path.join(run_dir, MODEL_STATE)
   for name in (MODEL_STATE, 'final_metrics.json', 'hparams.json'):
     if not os.path.exists(os.path.join(run_dir, name)):
@@ -305,7 +354,7 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
           f'{os.path.join(run_dir, name)} does not exist: --run_dir must be a finished training run '
           '(<root_output_dir>/<experiment_name>)')
   config, vocabulary, weights = load_model_state(state_path)
-  module = Recommender(config, vocabulary, weights, top_k, explain)
+  module = Recommender(config, vocabulary, weights, top_k, explain, jit_compile)
   final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
   ledger_path = os.path.join(run_dir, 'privacy_ledger.json')
   ledger = _read_json(ledger_path) if os.path.exists(ledger_path) else None
@@ -317,6 +366,7 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
       'item_vocabulary_size': len(vocabulary),
       'top_k': module.top_k,
       'explain': explain,
+      'jit_compile': jit_compile,
       'reconstruction': dataclasses.asdict(config),
       'signatures': list(SIGNATURES),
       'source_run_dir': os.path.abspath(run_dir),
