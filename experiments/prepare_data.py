@@ -71,6 +71,11 @@ _NUM_ITEMS = flags.DEFINE_integer('num_items', None, 'Synthetic: number of items
 _RATINGS_PER_USER = flags.DEFINE_float('ratings_per_user', 20.0, 'Synthetic: mean ratings per user.')
 _RANK = flags.DEFINE_integer('rank', 8, 'Synthetic: rank of the ground-truth rating matrix.')
 _NOISE = flags.DEFINE_float('noise_stddev', 0.5, 'Synthetic: rating noise standard deviation.')
+_PREFERENCE = flags.DEFINE_float('preference_strength', 0.0, 'Synthetic: > 0: users choose what they rate by a '
+                                 'logit model of popularity and their preference (this standard deviation), so '
+                                 'implicit feedback is personal; 0: by popularity alone.')
+_MIN_RATINGS = flags.DEFINE_integer('min_ratings_per_user', 5, 'Synthetic: the fewest ratings a user has '
+                                    '(MovieLens: 20).')
 
 flags.mark_flag_as_required('dataset')
 
@@ -124,7 +129,8 @@ def _config_from_flags() -> Config:
   synthetic = None
   if _DATASET.value == 'synthetic':
     synthetic = SyntheticConfig(_NUM_USERS.value, _NUM_ITEMS.value, _SEED.value,
-                                _RATINGS_PER_USER.value, _RANK.value, _NOISE.value)
+                                _RATINGS_PER_USER.value, _RANK.value, _NOISE.value, _PREFERENCE.value,
+                                _MIN_RATINGS.value)
   return Config(_DATASET.value, _DATA_DIR.value, PrepareOptions(_SEED.value, _HELDOUT.value),
                 _PLATFORMS.value, _PROGRESS.value, _RAW_ARCHIVE.value, _GROUPLENS_TIMEOUT.value, synthetic, spec,
                 _NAME.value)

@@ -34,7 +34,7 @@ from tff_rec import atomic, experiment, runtime
 from tff_rec.evaluation import groups
 from tff_rec.privacy import dp
 
-_EPSILONS = flags.DEFINE_list('epsilons', ['1', '2', '4', '8', 'inf'], 'Privacy budgets (inf: no DP).')
+EPSILONS = flags.DEFINE_list('epsilons', ['1', '2', '4', '8', 'inf'], 'Privacy budgets (inf: no DP).')
 
 COLUMNS = ('epsilon', 'noise_multiplier', 'hr@10', 'ndcg@10', 'rmse', 'mae', 'mia/auc', 'mia/advantage',
            'epsilon_spent', 'rounds', 'wall_seconds')
@@ -63,6 +63,11 @@ def sweep_configs(base: train_federated.ExperimentConfig,
         output_dir=os.path.join(base.output_dir, f'eps_{epsilon:g}'))
     out.append((epsilon, config))
   return out
+
+
+def noise_multiplier(config: train_federated.ExperimentConfig, epsilon: float) -> float:
+  """The noise multiplier a finished sweep run was calibrated to (0 without DP)."""
+  return experiment.read_hparams(config.output_dir)['dp']['noise_multiplier'] if math.isfinite(epsilon) else 0.0
 
 
 def group_rows(rows: list[dict], metric: str) -> list[dict]:
@@ -145,7 +150,7 @@ def main(argv):
   logs.configure_logging()
   base = train_federated.config_from_flags()
   try:
-    epsilons = parse_epsilons(_EPSILONS.value)
+    epsilons = parse_epsilons(EPSILONS.value)
     configs = sweep_configs(base, epsilons)
     task = train_federated.build_task(configs[0][1])
     for _, config in configs:
@@ -157,9 +162,8 @@ def main(argv):
   try:
     for epsilon, config in configs:
       final = train_federated.run(config, task)
-      hparams = experiment.read_hparams(config.output_dir)
       rows.append({**final, 'epsilon': epsilon, 'epsilon_spent': final.get('epsilon'),
-                   'noise_multiplier': hparams['dp']['noise_multiplier'] if math.isfinite(epsilon) else 0.0})
+                   'noise_multiplier': noise_multiplier(config, epsilon)})
   finally:
     runtime.stop_all_workers()
   metric = 'hr@10' if rows[0].get('hr@10') is not None else 'rmse'

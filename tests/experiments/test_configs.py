@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from experiments import train_centralized, train_federated
+from experiments import population_sweep, train_centralized, train_federated  # pylint: disable=unused-import
 
 FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[2]

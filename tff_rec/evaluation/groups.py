@@ -191,7 +191,7 @@ def item_raters(histories: Sequence[np.ndarray], num_items: int) -> np.ndarray:
 
 def is_group_key(key: str) -> bool:
   """Whether a metrics key is a group's (f'[prefix/]{PREFIX}{attribute}/...')."""
-  return ('/' + key).find('/' + PREFIX) >= 0
+  return '/' + PREFIX in '/' + key
 
 
 def small(users: float) -> bool:

@@ -1,0 +1,172 @@
+r"""The privacy-utility trade-off against population size: one privacy sweep per synthetic population.
+
+  python -m experiments.population_sweep --flagfile=configs/population_sweep.flags \
+      [--populations=6000,60000] [--epsilons=1,2,4,8,inf]
+
+Takes every train_federated flag (the configuration to sweep, e.g. private
+federated ALS) and the synthetic generator's. For each population size N it
+prepares a synthetic population (`tff_rec.data.synthetic`: Zipfian popularity,
+power-law activity, users choosing what they rate by their preference, so the
+implicit task is personal) under `--population_data_dir` unless one with the
+same generator settings is there, then trains the configuration at each
+epsilon (noise calibrated to it; `inf`: no DP) with delta = min(1 / N^1.1,
+1e-6). The cohort rule is the configuration's (private ALS: every user every
+round, so the noise multiplier of a budget is the same at every N and its
+effect on the summed statistics shrinks as 1 / N). Writes
+`population_sweep.csv` (each N and epsilon: HR@10, NDCG@10, the no-DP HR@10 and
+the loss in HR@10 points) and `population_sweep.png` (the loss against N, a line
+per epsilon) in `<root_output_dir>/<experiment_name>/`; runs go to `N_<N>/eps_<epsilon>/`
+(resumable like any run). Private ALS's scaling law (Chien et al., ICML 2021):
+the users a given error needs grow with the catalogue and shrink with epsilon.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import sys
+
+from absl import app, flags
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from experiments import logs, privacy_sweep, train_federated
+from tff_rec import atomic, runtime
+from tff_rec.data import client_data, pipeline, schema
+from tff_rec.data.synthetic import SyntheticConfig
+
+_POPULATIONS = flags.DEFINE_list('populations', ['6000', '60000'], 'Population sizes (users) to sweep.')
+_POP_DATA = flags.DEFINE_string('population_data_dir', 'data/populations', 'Where the synthetic populations are '
+                                'prepared (one directory per size; reused when their generator settings match).')
+_ITEMS = flags.DEFINE_integer('population_items', 3700, 'Catalogue size (MovieLens-1M: 3,706 rated movies).')
+_MEAN = flags.DEFINE_float('population_ratings_per_user', 60.0, 'Mean ratings per user.')
+_LEAST = flags.DEFINE_integer('population_min_ratings', 20, 'Fewest ratings per user (MovieLens: 20).')
+_RANK = flags.DEFINE_integer('population_rank', 32, 'Rank of the ground truth (preferences and ratings).')
+_PREFERENCE = flags.DEFINE_float('population_preference_strength', 2.0, 'Standard deviation of the personal part '
+                                 'of a user\'s choice logit (`synthetic.SyntheticConfig.preference_strength`).')
+
+COLUMNS = ('population', 'epsilon', 'delta', 'noise_multiplier', 'hr@10', 'ndcg@10', 'no_dp_hr@10', 'loss_points',
+           'wall_seconds')
+
+
+def parse_populations(values: list[str]) -> list[int]:
+  try:
+    sizes = sorted({int(v) for v in values})
+  except ValueError as e:
+    raise ValueError(f'--populations must be integers, got {values}') from e
+  if not sizes or sizes[0] < 20:
+    raise ValueError(f'--populations must be at least 20 users each, got {values}')
+  return sizes
+
+
+def population_config(size: int, seed: int) -> SyntheticConfig:
+  config = SyntheticConfig(num_users=size, num_items=_ITEMS.value, seed=seed, mean_ratings_per_user=_MEAN.value,
+                           rank=_RANK.value, preference_strength=_PREFERENCE.value,
+                           min_ratings_per_user=_LEAST.value)
+  config.validate()
+  return config
+
+
+def prepared(config: SyntheticConfig, root: str) -> str:
+  """The directory of `config`'s population under `root`, prepared unless it is there with the same settings."""
+  out = os.path.join(root, f'synthetic_u{config.num_users}_i{config.num_items}_s{config.seed}')
+  db = os.path.join(out, schema.CLIENTS_DB)
+  if os.path.exists(db):
+    found = client_data.read_metadata(db).get('synthetic')
+    if found == dataclasses.asdict(config):
+      return out
+    raise ValueError(f'{out} holds a population of other generator settings ({found}); move it away or choose '
+                     'another --population_data_dir')
+  pipeline.prepare_synthetic(config, out, pipeline.PrepareOptions(seed=config.seed), num_platforms=5,
+                             progress=False)
+  return out
+
+
+def delta_for(size: int) -> float:
+  """min(1 / N^1.1, 1e-6): below 1 / N, as a meaningful delta must be."""
+  return min(1.0 / size ** 1.1, 1e-6)
+
+
+def loss_rows(rows: list[dict]) -> list[dict]:
+  """Each row with its population's no-DP HR@10 and the loss against it in points (None without an inf run)."""
+  baseline = {r['population']: r['hr@10'] for r in rows if not math.isfinite(r['epsilon'])}
+  out = []
+  for r in rows:
+    reference = baseline.get(r['population'])
+    loss = None if reference is None or r['hr@10'] is None else 100.0 * (reference - r['hr@10'])
+    out.append({**r, 'no_dp_hr@10': reference, 'loss_points': loss})
+  return out
+
+
+def write_outputs(rows: list[dict], output_dir: str) -> None:
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  atomic.write_bytes(os.path.join(output_dir, 'population_sweep.csv'), text.getvalue().encode())
+  figure, axis = plt.subplots(figsize=(6, 4))
+  for epsilon in sorted({r['epsilon'] for r in rows if math.isfinite(r['epsilon'])}):
+    points = [r for r in rows if r['epsilon'] == epsilon and r['loss_points'] is not None]
+    axis.plot([r['population'] for r in points], [r['loss_points'] for r in points], marker='o',
+              label=f'epsilon {epsilon:g}')
+  axis.axhline(2.0, linestyle='--', color='gray', label='2 points')
+  axis.set_xscale('log')
+  axis.set_xlabel('users')
+  axis.set_ylabel('HR@10 lost to DP (points)')
+  axis.legend()
+  figure.tight_layout()
+  with atomic.replacing(os.path.join(output_dir, 'population_sweep.png'), '.png') as temp:
+    figure.savefig(temp, format='png')
+  plt.close(figure)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.configure_logging()
+  base = train_federated.config_from_flags()
+  try:
+    sizes = parse_populations(_POPULATIONS.value)
+    epsilons = privacy_sweep.parse_epsilons(privacy_sweep.EPSILONS.value)
+    populations = [population_config(size, base.seed) for size in sizes]
+  except ValueError as e:
+    print(f'population_sweep: error: {e}', file=sys.stderr)
+    return 2
+  rows = []
+  try:
+    for population in populations:
+      size = population.num_users
+      data = dataclasses.replace(base.data, data_dir=prepared(population, _POP_DATA.value))
+      at_size = dataclasses.replace(base, data=data, dp=dataclasses.replace(base.dp, target_delta=delta_for(size)),
+                                    output_dir=os.path.join(base.output_dir, f'N_{size}'))
+      configs = privacy_sweep.sweep_configs(at_size, epsilons)
+      task = train_federated.build_task(configs[0][1])
+      for epsilon, config in configs:
+        final = train_federated.run(config, task)
+        noise = privacy_sweep.noise_multiplier(config, epsilon)
+        rows.append({'population': size, 'epsilon': epsilon, 'delta': config.dp.target_delta, 'noise_multiplier': noise,
+                     'hr@10': final.get('hr@10'), 'ndcg@10': final.get('ndcg@10'),
+                     'wall_seconds': final.get('wall_seconds')})
+        print(f'N={size} epsilon={epsilon:g}: HR@10 {final.get("hr@10"):.4f}', flush=True)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'population_sweep: error: {e}', file=sys.stderr)
+    return 2
+  finally:
+    runtime.stop_all_workers()
+  rows = loss_rows(rows)
+  os.makedirs(base.output_dir, exist_ok=True)
+  write_outputs(rows, base.output_dir)
+  print(f'Wrote {base.output_dir}/population_sweep.csv and population_sweep.png')
+  for r in rows:
+    loss = '' if r['loss_points'] is None else f', {r["loss_points"]:+.1f} points against no DP'
+    print(f'N={r["population"]:,} epsilon={r["epsilon"]:g} (delta {r["delta"]:.1e}): HR@10 {r["hr@10"]:.4f}{loss}')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,56 @@
+"""population_sweep on tiny synthetic populations: one privacy sweep per size, a CSV and a PNG."""
+
+import csv
+import math
+import os
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from experiments import population_sweep
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(autouse=True)
+def parsed_flags():
+  if not FLAGS.is_parsed():
+    FLAGS(['population_sweep', '--experiment_name=unset'])
+
+
+@pytest.mark.slow
+def test_each_population_is_prepared_once_and_swept(tmp_path):
+  settings = dict(root_output_dir=str(tmp_path / 'runs'), experiment_name='pop', population_data_dir=str(tmp_path),
+                  populations=['60', '40'], epsilons=['inf', '8'], population_items=150,
+                  population_ratings_per_user=12.0, population_min_ratings=8, population_rank=4,
+                  population_preference_strength=1.0, algorithm='fed_als', objective='implicit', embedding_dim=4,
+                  als_alpha=5.0, als_regularization=5.0, num_negatives=1, rounds=1, clients_per_round=0,
+                  client_sampling_rate=1.0, eval_every=1, checkpoint_every=1, dp='gaussian_fixed', clip_norm=1.0,
+                  accountant='pld', eval_reconstruction_epochs=1, progress=False, group_metrics='none')
+  with flagsaver.flagsaver(**settings):
+    assert population_sweep.main(['population_sweep']) == 0
+  rows = list(csv.DictReader(open(tmp_path / 'runs' / 'pop' / 'population_sweep.csv')))
+  assert [(int(r['population']), float(r['epsilon'])) for r in rows] == [(40, 8.0), (40, math.inf), (60, 8.0),
+                                                                         (60, math.inf)]
+  for r in rows:
+    assert float(r['delta']) == 1e-6  # min(1 / N^1.1, 1e-6).
+    expected = 100 * (float(r['no_dp_hr@10']) - float(r['hr@10']))
+    assert float(r['loss_points']) == pytest.approx(expected) and (float(r['epsilon']) < math.inf or expected == 0)
+  assert float(rows[0]['noise_multiplier']) > 0 and float(rows[1]['noise_multiplier']) == 0
+  assert os.path.getsize(tmp_path / 'runs' / 'pop' / 'population_sweep.png') > 0
+  prepared = sorted(p for p in os.listdir(tmp_path) if p.startswith('synthetic_'))
+  assert prepared == ['synthetic_u40_i150_s0', 'synthetic_u60_i150_s0']
+  # A population prepared with other generator settings is never silently reused.
+  with flagsaver.flagsaver(**{**settings, 'population_rank': 8, 'experiment_name': 'other'}):
+    assert population_sweep.main(['population_sweep']) == 2
+
+
+def test_bad_populations_and_the_delta_rule():
+  with pytest.raises(ValueError, match='--populations must be integers'):
+    population_sweep.parse_populations(['6000', 'many'])
+  with pytest.raises(ValueError, match='at least 20 users'):
+    population_sweep.parse_populations(['10'])
+  assert population_sweep.parse_populations(['60000', '6000', '6000']) == [6000, 60000]
+  assert population_sweep.delta_for(6000) == 1e-6 and population_sweep.delta_for(600_000) == pytest.approx(
+      1 / 600_000 ** 1.1)
