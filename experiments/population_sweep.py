@@ -4,7 +4,9 @@ r"""The privacy-utility trade-off against population size: one privacy sweep per
       [--populations=6000,60000] [--epsilons=1,2,4,8,inf]
 
 Takes every train_federated flag (the configuration to sweep, e.g. private
-federated ALS) and the synthetic generator's. For each population size N it
+federated ALS) and the synthetic generator's; or, with `--population_source`
+(a prepared dataset: MovieLens-1M, your own log), populations of N of its users
+(`tff_rec.data.subsets`), so anyone gets the curve for their own data. For each population size N it
 prepares a synthetic population (`tff_rec.data.synthetic`: Zipfian popularity,
 power-law activity, users choosing what they rate by their preference, so the
 implicit task is personal) under `--population_data_dir` unless one with the
@@ -27,6 +29,7 @@ import dataclasses
 import io
 import math
 import os
+import sqlite3
 import sys
 
 from absl import app, flags
@@ -37,12 +40,15 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from experiments import logs, privacy_sweep, train_federated
 from tff_rec import atomic, runtime
-from tff_rec.data import client_data, pipeline, schema
+from tff_rec.data import client_data, pipeline, schema, subsets
 from tff_rec.data.synthetic import SyntheticConfig
 
 _POPULATIONS = flags.DEFINE_list('populations', ['6000', '60000'], 'Population sizes (users) to sweep.')
 _POP_DATA = flags.DEFINE_string('population_data_dir', 'data/populations', 'Where the synthetic populations are '
                                 'prepared (one directory per size; reused when their generator settings match).')
+_SOURCE = flags.DEFINE_string('population_source', None, 'A prepared dataset (e.g. data/movielens_1m or your own): '
+                              'the populations are then its users, N of them drawn (nested: a larger population '
+                              'holds every smaller one) instead of synthetic ones; the generator flags are unused.')
 _ITEMS = flags.DEFINE_integer('population_items', 3700, 'Catalogue size (MovieLens-1M: 3,706 rated movies).')
 _MEAN = flags.DEFINE_float('population_ratings_per_user', 60.0, 'Mean ratings per user.')
 _LEAST = flags.DEFINE_integer('population_min_ratings', 20, 'Fewest ratings per user (MovieLens: 20).')
@@ -84,6 +90,13 @@ def prepared(config: SyntheticConfig, root: str) -> str:
                      'another --population_data_dir')
   pipeline.prepare_synthetic(config, out, pipeline.PrepareOptions(seed=config.seed), num_platforms=5,
                              progress=False)
+  return out
+
+
+def drawn(source: str, size: int, seed: int, root: str) -> str:
+  """The directory of `size` users drawn from the prepared dataset `source` (`subsets.write_subset`)."""
+  out = os.path.join(root, f'{os.path.basename(os.path.normpath(source))}_u{size}_s{seed}')
+  subsets.write_subset(source, out, size, seed)
   return out
 
 
@@ -133,15 +146,25 @@ def main(argv):
   try:
     sizes = parse_populations(_POPULATIONS.value)
     epsilons = privacy_sweep.parse_epsilons(privacy_sweep.EPSILONS.value)
-    populations = [population_config(size, base.seed) for size in sizes]
-  except ValueError as e:
+    if _SOURCE.value:
+      available = len(subsets.user_ids(os.path.join(_SOURCE.value, schema.CLIENTS_DB)))
+      if sizes[-1] > available:
+        raise ValueError(f'--populations: {sizes[-1]} users cannot be drawn from {_SOURCE.value}, which has '
+                         f'{available}')
+      populations = sizes
+    else:
+      populations = [population_config(size, base.seed) for size in sizes]
+  except (ValueError, sqlite3.Error) as e:
     print(f'population_sweep: error: {e}', file=sys.stderr)
     return 2
   rows = []
   try:
     for population in populations:
-      size = population.num_users
-      data = dataclasses.replace(base.data, data_dir=prepared(population, _POP_DATA.value))
+      if _SOURCE.value:
+        size, data_dir = population, drawn(_SOURCE.value, population, base.seed, _POP_DATA.value)
+      else:
+        size, data_dir = population.num_users, prepared(population, _POP_DATA.value)
+      data = dataclasses.replace(base.data, data_dir=data_dir)
       at_size = dataclasses.replace(base, data=data, dp=dataclasses.replace(base.dp, target_delta=delta_for(size)),
                                     output_dir=os.path.join(base.output_dir, f'N_{size}'))
       configs = privacy_sweep.sweep_configs(at_size, epsilons)

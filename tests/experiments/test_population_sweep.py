@@ -46,6 +46,22 @@ def test_each_population_is_prepared_once_and_swept(tmp_path):
     assert population_sweep.main(['population_sweep']) == 2
 
 
+@pytest.mark.slow
+def test_populations_drawn_from_a_prepared_dataset(tiny_dataset, tmp_path):
+  settings = dict(root_output_dir=str(tmp_path / 'runs'), experiment_name='real', population_data_dir=str(tmp_path),
+                  population_source=tiny_dataset, populations=['20'], epsilons=['inf'], rounds=1, batch_size=8,
+                  embedding_dim=4, clients_per_round=5, eval_every=1, checkpoint_every=1,
+                  eval_reconstruction_epochs=1, progress=False, group_metrics='none')
+  with flagsaver.flagsaver(**settings):
+    assert population_sweep.main(['population_sweep']) == 0
+  rows = list(csv.DictReader(open(tmp_path / 'runs' / 'real' / 'population_sweep.csv')))
+  assert [(int(r['population']), float(r['loss_points'])) for r in rows] == [(20, 0.0)]
+  drawn = tmp_path / f'{os.path.basename(tiny_dataset)}_u20_s0'
+  assert sorted(os.listdir(drawn)) == ['clients.sqlite', 'stats.json']
+  with flagsaver.flagsaver(**{**settings, 'populations': ['20', '41']}):
+    assert population_sweep.main(['population_sweep']) == 2  # More users than the dataset has.
+
+
 def test_bad_populations_and_the_delta_rule():
   with pytest.raises(ValueError, match='--populations must be integers'):
     population_sweep.parse_populations(['6000', 'many'])
