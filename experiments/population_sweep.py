@@ -88,7 +88,8 @@ def prepared(config: SyntheticConfig, root: str) -> str:
       return out
     raise ValueError(f'{out} holds a population of other generator settings ({found}); move it away or choose '
                      'another --population_data_dir')
-  pipeline.prepare_synthetic(config, out, pipeline.PrepareOptions(seed=config.seed), num_platforms=5,
+  # The per-user view only (num_platforms=0): the sweep trains cross-device, and a second view doubles the disk.
+  pipeline.prepare_synthetic(config, out, pipeline.PrepareOptions(seed=config.seed), num_platforms=0,
                              progress=False)
   return out
 
