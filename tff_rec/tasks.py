@@ -23,6 +23,7 @@ VIEWS = {'cross_device': schema.CLIENTS_DB, 'cross_silo': schema.PLATFORMS_DB}
 LOCAL, GLOBAL = 'local', 'global'
 USER_TABLES = (None, LOCAL, GLOBAL)
 MF, TWO_TOWER = 'mf', 'two_tower'
+SUPPORT_CHUNK = 512  # Users whose support examples are built at once (`RecommendationTask.support_examples`).
 MODELS = (MF, TWO_TOWER)
 
 
@@ -222,14 +223,21 @@ class RecommendationTask:
     `reconstruction.support_examples`: a function of the history and `seed`
     only, so a served request reconstructs exactly the evaluated user.
     """
-    if not items:
-      return []
-    history, _ = preprocessing.pad_rows(items, np.int64)
-    history_ratings, _ = preprocessing.pad_rows(ratings, np.float32)
-    out_items, out_labels, counts = reconstruction.support_examples(
-        history, history_ratings, objective=self.objective, negatives=self.negative_table(seed),
-        recent_items=recent_items, recent_repeats=recent_repeats)
-    return [(i[:n], y[:n]) for i, y, n in zip(out_items.numpy(), out_labels.numpy(), counts.numpy())]
+    out: list = [None] * len(items)
+    negatives = self.negative_table(seed)
+    # A chunk of users of alike history lengths at a time: padding every user to the longest history of a
+    # power-law population took gigabytes. Each user's examples depend on its own history only.
+    order = sorted(range(len(items)), key=lambda u: len(items[u]))
+    for start in range(0, len(order), SUPPORT_CHUNK):
+      chunk = order[start:start + SUPPORT_CHUNK]
+      history, _ = preprocessing.pad_rows([items[u] for u in chunk], np.int64)
+      history_ratings, _ = preprocessing.pad_rows([ratings[u] for u in chunk], np.float32)
+      out_items, out_labels, counts = reconstruction.support_examples(
+          history, history_ratings, objective=self.objective, negatives=negatives, recent_items=recent_items,
+          recent_repeats=recent_repeats)
+      for u, i, y, n in zip(chunk, out_items.numpy(), out_labels.numpy(), counts.numpy()):
+        out[u] = (i[:n], y[:n])
+    return out
 
   def eval_datasets(self, clients: EvalClients) -> list[collections.OrderedDict]:
     """`OrderedDict(support, queries)` datasets per client, for `fed_recon.build_evaluation`."""

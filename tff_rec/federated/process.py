@@ -389,7 +389,13 @@ class ShardEngine:
     return [np.asarray(w) for w in self.process.get_model_weights(state).trainable[:self._item_side]]
 
   def client_losses(self, state, clients) -> np.ndarray:
-    """Each user's mean support loss after reconstruction (the membership-inference audit's signal, simulated)."""
-    items, labels, mask = shard_math.pack_batches(clients.support, self.task.data_config.batch_size)
+    """Each user's mean support loss after reconstruction (the membership-inference audit's signal, simulated),
+    computed a shard of alike users at a time: all users padded to the longest one's support at once took about
+    1 MB a user (6.2 GB at 6,000 users with a power-law activity tail)."""
     weights = tuple(tf.constant(w) for w in self.global_weights(state))
-    return self._losses(weights, items, labels, mask).numpy()
+    losses = np.zeros(len(clients.support), np.float32)
+    for part in shard_math.size_shards(clients.support, self.users_per_shard):
+      items, labels, mask = shard_math.pack_batches([clients.support[u] for u in part],
+                                                    self.task.data_config.batch_size)
+      losses[part] = self._losses(weights, items, labels, mask).numpy()
+    return losses
