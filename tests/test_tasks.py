@@ -56,3 +56,16 @@ def test_train_examples_are_seeded_per_client_and_round(tiny_dataset):
     np.testing.assert_array_equal(b, d)
   other_round = task.train_examples(ids, 2, seed=0)
   assert any(not np.array_equal(a, c) for (a, _), (c, _) in zip(first, other_round))
+
+
+@pytest.mark.parametrize('objective', ['implicit', 'rating'])
+def test_support_examples_do_not_depend_on_the_chunk_of_users_built_at_once(tiny_dataset, monkeypatch, objective):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  objective=objective)
+  whole = task.eval_clients(schema.TEST, recent_items=2, recent_repeats=1).support
+  monkeypatch.setattr(tasks, 'SUPPORT_CHUNK', 3)  # Users sorted by history length, 3 at a time.
+  chunked = task.eval_clients(schema.TEST, recent_items=2, recent_repeats=1).support
+  assert len(whole) == len(chunked) > 3
+  for (items, labels), (chunk_items, chunk_labels) in zip(whole, chunked):
+    np.testing.assert_array_equal(items, chunk_items)
+    np.testing.assert_array_equal(labels, chunk_labels)

@@ -488,6 +488,8 @@ def test_two_tower_shards_equal_tffs_two_tower_process_over_rounds(tiny_dataset)
   assert [tuple(t.shape) for t in trainable] == [(task.model_config.num_items + 1, 4), (schema.NUM_GENRES, 4), (18, 4)]
   losses = engines[1].client_losses(states[1], clients)
   assert losses.shape == (len(clients.support),) and np.all(np.isfinite(losses)) and losses.max() > 0
+  engines[1].users_per_shard = 1  # One user at a time (the audit computes a shard of alike users at once).
+  np.testing.assert_allclose(engines[1].client_losses(states[1], clients), losses, rtol=1e-5)
 
 
 @pytest.mark.parametrize('model, objective', [('mf', mf.RATING), (tasks.TWO_TOWER, mf.IMPLICIT)])
