@@ -65,8 +65,8 @@ def parse_populations(values: list[str]) -> list[int]:
     sizes = sorted({int(v) for v in values})
   except ValueError as e:
     raise ValueError(f'--populations must be integers, got {values}') from e
-  if not sizes or sizes[0] < 20:
-    raise ValueError(f'--populations must be at least 20 users each, got {values}')
+  if not sizes or sizes[0] < 10:
+    raise ValueError(f'--populations must be at least 10 users each, got {values}')
   return sizes
 
 
