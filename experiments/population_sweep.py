@@ -39,7 +39,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import logs, privacy_sweep, train_federated
-from tff_rec import atomic, runtime
+from tff_rec import atomic, plotting, runtime
 from tff_rec.data import client_data, pipeline, schema, subsets
 from tff_rec.data.synthetic import SyntheticConfig
 
@@ -137,10 +137,7 @@ def write_outputs(rows: list[dict], output_dir: str) -> None:
   axis.set_xlabel('users')
   axis.set_ylabel('HR@10 lost to DP (points)')
   axis.legend()
-  figure.tight_layout()
-  with atomic.replacing(os.path.join(output_dir, 'population_sweep.png'), '.png') as temp:
-    figure.savefig(temp, format='png')
-  plt.close(figure)
+  plotting.save(figure, os.path.join(output_dir, 'population_sweep.png'))
 
 
 def main(argv):

@@ -30,7 +30,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import common_flags, logs, train_federated
-from tff_rec import atomic, experiment, runtime
+from tff_rec import atomic, experiment, plotting, runtime
 from tff_rec.evaluation import groups
 from tff_rec.privacy import dp
 
@@ -138,10 +138,7 @@ def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
     axis.set_ylabel(f'{metric} lost to DP')
     axis.set_title(f'by {attribute} (users; dotted: fewer than {groups.MIN_USERS})')
     axis.legend(fontsize='x-small', ncol=2)
-  figure.tight_layout()
-  with atomic.replacing(os.path.join(output_dir, 'sweep.png'), '.png') as temp:
-    figure.savefig(temp, format='png')
-  plt.close(figure)
+  plotting.save(figure, os.path.join(output_dir, 'sweep.png'))
 
 
 def main(argv):

@@ -1,4 +1,4 @@
-"""Learning-curve figure of a run (matplotlib, headless)."""
+"""Learning-curve figure of a run, and writing any figure (matplotlib, headless)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,12 @@ def learning_curve(history: list[dict[str, float]], path: str, *, loss_key: str,
   if points:
     metric_axis.plot(*zip(*points), 'o-', color='tab:orange', label=metric_key)
   metric_axis.set_ylabel(metric_key, color='tab:orange')
-  fig.tight_layout()
+  save(fig, path, dpi=100)
+
+
+def save(figure, path: str, dpi: float | None = None) -> None:
+  """Lays out `figure`, writes it to `path` as PNG atomically (nothing half written), and closes it."""
+  figure.tight_layout()
   with atomic.replacing(path, suffix='.png') as temporary:
-    fig.savefig(temporary, dpi=100)
-  plt.close(fig)
+    figure.savefig(temporary, format='png', dpi=dpi)
+  plt.close(figure)
