@@ -23,8 +23,8 @@ VIEWS = {'cross_device': schema.CLIENTS_DB, 'cross_silo': schema.PLATFORMS_DB}
 LOCAL, GLOBAL = 'local', 'global'
 USER_TABLES = (None, LOCAL, GLOBAL)
 MF, TWO_TOWER = 'mf', 'two_tower'
-SUPPORT_CHUNK = 512  # Users whose support examples are built at once (`RecommendationTask.support_examples`).
 MODELS = (MF, TWO_TOWER)
+SUPPORT_CHUNK = 512  # Users whose support examples are built at once (`RecommendationTask.support_examples`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +208,10 @@ class RecommendationTask:
     """[items + 1] each item's number of raters in the training split (the training users', not held-out ones)."""
     if self._item_raters is None:
       train = arrays.SplitArrays(self.eval_db_path, self.train_split, self.lookup, cache=False)
-      self._item_raters = groups.item_raters([c.items for c in train.get(train.client_ids)],
-                                             self.model_config.num_items)
+      self._item_raters = sum(  # Read 10,000 users at a time: a million users' examples at once take gigabytes.
+          groups.item_raters([c.items for c in train.get(train.client_ids[start:start + 10_000])],
+                             self.model_config.num_items)
+          for start in range(0, len(train.client_ids), 10_000))
     return self._item_raters
 
   def negative_table(self, seed: int) -> np.ndarray:
