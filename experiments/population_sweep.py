@@ -24,9 +24,7 @@ the users a given error needs grow with the catalogue and shrink with epsilon.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import sqlite3
@@ -39,7 +37,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import logs, privacy_sweep, train_federated
-from tff_rec import atomic, plotting, runtime
+from tff_rec import plotting, runtime
 from tff_rec.data import client_data, pipeline, schema, subsets
 from tff_rec.data.synthetic import SyntheticConfig
 
@@ -118,11 +116,7 @@ def loss_rows(rows: list[dict]) -> list[dict]:
 
 
 def write_outputs(rows: list[dict], output_dir: str) -> None:
-  text = io.StringIO()
-  writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction='ignore')
-  writer.writeheader()
-  writer.writerows(rows)
-  atomic.write_bytes(os.path.join(output_dir, 'population_sweep.csv'), text.getvalue().encode())
+  privacy_sweep.write_csv(os.path.join(output_dir, 'population_sweep.csv'), COLUMNS, rows)
   figure, axis = plt.subplots(figsize=(6, 4))
   for epsilon in sorted({r['epsilon'] for r in rows if math.isfinite(r['epsilon'])}):
     points = [r for r in rows if r['epsilon'] == epsilon and r['loss_points'] is not None]

@@ -75,12 +75,12 @@ def group_rows(rows: list[dict], metric: str) -> list[dict]:
   DP (HR@10: no-DP minus DP; RMSE: DP minus no-DP), empty without an `inf` run or for a group without queries."""
   lower_is_better = metric == 'rmse'
   baseline = next((r for r in rows if not math.isfinite(r['epsilon'])), None)
+  no_dp = dict(groups.table(baseline)) if baseline else {}
   out = []
   for row in rows:
     for name, values in groups.table(row):
       attribute, _, value = name[len(groups.PREFIX):].partition('/')
-      no_dp = groups.table(baseline) if baseline else []
-      reference = dict(no_dp).get(name, {}).get(metric)
+      reference = no_dp.get(name, {}).get(metric)
       current = values.get(metric)
       loss = None
       if current is not None and reference is not None:
@@ -89,6 +89,15 @@ def group_rows(rows: list[dict], metric: str) -> list[dict]:
                   'small': groups.small(values['users']), 'metric': metric, 'value': current, 'no_dp': reference,
                   'loss': loss})
   return out
+
+
+def write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+  """`rows` as CSV with `columns` (other keys ignored), written atomically."""
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=columns, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  atomic.write_bytes(path, text.getvalue().encode())
 
 
 def _epsilon_axis(axis, finite: list[dict]) -> None:
@@ -100,12 +109,8 @@ def _epsilon_axis(axis, finite: list[dict]) -> None:
 
 def write_outputs(rows: list[dict], output_dir: str, metric: str) -> None:
   by_group = group_rows(rows, metric)
-  for name, columns, table in (('sweep.csv', COLUMNS, rows), ('sweep_groups.csv', GROUP_COLUMNS, by_group)):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(table)
-    atomic.write_bytes(os.path.join(output_dir, name), text.getvalue().encode())
+  write_csv(os.path.join(output_dir, 'sweep.csv'), COLUMNS, rows)
+  write_csv(os.path.join(output_dir, 'sweep_groups.csv'), GROUP_COLUMNS, by_group)
   finite = [r for r in rows if math.isfinite(r['epsilon'])]
   attributes = list(dict.fromkeys(r['attribute'] for r in by_group if r['loss'] is not None))
   columns = max(1, min(3, len(attributes)))

@@ -104,6 +104,10 @@ def _bucket_names(edges: Sequence[int], low: int = 0) -> list[str]:
   return [f'{a}-{b - 1}' for a, b in zip(bounds, bounds[1:])] + [f'{bounds[-1]}+']
 
 
+POPULARITY_NAMES = _bucket_names(POPULARITY_EDGES)  # '0-9', '10-29', '30-99', '100+'.
+AGE_NAMES = _bucket_names(AGE_EDGES, low=1)  # '1-17', '18-24', ..., '56+'.
+
+
 def activity_edges(counts: np.ndarray) -> list[int]:
   """Upper bounds (inclusive) of the first three quartiles of `counts`, duplicates dropped (ties)."""
   if len(counts) == 0:
@@ -142,17 +146,17 @@ class Grouping:
     if attribute == ACTIVITY:
       return list(self._activity_names)
     if attribute == POPULARITY:
-      return _bucket_names(POPULARITY_EDGES)
+      return list(POPULARITY_NAMES)
     if attribute == AGE:
       present = {self._age_bucket(a) for a in self._users.age.values() if a > 0}
-      return [name for name in _bucket_names(AGE_EDGES, low=1) if name in present]
+      return [name for name in AGE_NAMES if name in present]
     column = getattr(self._users, attribute)
     return sorted({v for v in column.values() if v and not (attribute == OCCUPATION and
                                                             v.startswith(_PSEUDO_OCCUPATION))})
 
   @staticmethod
   def _age_bucket(age: int) -> str:
-    return _bucket_names(AGE_EDGES, low=1)[int(np.searchsorted(AGE_EDGES, age, side='right'))]
+    return AGE_NAMES[int(np.searchsorted(AGE_EDGES, age, side='right'))]
 
   def _activity_name(self, count: int) -> str:
     return self._activity_names[int(np.searchsorted(self._activity_edges, count, side='left'))]
@@ -164,9 +168,8 @@ class Grouping:
       if attribute == POPULARITY:
         raters = self._raters[np.asarray(query_items, np.int64)]
         buckets = np.searchsorted(POPULARITY_EDGES, raters, side='right')
-        names = _bucket_names(POPULARITY_EDGES)
         for q, b in enumerate(buckets):
-          rows[q, self._index[attribute, names[b]]] = 1.0
+          rows[q, self._index[attribute, POPULARITY_NAMES[b]]] = 1.0
         continue
       if attribute == ACTIVITY:
         value = self._activity_name(training_count)
