@@ -47,6 +47,9 @@ _ALS_PRIOR = flags.DEFINE_bool('als_item_prior', False, 'fed_als: centre each it
                                'items (Agarwal & Chen, KDD 2009); post-processing, free under DP.')
 _ALS_PRIOR_REG = flags.DEFINE_float('als_prior_regularization', 3.0, 'fed_als --als_item_prior: ridge on the '
                                     'prior\'s coefficients, in units of --als_regularization.')
+_TEXT = flags.DEFINE_bool('item_text_features', False, 'Items\' title vectors (pretrained GloVe word vectors, '
+                          'stored by prepare_data --item_text_encoder=glove) join their public features: in '
+                          '--model=two_tower\'s candidate tower and in --als_item_prior. Public, free under DP.')
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Training rounds.')
 _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling without replacement (0: use rate).')
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
@@ -130,7 +133,8 @@ def config_from_flags() -> ExperimentConfig:
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
       workers=_WORKERS.value,
       als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value),
-      users_per_shard=users_per_shard(), group_metrics=common_flags.GROUP_METRICS.value)
+      users_per_shard=users_per_shard(), group_metrics=common_flags.GROUP_METRICS.value,
+      item_text_features=_TEXT.value)
 
 
 def users_per_shard() -> int:

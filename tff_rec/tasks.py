@@ -58,13 +58,16 @@ class RecommendationTask:
   """Client data of one view and one model (MF or two-tower) configuration."""
 
   def __init__(self, data: DataConfig, *, objective: str = mf.IMPLICIT, embedding_dim: int = 32, l2: float = 0.0,
-               init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None, model: str = MF):
+               init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None, model: str = MF,
+               item_text_features: bool = False):
     """See the class docstring.
 
     `user_table`: None (a client is one user, `mf.build_mf`), or `local` /
     `global` (a table of users, `mf.build_mf_user_table`: a platform's users,
     or FedAvg's global table). `model`: `mf` or `two_tower`
     (`two_tower.build_two_tower`: implicit feedback, one user per client).
+    `item_text_features`: the items' title vectors join their public features (the two-tower's candidate tower,
+    the ALS item prior: `catalogue_features`).
     """
     data.validate()
     if user_table not in USER_TABLES:
@@ -75,6 +78,7 @@ class RecommendationTask:
       raise ValueError('the two-tower model is a retrieval model for implicit feedback with one user per client '
                        '(objective implicit, cross-device Federated Reconstruction)')
     self.model_name = model
+    self.item_text_features = item_text_features
     self.data_config = data
     self.user_table = user_table
     self.db_path = os.path.join(data.data_dir, VIEWS[data.view])
@@ -96,7 +100,7 @@ class RecommendationTask:
     self.objective = self.model_config.objective
     if model == TWO_TOWER:
       self.two_tower_config = two_tower.TwoTowerConfig(len(self.vocabulary), embedding_dim, init_stddev, seed)
-      self.item_features = two_tower.item_features(self.db_path, self.vocabulary)
+      self.item_features = self.catalogue_features()
     self.lookup = preprocessing.id_lookup(self.vocabulary)
     self.family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
     self.train_split = schema.split_name(self.family, schema.TRAIN)
@@ -110,6 +114,10 @@ class RecommendationTask:
     self._user_attributes: groups.UserAttributes | None = None
     self._item_raters: np.ndarray | None = None
     self._check_specs()
+
+  def catalogue_features(self) -> two_tower.ItemFeatures:
+    """The items' public features in index order (genres, year bucket, and title vectors if the task uses them)."""
+    return two_tower.item_features(self.db_path, self.vocabulary, text=self.item_text_features)
 
   def model_fn(self) -> mf.ModelBundle:
     if self.model_name == TWO_TOWER:

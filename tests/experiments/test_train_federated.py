@@ -191,6 +191,10 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'algorithm': 'fed_als', 'als_item_prior': True, 'als_prior_regularization': 0.0},
      '--als_prior_regularization must be > 0'),
     ({'algorithm': 'fed_als', 'server_lr_schedule': 'cosine'}, '--algorithm=fed_als has none'),
+    ({'item_text_features': True}, r'--item_text_features feeds .*--model=two_tower.*--als_item_prior; this run has '
+     'neither'),
+    ({'algorithm': 'fed_als', 'als_item_prior': True, 'item_text_features': True},
+     'no title vector for 150 of 150 items .*prepare it again with --item_text_encoder=glove'),
     ({'server_lr_final_fraction': 0.1}, 'not of a constant rate'),
     ({'server_lr_schedule': 'linear', 'server_lr_final_fraction': 2.0}, r'must be in \[0, 1\], got 2.0'),
     ({'clients_per_round': 0}, 'set exactly one of --clients_per_round'),

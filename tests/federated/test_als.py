@@ -1,5 +1,8 @@
 """Federated ALS rounds (the shard process) against numpy ALS: the exact user solve, the (clipped, noised) mean statistics, the item step."""
 
+import shutil
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -86,6 +89,29 @@ def test_the_item_prior_centres_items_on_their_features(tiny_dataset):
   np.testing.assert_allclose(table, _numpy_round(start, examples, len(ids), features=features, mu=0.5),
                              rtol=2e-3, atol=2e-4)
   assert not np.allclose(table, _numpy_round(start, examples, len(ids)), atol=1e-2)
+
+
+def test_title_vectors_join_the_item_priors_features(tiny_dataset, tmp_path):
+  with pytest.raises(ValueError, match='no title vector for 150 of 150 items'):
+    tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset), item_text_features=True).catalogue_features()
+  data = tmp_path / 'with_text'
+  shutil.copytree(tiny_dataset, data)
+  rng = np.random.default_rng(0)
+  con = sqlite3.connect(data / 'clients.sqlite')  # What `prepare_data --item_text_encoder` writes.
+  con.executemany('INSERT INTO item_text VALUES (?, ?)',
+                  [(item, rng.normal(size=4).astype('<f4').tobytes())
+                   for (item,) in con.execute('SELECT item_id FROM items').fetchall()])
+  con.commit()
+  con.close()
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=str(data), batch_size=8, num_negatives=2),
+                                  embedding_dim=3, init_stddev=0.5, item_text_features=True)
+  config = als.AlsConfig(CONFIG.alpha, CONFIG.regularization, item_prior=True, prior_regularization=0.5)
+  plain = _task(tiny_dataset).catalogue_features()
+  text = task.catalogue_features().text
+  assert text.shape == (151, 4) and not text[0].any() and text[1:].all()
+  expected = als.prior_features(np.concatenate([plain.genres, text], axis=1), plain.year_buckets,
+                                two_tower.NUM_YEAR_BUCKETS)
+  np.testing.assert_array_equal(fed_als.item_prior(task, config), expected)
 
 
 def test_dp_clips_each_users_statistics_and_noise_is_seeded(tiny_dataset):

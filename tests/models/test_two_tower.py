@@ -42,3 +42,25 @@ def test_candidate_tower_scores_items_from_features_alone():
 def test_feature_table_must_cover_the_catalogue():
   with pytest.raises(ValueError, match='item features cover 4 items'):
     two_tower.build_two_tower(two_tower.TwoTowerConfig(num_items=5), _features())
+
+
+def test_title_vectors_join_the_dense_features_of_the_candidate_tower():
+  text = np.zeros((5, 2), np.float32)
+  text[1], text[3] = [1.0, 0.0], [0.0, 1.0]  # Items 1 and 3: same genre and year, different titles.
+  plain = _features()
+  features = two_tower.ItemFeatures(plain.genres, plain.year_buckets, text)
+  assert features.dense.shape == (5, schema.NUM_GENRES + 2)
+  bundle = two_tower.build_two_tower(two_tower.TwoTowerConfig(num_items=4, embedding_dim=3), features)
+  projection = bundle.global_layers[1].kernel
+  assert projection.shape == (schema.NUM_GENRES + 2, 3)
+  bundle.global_layers[0].embeddings.assign(np.zeros((5, 3), np.float32))
+  bundle.local_layers[0].embedding.assign([[1.0, 1.0, 1.0]])
+  scores = bundle.score_fn(bundle.model(tf.constant([1, 3], tf.int64))).numpy()
+  assert scores[0] != pytest.approx(scores[1])  # Only the titles tell them apart.
+  weights = [v.numpy() for layer in bundle.global_layers for v in layer.trainable_variables]
+  table = two_tower.candidate_table(weights, features)
+  np.testing.assert_allclose(table[[1, 3]] @ np.ones(3), scores, rtol=1e-5, atol=1e-6)
+  # The exported model state stores `dense` as its feature table: the same candidates from it.
+  np.testing.assert_array_equal(two_tower.candidate_table(weights, two_tower.ItemFeatures(features.dense,
+                                                                                          features.year_buckets)),
+                                table)

@@ -26,6 +26,7 @@ from tff_rec.data.examples import ExampleEncoder
 from tff_rec.data.records import DataError, Item, UserRatings
 from tff_rec.data.sql_writer import SqlClientDataWriter, publish
 from tff_rec.data.synthetic import SyntheticConfig, SyntheticSource
+from tff_rec.data.text import WordVectors
 
 _LOG = logging.getLogger(__name__)
 SPLIT_VERSION = 1  # Bump when the split protocol changes.
@@ -50,10 +51,12 @@ def _with_platforms(options: PrepareOptions, occupation_counts: Mapping[str, flo
 
 
 def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, num_platforms: int,
-                      progress: bool = True, dataset: str = 'movielens_100k', verify: bool = True) -> dict[str, Any]:
+                      progress: bool = True, dataset: str = 'movielens_100k', verify: bool = True,
+                      text: WordVectors | None = None) -> dict[str, Any]:
   """Verifies and prepares MovieLens-100K (`movielens.fetch`) or a larger GroupLens release
   (`dataset` a key of `movielens.RELEASES`, `movielens.fetch_release`) from `archive`: the same splits, views
-  and schema. `verify=False` skips the checksum and size checks (tests' small archives of the same layout)."""
+  and schema. `verify=False` skips the checksum and size checks (tests' small archives of the same layout).
+  `text`: word vectors for the titles (`prepare`)."""
   if dataset in movielens.RELEASES:
     ml = movielens.read_release(archive, dataset, verify=verify)
     checksum = {'archive_md5': movielens.RELEASES[dataset].md5} if verify else {}
@@ -64,11 +67,12 @@ def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, nu
   options = _with_platforms(options, Counter(u.occupation for u in ml.users.values()), num_platforms)
   metadata = {'dataset': dataset, 'source': ml.source, **checksum}
   return prepare(ml.per_user(), np.asarray(sorted(ml.users)), ml.items, out_dir, options, metadata,
-                 progress=progress)
+                 progress=progress, text=text)
 
 
 def prepare_interactions(spec: interactions.InteractionsSpec, out_dir: str, options: PrepareOptions, *,
-                         num_platforms: int, progress: bool = True) -> dict[str, Any]:
+                         num_platforms: int, progress: bool = True, text: WordVectors | None = None
+                         ) -> dict[str, Any]:
   """Reads an interaction log (`interactions.read`) and prepares it: the same splits, views and schema; implicit
   feedback gets no rating splits."""
   log = interactions.read(spec, options.seed)
@@ -78,7 +82,7 @@ def prepare_interactions(spec: interactions.InteractionsSpec, out_dir: str, opti
               'temporal': log.temporal, 'interactions': dataclasses.asdict(spec) | {'report': log.report}}
   result = prepare(log.data.per_user(), np.asarray(sorted(log.data.users)), log.data.items, out_dir, options,
                    metadata, progress=progress, genres=log.categories,
-                   rating_splits=log.feedback == interactions.EXPLICIT)
+                   rating_splits=log.feedback == interactions.EXPLICIT, text=text)
   return result | {'interactions': log.report, 'feedback': log.feedback, 'temporal': log.temporal}
 
 
@@ -122,6 +126,7 @@ def prepare(
     progress: bool = True,
     genres: Sequence[str] = schema.GENRES,
     rating_splits: bool = True,
+    text: WordVectors | None = None,
 ) -> dict[str, Any]:
   """Writes `out_dir/clients.sqlite` (+ `platforms.sqlite`) and `stats.json`.
 
@@ -136,6 +141,7 @@ def prepare(
     genres: The genre vocabulary `Item.genres` index (MovieLens': `schema.GENRES`).
     rating_splits: Write the rating family (random 80/10/10, for RMSE); False for implicit feedback, whose
       "ratings" are all 1.
+    text: Word vectors to embed every item's title with (`tff_rec.data.text`), stored in `item_text`.
 
   Returns:
     The statistics (also written to `stats.json`), with `seconds` added.
@@ -150,16 +156,23 @@ def prepare(
   platforms = (SqlClientDataWriter(os.path.join(out_dir, schema.PLATFORMS_DB))
                if options.occupation_platform is not None else None)
   writers = [w for w in (clients, platforms) if w is not None]
+  ordered = [it for _, it in sorted(items.items())]
+  text_rows, text_metadata = [], {}
+  if text is not None:
+    vectors, known = text.embed([it.title for it in ordered])
+    text_rows = [(it.key, v.astype('<f4').tobytes()) for it, v in zip(ordered, vectors)]
+    text_metadata = {'item_text': {'encoder': text.name, 'dim': text.dim, 'titles_with_known_words': known}}
   try:
     for writer in writers:
       writer.add_rows('items', ((it.key, it.title, it.year, '|'.join(genres[g] for g in it.genres))
-                                for _, it in sorted(items.items())))
+                                for it in ordered))
+      writer.add_rows('item_text', text_rows)
       writer.set_metadata(
           **metadata, seed=options.seed, heldout_fraction=options.heldout_fraction,
           num_negatives=schema.NUM_NEGATIVES, split_version=SPLIT_VERSION, genres=list(genres),
           splits=[s for s in schema.ALL_SPLITS if rating_splits or schema.RATING not in s],
           view='cross_silo' if writer is platforms else 'cross_device',
-          occupation_platform=dict(options.occupation_platform or {}))
+          occupation_platform=dict(options.occupation_platform or {}), **text_metadata)
     bar = tqdm.tqdm(users, total=len(user_ids), unit='user', disable=not progress, mininterval=2.0)
     user_rows, example_rows = [], []
     for ur in bar:
@@ -190,4 +203,6 @@ def prepare(
       writer.abort()
     raise
   result['seconds'] = time.monotonic() - start
+  if text_metadata:
+    result.update(text_metadata)
   return result

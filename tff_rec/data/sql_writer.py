@@ -37,6 +37,8 @@ _SCHEMA = (
        genres TEXT);""",
     """CREATE TABLE users (user_id TEXT PRIMARY KEY, age INTEGER, gender TEXT,
        occupation TEXT, platform TEXT, heldout INTEGER NOT NULL);""",
+    # Title vectors (`tff_rec.data.text`): float32 little-endian bytes; empty without a text encoder.
+    'CREATE TABLE item_text (item_id TEXT PRIMARY KEY, vector BLOB NOT NULL);',
 )
 
 
@@ -101,10 +103,11 @@ class SqlClientDataWriter:
     con.execute('DETACH DATABASE source')
 
   def add_rows(self, table: str, rows: Iterable[Sequence[Any]]) -> None:
-    """Adds rows to `items` or `users`."""
-    if table not in ('items', 'users'):
+    """Adds rows to `items`, `users` or `item_text`."""
+    widths = {'items': 4, 'users': 6, 'item_text': 2}
+    if table not in widths:
       raise ValueError(f'unknown table {table!r}')
-    width = 4 if table == 'items' else 6
+    width = widths[table]
     self._con.executemany(f'INSERT INTO {table} VALUES ({", ".join("?" * width)})', rows)
 
   def set_metadata(self, **values: Any) -> None:

@@ -14,7 +14,8 @@ ICML 2021) with user-level clipping; with every user in every round
 `dp.PrivacyLedger` accounts as it does any Poisson sampler.
 
 With `AlsConfig.item_prior` the item step centres each item on what its public
-genres and release year predict (Agarwal & Chen, KDD 2009), fitted on the
+genres and release year (and, with `--item_text_features`, its title's word
+vectors) predict (Agarwal & Chen, KDD 2009), fitted on the
 server from the released statistics (`item_prior` below). The model is the MF
 model with a zero item bias, scored x . y_i, so evaluation, the
 membership-inference audit and export share the MF code; only the user's
@@ -29,8 +30,9 @@ from tff_rec.models import als, two_tower
 
 
 def item_prior(task, config: als.AlsConfig) -> np.ndarray | None:
-  """The item prior's design matrix from the task's public catalogue (genres, year bucket), if `config` has one."""
+  """The item prior's design matrix from the task's public catalogue (genres[, title vector], year bucket), if
+  `config` has one."""
   if not config.item_prior:
     return None
-  catalogue = two_tower.item_features(task.db_path, task.vocabulary)
-  return als.prior_features(catalogue.genres, catalogue.year_buckets, two_tower.NUM_YEAR_BUCKETS)
+  catalogue = task.catalogue_features()
+  return als.prior_features(catalogue.dense, catalogue.year_buckets, two_tower.NUM_YEAR_BUCKETS)

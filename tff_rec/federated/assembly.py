@@ -98,6 +98,7 @@ class ExperimentConfig:
   als: als.AlsConfig = als.AlsConfig()
   users_per_shard: int = DEFAULT_USERS_PER_SHARD
   group_metrics: str = 'all'  # `groups.parse`: the attributes every evaluation reports groups of.
+  item_text_features: bool = False  # Title vectors (`tff_rec.data.text`) in the two-tower's candidate tower / ALS prior.
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
@@ -108,6 +109,9 @@ class ExperimentConfig:
                        'solves the item step exactly)')
     if self.als.item_prior and self.algorithm != 'fed_als':
       raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
+    if self.item_text_features and self.model != tasks.TWO_TOWER and not self.als.item_prior:
+      raise ValueError('--item_text_features feeds the item titles\' vectors to --model=two_tower\'s candidate tower '
+                       'or to --algorithm=fed_als\'s --als_item_prior; this run has neither')
     if self.engine is not None:
       raise ValueError(f'--engine={self.engine} was removed: every configuration runs on the one process (a TFF '
                        'learning process whose clients are shards of users, tested equal to TFF\'s own); drop the flag')
@@ -178,8 +182,8 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   data = dataclasses.replace(config.data, view='cross_device') if config.grouped else config.data
   task = tasks.RecommendationTask(data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
-                                  model=config.model,
-                                  user_table=config.user_table)
+                                  model=config.model, user_table=config.user_table,
+                                  item_text_features=config.item_text_features)
   config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
   task.group_attributes(config.group_metrics)  # A group attribute the data does not have fails here.
   return task

@@ -290,9 +290,10 @@ def _user_results(deltas, rows, loss_sum, loss_batches, shard, settings: ClientS
 
 def candidates(weights, features: two_tower.ItemFeatures, items: tf.Tensor) -> tf.Tensor:
   """The two-tower candidate embeddings of catalogue rows `items` [...] -> [..., d] (`two_tower.candidate_table`
-  for those rows): item-id embedding + genres x projection + year-bucket embedding."""
+  for those rows): item-id embedding + dense features (genres[, title vector]) x projection + year-bucket
+  embedding."""
   id_embedding, genre_projection, year_embedding = weights
-  genres = tf.gather(tf.constant(features.genres), items)
+  genres = tf.gather(tf.constant(features.dense), items)
   return (tf.gather(id_embedding, items) + tf.tensordot(genres, genre_projection, 1)
           + tf.gather(year_embedding, tf.gather(tf.constant(features.year_buckets), items)))
 
@@ -320,7 +321,7 @@ def two_tower_updates(weights, features: two_tower.ItemFeatures, shard, settings
   query = reconstruction.reconstruct_query(user_candidates, recon['local'] + offsets, recon['labels'], recon['mask'],
                                            learning_rate=settings.reconstruction_learning_rate,
                                            epochs=settings.reconstruction_epochs)
-  genres, years = tf.constant(features.genres), tf.constant(features.year_buckets)
+  genres, years = tf.constant(features.dense), tf.constant(features.year_buckets)
   start = [tf.reshape(tf.gather(id_embedding, rows), [-1, dim]),
            tf.tile(genre_projection[None], [users, 1, 1]), tf.tile(year_embedding[None], [users, 1, 1])]
   batches = tf.shape(local_items)[1]

@@ -137,7 +137,8 @@ def user_statistics(users: tf.Tensor, items: tf.Tensor, weights: tf.Tensor, num_
 
 
 def prior_features(genres: np.ndarray, year_buckets: np.ndarray, num_buckets: int) -> np.ndarray:
-  """The item prior's design matrix [rows, genres + num_buckets]: genre multi-hot, one-hot year bucket; row 0 zero."""
+  """The item prior's design matrix [rows, dense + num_buckets]: the dense features (genre multi-hot[, title
+  vector]), one-hot year bucket; row 0 zero."""
   features = np.concatenate([genres, np.eye(num_buckets, dtype=np.float32)[year_buckets]], axis=1)
   features[0] = 0.0
   return features.astype(np.float32)

@@ -9,7 +9,9 @@ user's own embedding, local to the client (reconstructed each round, never
 sent); the candidate tower is global.
 
 The candidate tower sums an item-id embedding, a projection of the item's
-genres (multi-hot) and an embedding of its release-year bucket. The features
+dense features (genre multi-hot, and with `--item_text_features` its title's
+pretrained word-vector embedding, `tff_rec.data.text`) and an embedding of its
+release-year bucket. The features
 are constant tables indexed by the item index, so the model's input stays
 item indices (the MF input spec, `mf.input_spec`) and the tower scores every
 item of the catalogue, also one no training batch ever held.
@@ -38,10 +40,18 @@ YEAR_BUCKET_START, YEAR_BUCKET_WIDTH, NUM_YEAR_BUCKETS = 1920, 5, 18  # Bucket 0
 
 @dataclasses.dataclass(frozen=True)
 class ItemFeatures:
-  """Per item index (0 = unknown item, all zeros): genre multi-hot and year bucket."""
+  """Per item index (0 = unknown item, all zeros): genre multi-hot, year bucket[, title vector]."""
 
-  genres: np.ndarray  # float32 [items + 1, NUM_GENRES]
+  genres: np.ndarray  # float32 [items + 1, NUM_GENRES] (or already `dense`: see `dense`)
   year_buckets: np.ndarray  # int64 [items + 1]
+  text: np.ndarray | None = None  # float32 [items + 1, text dim]: the title's vector (`tff_rec.data.text`).
+
+  @property
+  def dense(self) -> np.ndarray:
+    """What the dense projection reads: the genres, then the title vector if any [items + 1, genres (+ text)]."""
+    if self.text is None:
+      return self.genres
+    return np.concatenate([self.genres, self.text], axis=1).astype(np.float32)
 
 
 def year_bucket(year: int) -> int:
@@ -51,12 +61,14 @@ def year_bucket(year: int) -> int:
   return min(1 + (year - YEAR_BUCKET_START) // YEAR_BUCKET_WIDTH, NUM_YEAR_BUCKETS - 1)
 
 
-def item_features(db_path: str, vocabulary: list[str]) -> ItemFeatures:
-  """Reads the `items` table: features in vocabulary order (index i + 1 = vocabulary[i])."""
+def item_features(db_path: str, vocabulary: list[str], text: bool = False) -> ItemFeatures:
+  """Reads the `items` table: features in vocabulary order (index i + 1 = vocabulary[i]); with `text`, the
+  `item_text` table's title vectors too (an error if the data was prepared without them)."""
   con = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True)
   try:
     rows = {r[0]: (r[1] or 0, r[2] or '') for r in con.execute('SELECT item_id, year, genres FROM items')}
     vocabulary_row = con.execute("SELECT value FROM tff_rec_metadata WHERE key = 'genres'").fetchone()
+    vectors = _title_vectors(con, db_path, vocabulary) if text else None
   finally:
     con.close()
   genre_names = json.loads(vocabulary_row[0]) if vocabulary_row else schema.GENRES  # The dataset's own vocabulary.
@@ -68,7 +80,24 @@ def item_features(db_path: str, vocabulary: list[str]) -> ItemFeatures:
     years[i] = year_bucket(int(year))
     for name in filter(None, names.split('|')):
       genres[i, index[name]] = 1.0
-  return ItemFeatures(genres, years)
+  return ItemFeatures(genres, years, vectors)
+
+
+def _title_vectors(con: sqlite3.Connection, db_path: str, vocabulary: list[str]) -> np.ndarray:
+  """[items + 1, dim] title vectors in vocabulary order from `item_text` (row 0, the unknown item, zeros)."""
+  try:
+    stored = {r[0]: r[1] for r in con.execute('SELECT item_id, vector FROM item_text')}
+  except sqlite3.OperationalError:
+    stored = {}  # Prepared before title vectors existed.
+  missing = [item for item in vocabulary if item not in stored]
+  if missing:
+    raise ValueError(f'{db_path} has no title vector for {len(missing):,} of {len(vocabulary):,} items (e.g. '
+                     f'{missing[0]!r}): prepare it again with --item_text_encoder=glove to use --item_text_features')
+  first = np.frombuffer(stored[vocabulary[0]], '<f4')
+  out = np.zeros((len(vocabulary) + 1, first.size), np.float32)
+  for i, item in enumerate(vocabulary, start=1):
+    out[i] = np.frombuffer(stored[item], '<f4')
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +113,11 @@ class TwoTowerConfig:
 
 
 def build_two_tower(config: TwoTowerConfig, features: ItemFeatures) -> mf.ModelBundle:
-  """Query tower: the local user row; candidate tower: id + genres + year, global."""
+  """Query tower: the local user row; candidate tower: id + dense features (genres[, title]) + year, global."""
   config.validate()
-  if features.genres.shape[0] != config.num_items + 1:
-    raise ValueError(f'item features cover {features.genres.shape[0] - 1} items, the model {config.num_items}')
+  dense = features.dense
+  if dense.shape[0] != config.num_items + 1:
+    raise ValueError(f'item features cover {dense.shape[0] - 1} items, the model {config.num_items}')
   items = tf.keras.Input(shape=(), dtype=tf.int64, name='item_index')
   init = tf.keras.initializers.RandomNormal(stddev=config.init_stddev, seed=config.seed)
   id_embedding = tf.keras.layers.Embedding(config.num_items + 1, config.embedding_dim, embeddings_initializer=init,
@@ -96,7 +126,7 @@ def build_two_tower(config: TwoTowerConfig, features: ItemFeatures) -> mf.ModelB
                                            kernel_initializer=tf.keras.initializers.GlorotNormal(seed=config.seed))
   year_embedding = tf.keras.layers.Embedding(NUM_YEAR_BUCKETS, config.embedding_dim, embeddings_initializer=init,
                                              name='year_embedding')
-  genres = tf.gather(tf.constant(features.genres), items)
+  genres = tf.gather(tf.constant(dense), items)
   years = tf.gather(tf.constant(features.year_buckets), items)
   candidate = id_embedding(items) + genre_projection(genres) + year_embedding(years)
   user = mf.UserRow(config.embedding_dim, with_bias=False, name='user')
@@ -109,7 +139,7 @@ def build_two_tower(config: TwoTowerConfig, features: ItemFeatures) -> mf.ModelB
 def candidate_table(weights: list[np.ndarray], features: ItemFeatures) -> np.ndarray:
   """Every item's candidate embedding [items + 1, dim] from the global weights (`build_two_tower`'s order)."""
   id_embedding, genre_projection, year_embedding = weights
-  return (id_embedding + features.genres @ genre_projection + year_embedding[features.year_buckets]).astype(np.float32)
+  return (id_embedding + features.dense @ genre_projection + year_embedding[features.year_buckets]).astype(np.float32)
 
 
 def dot_scores(y_pred: tf.Tensor, dim: int) -> tf.Tensor:

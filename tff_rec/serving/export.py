@@ -114,7 +114,7 @@ class Recommender(tf.Module):
     if config.model == TWO_TOWER:
       if len(weights) != 5:
         raise ValueError('a two-tower model state has 5 arrays (id embedding, genre projection, year embedding, '
-                         f'item genres, item year buckets), got {len(weights)}')
+                         f'item dense features (genres[, title vector]), item year buckets), got {len(weights)}')
       table = two_tower.candidate_table(weights[:3], two_tower.ItemFeatures(weights[3], weights[4]))
       # Scores are <query, candidate>: the candidate tower over the catalogue in the place of MF's item
       # embedding, and no biases.
