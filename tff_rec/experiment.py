@@ -124,7 +124,8 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   weights = engine.global_weights(state)
   if task.model_name == tasks.TWO_TOWER:  # The candidate tower needs its constant feature tables too.
     weights = list(weights) + [task.item_features.dense, task.item_features.year_buckets]
-  export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary, weights)
+  if task.model_name != tasks.SEQUENCE:  # Serving the sequence two-tower is not built yet.
+    export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary, weights)
   final.update(rounds=rounds, wall_seconds=time.monotonic() - began)
   atomic.write_json(os.path.join(output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'

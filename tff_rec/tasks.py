@@ -16,14 +16,14 @@ import tensorflow as tf
 
 from tff_rec.data import arrays, client_data, schema
 from tff_rec.evaluation import client_eval, groups
-from tff_rec.models import mf, reconstruction, two_tower
+from tff_rec.models import mf, reconstruction, sequence, two_tower
 from tff_rec import preprocessing
 
 VIEWS = {'cross_device': schema.CLIENTS_DB, 'cross_silo': schema.PLATFORMS_DB}
 LOCAL, GLOBAL = 'local', 'global'
 USER_TABLES = (None, LOCAL, GLOBAL)
-MF, TWO_TOWER = 'mf', 'two_tower'
-MODELS = (MF, TWO_TOWER)
+MF, TWO_TOWER, SEQUENCE = 'mf', 'two_tower', 'sequence_two_tower'
+MODELS = (MF, TWO_TOWER, SEQUENCE)
 SUPPORT_CHUNK = 512  # Users whose support examples are built at once (`RecommendationTask.support_examples`).
 
 
@@ -59,7 +59,7 @@ class RecommendationTask:
 
   def __init__(self, data: DataConfig, *, objective: str = mf.IMPLICIT, embedding_dim: int = 32, l2: float = 0.0,
                init_stddev: float = 0.1, seed: int = 0, user_table: str | None = None, model: str = MF,
-               item_text_features: bool = False):
+               item_text_features: bool = False, sequence_settings: dict | None = None):
     """See the class docstring.
 
     `user_table`: None (a client is one user, `mf.build_mf`), or `local` /
@@ -67,16 +67,19 @@ class RecommendationTask:
     or FedAvg's global table). `model`: `mf` or `two_tower`
     (`two_tower.build_two_tower`: implicit feedback, one user per client).
     `item_text_features`: the items' title vectors join their public features (the two-tower's candidate tower,
-    the ALS item prior: `catalogue_features`).
+    the ALS item prior: `catalogue_features`). `sequence_two_tower` (`tff_rec.models.sequence`: implicit
+    feedback, one user per client, no per-user parameters) takes `sequence_settings`, keyword arguments of
+    `sequence.SequenceConfig` (max_history, num_blocks, dropout); its `--num_negatives` are per position of a
+    user's window.
     """
     data.validate()
     if user_table not in USER_TABLES:
       raise ValueError(f'user_table must be one of {USER_TABLES}, got {user_table!r}')
     if model not in MODELS:
       raise ValueError(f'model must be one of {MODELS}, got {model!r}')
-    if model == TWO_TOWER and (objective != mf.IMPLICIT or user_table is not None):
-      raise ValueError('the two-tower model is a retrieval model for implicit feedback with one user per client '
-                       '(objective implicit, cross-device Federated Reconstruction)')
+    if model in (TWO_TOWER, SEQUENCE) and (objective != mf.IMPLICIT or user_table is not None):
+      raise ValueError(f'the {model} model is a retrieval model for implicit feedback with one user per client '
+                       '(objective implicit, cross-device)')
     self.model_name = model
     self.item_text_features = item_text_features
     self.data_config = data
@@ -101,6 +104,12 @@ class RecommendationTask:
     if model == TWO_TOWER:
       self.two_tower_config = two_tower.TwoTowerConfig(len(self.vocabulary), embedding_dim, init_stddev, seed)
       self.item_features = self.catalogue_features()
+    if model == SEQUENCE:
+      self.item_features = self.catalogue_features()
+      self.sequence_config = sequence.SequenceConfig(len(self.vocabulary), self.item_features.dense.shape[1],
+                                                     embedding_dim, init_stddev=init_stddev, seed=seed,
+                                                     **(sequence_settings or {}))
+      self.sequence_config.validate()
     self.lookup = preprocessing.id_lookup(self.vocabulary)
     self.family = schema.RANKING if self.objective == mf.IMPLICIT else schema.RATING
     self.train_split = schema.split_name(self.family, schema.TRAIN)
@@ -120,6 +129,8 @@ class RecommendationTask:
     return two_tower.item_features(self.db_path, self.vocabulary, text=self.item_text_features)
 
   def model_fn(self) -> mf.ModelBundle:
+    if self.model_name == SEQUENCE:
+      raise ValueError('the sequence two-tower is plain TF maths over `sequence.initial_weights`, not a Keras model')
     if self.model_name == TWO_TOWER:
       return two_tower.build_two_tower(self.two_tower_config, self.item_features)
     if self.user_table is None:
@@ -133,6 +144,8 @@ class RecommendationTask:
     return mf.RegularizedLoss(self.objective)
 
   def _check_specs(self) -> None:
+    if self.model_name == SEQUENCE:  # Not a Keras model: its maths take the windows `examples` makes.
+      return
     first = self.train_examples(self.train_data.client_ids[:1], 0, seed=0)[0]
     spec = self.client_dataset(first).element_spec
     expected = mf.input_spec() if self.user_table is None else mf.user_table_input_spec()
@@ -146,6 +159,10 @@ class RecommendationTask:
 
   def examples(self, client: arrays.ClientArrays, *, seed: int, shuffle: bool = True,
                with_users: bool | None = None) -> preprocessing.Examples:
+    if self.model_name == SEQUENCE:  # The window of history in time order, then its negatives (never shuffled).
+      c = self.sequence_config
+      return sequence.training_example(client.items, c.max_history, self.data_config.num_negatives * c.max_history,
+                                       c.num_items, seed)
     return preprocessing.training_examples(
         client, objective=self.objective, num_negatives=self.data_config.num_negatives,
         num_items=self.model_config.num_items, seed=seed, shuffle=shuffle,

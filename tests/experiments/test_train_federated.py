@@ -49,14 +49,17 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_als'},
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
+    {'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'max_history': 5, 'dp': 'gaussian_fixed',
+     'noise_multiplier': 0.5, 'clip_norm': 0.1},  # DP-FedAvg of the whole model.
 ], ids=['shards', 'shards_of_one', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower',
-        'dp', 'secure_aggregation', 'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'dp_fed_als'])
+        'dp', 'secure_aggregation', 'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'dp_fed_als',
+        'dp_sequence'])
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   final = _run(tiny_dataset, tmp_path, 'smoke', **overrides)
   run_dir = tmp_path / 'smoke'
   expected = ['checkpoints', 'final_metrics.json', 'hparams.json', 'learning_curve.png', 'metrics.csv', 'tensorboard']
   expected += ['privacy_ledger.json'] if 'dp' in overrides else []
-  expected += ['model_state.npz']  # What export reads.
+  expected += [] if overrides.get('model') == 'sequence_two_tower' else ['model_state.npz']  # What export reads.
   assert sorted(os.listdir(run_dir)) == sorted(expected)
   written = json.loads((run_dir / 'final_metrics.json').read_text())
   for key in ('rmse', 'mae', 'hr@10', 'ndcg@10', 'recall@20', 'rounds', 'wall_seconds'):
@@ -163,6 +166,12 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'model': 'two_tower', 'view': 'cross_silo'}, '--model=two_tower trains --objective=implicit --view=cross_device'),
     ({'model': 'two_tower', 'algorithm': 'fed_avg'}, r'--algorithm=fed_avg \(FedAvg with a global user table\) trains '
      '--model=mf'),
+    ({'model': 'sequence_two_tower'}, r'--algorithm=fed_recon \(Federated Reconstruction.*\) trains '
+     '--model=mf\|two_tower'),
+    ({'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'export_dir': '/tmp/never'},
+     'serving the sequence two-tower is not built yet'),
+    ({'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'dp': 'distributed', 'noise_multiplier': 1.0},
+     r'--dp=distributed with --algorithm=fed_avg .*: the sequence two-tower takes central DP.*it takes --dp=none\|gaussian_fixed\|gaussian_adaptive'),
     ({'dp': 'gaussian_fixed'}, 'needs --noise_multiplier > 0, or --target_epsilon'),
     ({'secure_aggregation': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, 'use --dp=distributed'),
     ({'dp': 'distributed', 'noise_multiplier': 1.0, 'clients_per_round': 0, 'client_sampling_rate': 0.3},
@@ -191,7 +200,7 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'algorithm': 'fed_als', 'als_item_prior': True, 'als_prior_regularization': 0.0},
      '--als_prior_regularization must be > 0'),
     ({'algorithm': 'fed_als', 'server_lr_schedule': 'cosine'}, '--algorithm=fed_als has none'),
-    ({'item_text_features': True}, r'--item_text_features feeds .*--model=two_tower.*--als_item_prior; this run has '
+    ({'item_text_features': True}, r'--item_text_features feeds .*two-tower models.*--als_item_prior; this run has '
      'neither'),
     ({'algorithm': 'fed_als', 'als_item_prior': True, 'item_text_features': True},
      'no title vector for 150 of 150 items .*prepare it again with --item_text_encoder=glove'),

@@ -22,7 +22,7 @@ import tensorflow_federated as tff
 from tff_rec import experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
 from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, sampling
-from tff_rec.models import als, reconstruction
+from tff_rec.models import als, reconstruction, sequence
 from tff_rec.privacy import distributed, dp
 
 DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
@@ -59,7 +59,7 @@ CLIENT_WORKS = {
                             ('implicit', 'rating'), (CROSS_DEVICE, CROSS_SILO), dp.MECHANISMS, _CENTRAL, _SILO_DP),
     'fed_als': ClientWork('federated implicit ALS', (tasks.MF,), ('implicit',), (CROSS_DEVICE,), _CENTRAL,
                           why_not='its statistics are clipped and noised by a central Gaussian query'),
-    'fed_avg': ClientWork('FedAvg with a global user table', (tasks.MF,), ('implicit', 'rating'),
+    'fed_avg': ClientWork('FedAvg with a global user table', (tasks.MF, tasks.SEQUENCE), ('implicit', 'rating'),
                           (CROSS_DEVICE, CROSS_SILO), (dp.NONE,), (dp.NONE,), _FED_AVG_NO_DP),
     'fed_prox': ClientWork('FedProx with a global user table', (tasks.MF,), ('implicit', 'rating'),
                            (CROSS_DEVICE, CROSS_SILO), (dp.NONE,), (dp.NONE,), _FED_AVG_NO_DP),
@@ -67,7 +67,9 @@ CLIENT_WORKS = {
 ALGORITHMS = tuple(CLIENT_WORKS)
 # What a model takes (views, objectives): the two-tower is a retrieval model of one user's implicit feedback.
 MODEL_DATA = {tasks.MF: ((CROSS_DEVICE, CROSS_SILO), ('implicit', 'rating')),
-              tasks.TWO_TOWER: ((CROSS_DEVICE,), ('implicit',))}
+              tasks.TWO_TOWER: ((CROSS_DEVICE,), ('implicit',)), tasks.SEQUENCE: ((CROSS_DEVICE,), ('implicit',))}
+# The sequence two-tower has no per-user parameters (FedAvg of the whole model): central DP applies.
+SEQUENCE_DP = _CENTRAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,7 @@ class ExperimentConfig:
   users_per_shard: int = DEFAULT_USERS_PER_SHARD
   group_metrics: str = 'all'  # `groups.parse`: the attributes every evaluation reports groups of.
   item_text_features: bool = False  # Title vectors (`tff_rec.data.text`) in the two-tower's candidate tower / ALS prior.
+  sequence: dict = dataclasses.field(default_factory=dict)  # `sequence.SequenceConfig` settings (sequence_two_tower).
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
@@ -109,9 +112,11 @@ class ExperimentConfig:
                        'solves the item step exactly)')
     if self.als.item_prior and self.algorithm != 'fed_als':
       raise ValueError(f'--als_item_prior is a prior of --algorithm=fed_als\'s item step, not of {self.algorithm}')
-    if self.item_text_features and self.model != tasks.TWO_TOWER and not self.als.item_prior:
-      raise ValueError('--item_text_features feeds the item titles\' vectors to --model=two_tower\'s candidate tower '
+    if self.item_text_features and self.model == tasks.MF and not self.als.item_prior:
+      raise ValueError('--item_text_features feeds the item titles\' vectors to the two-tower models\' candidate tower '
                        'or to --algorithm=fed_als\'s --als_item_prior; this run has neither')
+    if self.model == tasks.SEQUENCE and self.export_dir:
+      raise ValueError('--export_dir: serving the sequence two-tower is not built yet (issue 16 item 4); drop the flag')
     if self.engine is not None:
       raise ValueError(f'--engine={self.engine} was removed: every configuration runs on the one process (a TFF '
                        'learning process whose clients are shards of users, tested equal to TFF\'s own); drop the flag')
@@ -153,10 +158,12 @@ class ExperimentConfig:
     if self.data.view not in views or self.objective not in objectives:
       raise ValueError(f'--model={self.model} trains --objective={"|".join(objectives)} --view={"|".join(views)} '
                        f'(got {got})')
-    allowed = work.silo_dp if self.grouped else work.dp
+    allowed, why_not = (work.silo_dp if self.grouped else work.dp), work.why_not
+    if self.model == tasks.SEQUENCE:
+      allowed, why_not = SEQUENCE_DP, 'the sequence two-tower takes central DP (tree and distributed DP not yet)'
     if self.dp.mechanism not in allowed:
       raise ValueError(f'--dp={self.dp.mechanism} with --algorithm={self.algorithm} --view={self.data.view}: '
-                       f'{work.why_not or "no"}; it takes --dp={"|".join(allowed)}')
+                       f'{why_not or "no"}; it takes --dp={"|".join(allowed)}')
 
   @property
   def grouped(self) -> bool:
@@ -172,6 +179,8 @@ class ExperimentConfig:
   @property
   def user_table(self) -> str | None:
     """How the task holds users: one local row each (None), or FedAvg's global table."""
+    if self.model == tasks.SEQUENCE:  # No per-user parameters at all.
+      return None
     return tasks.GLOBAL if self.algorithm in ('fed_avg', 'fed_prox') else None
 
 
@@ -183,7 +192,8 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
   task = tasks.RecommendationTask(data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
                                   model=config.model, user_table=config.user_table,
-                                  item_text_features=config.item_text_features)
+                                  item_text_features=config.item_text_features,
+                                  sequence_settings=config.sequence if config.model == tasks.SEQUENCE else None)
   config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
   task.group_attributes(config.group_metrics)  # A group attribute the data does not have fails here.
   return task
@@ -197,6 +207,8 @@ def platforms(task: tasks.RecommendationTask) -> dict[str, list[str]]:
 
 def update_variables(config: ExperimentConfig, task: tasks.RecommendationTask) -> list[tf.Variable]:
   """What a client's model update holds: the trainable global weights (Fed Recon: the item side)."""
+  if config.model == tasks.SEQUENCE:
+    return [tf.TensorSpec(w.shape, tf.float32) for w in sequence.initial_weights(task.sequence_config)]
   bundle = task.model_fn()
   if config.algorithm != 'fed_recon':
     return list(bundle.model.trainable_variables)

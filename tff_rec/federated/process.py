@@ -39,8 +39,8 @@ from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker
 from tff_rec.evaluation import client_eval
 from tff_rec.federated import aggregation as aggregation_lib
 from tff_rec.federated import als as fed_als
-from tff_rec.federated import fed_recon, shard_math
-from tff_rec.models import als, mf, two_tower
+from tff_rec.federated import fed_recon, sequence_math, shard_math
+from tff_rec.models import als, mf, sequence, two_tower
 
 _F32 = np.float32
 
@@ -75,25 +75,41 @@ def shard_type() -> tff.SequenceType:
       users=tff.TensorType(np.int64, [None]), keys=tff.TensorType(np.int64, [None])))
 
 
+def sequence_shard_type() -> tff.SequenceType:
+  """A shard's training windows (`sequence.pack_sequences`) as a one-element sequence."""
+  two = [None, None]
+  return tff.SequenceType(collections.OrderedDict(
+      rows=tff.TensorType(np.int64, two), history=tff.TensorType(np.int32, two), present=tff.TensorType(_F32, two),
+      targets=tff.TensorType(np.int32, two), target_mask=tff.TensorType(_F32, two),
+      positive=tff.TensorType(_F32, two), candidate_mask=tff.TensorType(_F32, two),
+      seeds=tff.TensorType(np.int64, [None, 2]), keys=tff.TensorType(np.int64, [None])))
+
+
 def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
   return tf.data.Dataset.from_tensors(tensors)
 
 
 def build_client_work(model_weights_type: tff.Type, settings: shard_math.ClientSettings,
-                      features: two_tower.ItemFeatures | None = None) -> tff.learning.templates.ClientWorkProcess:
+                      features: two_tower.ItemFeatures | None = None,
+                      sequence_config: sequence.SequenceConfig | None = None
+                      ) -> tff.learning.templates.ClientWorkProcess:
   """Each shard's users reconstruct and update (`shard_math.user_updates`); their sparse updates go to the aggregator.
 
   Measurements (summed over shards): `train/loss` (the mean batch loss of
   the item-side steps), `train/num_examples`, `train/non_finite_clients` and
   `empty_clients` (users, whose update is zeroed and weighted 0).
   """
-  data_type = shard_type()
+  data_type = shard_type() if sequence_config is None else sequence_shard_type()
 
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_update(weights, dataset):
-    updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings,
-                                            features)
+    if sequence_config is not None:
+      updates, sums = sequence_math.user_updates(list(weights.trainable), dataset.get_single_element(), settings,
+                                                 sequence_config, features)
+    else:
+      updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings,
+                                              features)
     updates['deltas'], updates['rows'] = list(updates['deltas']), list(updates['rows'])
     return tff.learning.templates.ClientResult(update=updates, update_weight=tf.reduce_sum(updates['weight'])), sums
 
@@ -141,7 +157,8 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
                            config: fed_recon.ReconConfig, *, factory: tff.aggregators.UnweightedAggregationFactory,
                            update_specs: list[tf.TensorSpec],
                            finalizer: Callable[[tff.Type, tff.Type], tff.learning.templates.FinalizerProcess] | None
-                           = None, features: two_tower.ItemFeatures | None = None
+                           = None, features: two_tower.ItemFeatures | None = None,
+                           sequence_config: sequence.SequenceConfig | None = None
                            ) -> tff.learning.templates.LearningProcess:
   """TFF's broadcast, the shard client work of `settings`, a shard aggregator, a finalizer.
 
@@ -151,7 +168,8 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
   dense shapes of the aggregated update (the weights', or ALS's statistics).
   `finalizer`: (model weights type, aggregated update type) -> the finalizer;
   default TFF's `build_apply_optimizer_finalizer` with the server optimizer
-  and its rate schedule. `features`: the two-tower model's item features.
+  and its rate schedule. `features`: the two-tower models' item features; `sequence_config`: the sequence
+  two-tower's shape (its client work, `sequence_math.user_updates`).
   """
   config.validate()
   model_weights_type = weights_type(initial)
@@ -160,7 +178,7 @@ def build_learning_process(initial: list[np.ndarray], settings: shard_math.Clien
   def initial_model_weights():
     return tff.learning.models.ModelWeights(trainable=[tf.constant(w) for w in initial], non_trainable=[])
 
-  client_work = build_client_work(model_weights_type, settings, features)
+  client_work = build_client_work(model_weights_type, settings, features, sequence_config)
   update_type = client_work.next.type_signature.result.result.member.update
   # What every shard aggregator takes.
   aggregation_lib.user_updates_type(update_specs).check_assignable_from(update_type)
@@ -208,7 +226,7 @@ def build_als_finalizer(config: als.AlsConfig, clients: float, prior: np.ndarray
   return build
 
 
-def eval_type(kind: str, groups: int = 0) -> tff.SequenceType:
+def eval_type(kind: str, groups: int = 0, sequential: bool = False) -> tff.SequenceType:
   """A shard's evaluation data (`shard_math.eval_arrays`) as a one-element sequence (with `groups` > 0, each
   query's membership of that many groups too)."""
   query_shape = [None, None, None] if kind == client_eval.RANKING else [None, None]
@@ -218,6 +236,10 @@ def eval_type(kind: str, groups: int = 0) -> tff.SequenceType:
       query_items=tff.TensorType(np.int64, query_shape), query_labels=tff.TensorType(_F32, query_shape),
       query_mask=tff.TensorType(_F32, query_shape[:2]), seen=tff.TensorType(np.bool_, [None, None]),
       relevant=tff.TensorType(np.bool_, [None, None]))
+  if sequential:  # The sequence two-tower reads each user's history instead of support batches.
+    spec = collections.OrderedDict(history=tff.TensorType(np.int64, [None, None]),
+                                   present=tff.TensorType(_F32, [None, None]),
+                                   **{k: v for k, v in spec.items() if k not in ('items', 'labels', 'mask')})
   if groups:
     spec['query_groups'] = tff.TensorType(_F32, [None, None, groups])
   return tff.SequenceType(spec)
@@ -225,16 +247,20 @@ def eval_type(kind: str, groups: int = 0) -> tff.SequenceType:
 
 def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
                      epochs: int, item_side: int = 0, als_config: als.AlsConfig | None = None,
-                     features: two_tower.ItemFeatures | None = None, groups: int = 0) -> tff.Computation:
+                     features: two_tower.ItemFeatures | None = None, groups: int = 0,
+                     sequence_config: sequence.SequenceConfig | None = None) -> tff.Computation:
   """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard
   from the item side (the weights from position `item_side` on; FedAvg's user table is not used; with
   `features`, the two-tower model's candidate tower). With `groups` = G > 0, the sums of each group too: [G]
   vectors that `tff.federated_sum` adds up as it does the totals (it needs G fixed: one computation per G)."""
-  data_type = eval_type(kind, groups)
+  data_type = eval_type(kind, groups, sequential=sequence_config is not None)
 
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_sums(weights, dataset):
+    if sequence_config is not None:
+      return sequence_math.evaluation_sums(list(weights.trainable), dataset.get_single_element(), sequence_config,
+                                           features)
     if features is not None:
       return shard_math.two_tower_evaluation_sums(tuple(weights.trainable), features, dataset.get_single_element(),
                                                   learning_rate=learning_rate, epochs=epochs)
@@ -272,7 +298,10 @@ class ShardEngine:
       raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
     if algorithm not in ALGORITHMS:
       raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {algorithm!r}')
-    global_users = algorithm in (shard_math.FED_AVG, FED_PROX)
+    self._sequence = task.sequence_config if task.model_name == 'sequence_two_tower' else None
+    if self._sequence is not None and algorithm != shard_math.FED_AVG:
+      raise ValueError(f'the sequence two-tower has no per-user parameters and trains with fed_avg, got {algorithm}')
+    global_users = algorithm in (shard_math.FED_AVG, FED_PROX) and self._sequence is None
     if (task.user_table == 'global') != global_users:
       raise ValueError(f'{algorithm} needs a task whose user table is '
                        f'{"global" if global_users else "a local row (user_table=None)"}, got {task.user_table!r}')
@@ -286,11 +315,14 @@ class ShardEngine:
     self.settings = dataclasses.replace(client_settings(task, config, kind, proximal_strength), als=als_config,
                                         two_tower=towers)
     self._features = task.item_features if towers else None
-    if towers:  # The candidate tower (item-id embedding, genre projection, year embedding): all global.
+    if self._sequence is not None:  # Every weight global: the item side and the query tower.
+      self._features = task.item_features
+      initial = sequence.initial_weights(self._sequence)
+    elif towers:  # The candidate tower (item-id embedding, genre projection, year embedding): all global.
       initial = [v.numpy() for layer in task.model_fn().global_layers for v in layer.trainable_variables]
     else:
       initial = fedavg_initial_weights(task) if global_users else initial_weights(task.model_config)
-    self._item_side = 0 if towers else len(initial) - (3 if task.objective == mf.RATING else 2)
+    self._item_side = 0 if towers or self._sequence else len(initial) - (3 if task.objective == mf.RATING else 2)
     self._eval = dict(objective=self.settings.objective, l2=self.settings.l2, learning_rate=eval_learning_rate,
                       epochs=eval_epochs)
     specs, finalizer = [tf.TensorSpec(w.shape, _F32) for w in initial], None
@@ -305,12 +337,18 @@ class ShardEngine:
       self._communication = {'communication/download_bytes_per_client': float(4 * sum(w.size for w in initial)),
                              'communication/upload_bytes_per_client': float(4 * (dim * dim + rows * dim))}
     self._factory = aggregation(specs)
-    self._specs, self._table_rows = specs, self._rows_per_user(algorithm, self._item_side, specs, towers)
+    self._specs = specs
+    self._table_rows = self._rows_per_user(algorithm, self._item_side, specs, towers or self._sequence is not None)
     self.process = build_learning_process(initial, self.settings, config, factory=self._factory,
-                                          update_specs=specs, finalizer=finalizer, features=self._features)
+                                          update_specs=specs, finalizer=finalizer, features=self._features,
+                                          sequence_config=self._sequence)
     self._weights_type = self.process.get_model_weights.type_signature.result
     self._evaluations: dict[int, tff.Computation] = {}  # `evaluation`'s, built on first use.
-    if towers:
+    if self._sequence is not None:
+      features, shape = self._features, self._sequence
+      self._losses = tf.function(lambda weights, data: sequence_math.support_losses(weights, data, shape, features),
+                                 reduce_retracing=True)
+    elif towers:
       features = self._features  # Constants of the graph, not arguments to trace.
       self._losses = tf.function(lambda *data: shard_math.two_tower_support_losses(
           *data, features=features, learning_rate=eval_learning_rate, epochs=eval_epochs), reduce_retracing=True)
@@ -323,8 +361,12 @@ class ShardEngine:
   def next(self, state, examples: list) -> fed_recon.RoundOutput:
     """One round on the cohort's `examples` (one `preprocessing.Examples` per user), cut into shards."""
     batch_size = self.task.data_config.batch_size
-    shards = [as_client_data(shard_math.pack_shard([examples[u] for u in part], batch_size, keys=part))
-              for part in shard_math.shard_indices(examples, self.users_per_shard)]
+    parts = shard_math.shard_indices(examples, self.users_per_shard)
+    if self._sequence is not None:
+      shards = [as_client_data(self._pack_sequences([examples[u] for u in part], part)) for part in parts]
+    else:
+      shards = [as_client_data(shard_math.pack_shard([examples[u] for u in part], batch_size, keys=part))
+                for part in parts]
     output = self.process.next(state, shards)
     if self.round_check is not None:
       self.round_check(output.metrics['aggregator'])
@@ -334,6 +376,11 @@ class ShardEngine:
     if isinstance(self._factory, aggregation_lib.CompressedMeanFactory):
       communication['communication/upload_bytes_per_client'] = self._compressed_upload_bytes(examples)
     return fed_recon.RoundOutput(output.state, {**output.metrics, **communication})
+
+  def _pack_sequences(self, examples: list, keys) -> collections.OrderedDict:
+    data = sequence.pack_sequences(examples, self._sequence.max_history)
+    data['keys'] = np.asarray(keys, np.int64)
+    return data
 
   @staticmethod
   def _rows_per_user(algorithm: str, item_side: int, specs: list[tf.TensorSpec], towers: bool) -> list[str]:
@@ -367,9 +414,13 @@ class ShardEngine:
 
   def evaluate(self, state, clients) -> dict[str, float]:
     """Metric totals over `clients` (`tasks.EvalClients`), each shard of them a TFF client."""
-    data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size,
-                                                  self.task.model_config.num_items))
-            for part in shard_math.split_eval(clients, self.users_per_shard)]
+    num_items = self.task.model_config.num_items
+    if self._sequence is not None:
+      data = [as_client_data(sequence_math.eval_arrays(part, self._sequence, num_items))
+              for part in shard_math.split_eval(clients, self.users_per_shard)]
+    else:
+      data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size, num_items))
+              for part in shard_math.split_eval(clients, self.users_per_shard)]
     groups = len(clients.group_names) if clients.groups is not None else 0
     return fed_recon.as_numpy(self.evaluation(groups)(self.process.get_model_weights(state), data))
 
@@ -377,7 +428,8 @@ class ShardEngine:
     """The federated evaluation (`build_evaluation`), with the sums of `groups` groups (0: none)."""
     if groups not in self._evaluations:
       self._evaluations[groups] = build_evaluation(self._weights_type, self.task.eval_kind, item_side=self._item_side,
-                                                   features=self._features, groups=groups, **self._eval)
+                                                   features=self._features, groups=groups,
+                                                   sequence_config=self._sequence, **self._eval)
     return self._evaluations[groups]
 
   def global_weights(self, state) -> list[np.ndarray]:
@@ -393,6 +445,14 @@ class ShardEngine:
     computed a shard of alike users at a time: all users padded to the longest one's support at once took about
     1 MB a user (6.2 GB at 6,000 users with a power-law activity tail)."""
     weights = tuple(tf.constant(w) for w in self.global_weights(state))
+    if self._sequence is not None:  # A window of each user's history with fixed negatives.
+      examples = sequence_math.support_examples(clients.seen, self._sequence,
+                                                self.task.data_config.num_negatives * self._sequence.max_history, 0)
+      losses = np.zeros(len(examples), np.float32)
+      for part in shard_math.size_shards(examples, self.users_per_shard):
+        data = {k: tf.constant(v) for k, v in self._pack_sequences([examples[u] for u in part], part).items()}
+        losses[part] = self._losses(list(weights), data).numpy()
+      return losses
     losses = np.zeros(len(clients.support), np.float32)
     for part in shard_math.size_shards(clients.support, self.users_per_shard):
       items, labels, mask = shard_math.pack_batches([clients.support[u] for u in part],
