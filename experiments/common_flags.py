@@ -23,7 +23,13 @@ OBJECTIVE = flags.DEFINE_enum('objective', mf.IMPLICIT, list(mf.OBJECTIVES),
                                'implicit: ranking (HR/NDCG, LOO-99); rating: explicit ratings (RMSE/MAE).')
 MODEL = flags.DEFINE_enum('model', tasks.MF, list(tasks.MODELS),
                           'mf: matrix factorization; two_tower: TFRS retrieval towers with item genre/year features '
-                          '(implicit objective, cross-device Federated Reconstruction).')
+                          '(implicit objective, cross-device Federated Reconstruction); sequence_two_tower: a causal '
+                          'self-attention query tower over the user\'s history (implicit, cross-device, fed_avg).')
+MAX_HISTORY = flags.DEFINE_integer('max_history', 50, '--model=sequence_two_tower: positions of the query tower (a '
+                                   'longer history is truncated to its most recent items).', lower_bound=1)
+BLOCKS = flags.DEFINE_integer('num_blocks', 2, '--model=sequence_two_tower: Transformer blocks.', lower_bound=1)
+DROPOUT = flags.DEFINE_float('dropout', 0.2, '--model=sequence_two_tower: dropout rate in training.',
+                             lower_bound=0.0, upper_bound=0.99)
 DIM = flags.DEFINE_integer('embedding_dim', 32, 'Embedding dimension.')
 L2 = flags.DEFINE_float('l2', 0.0, 'L2 regularization of the embeddings a batch touches.')
 INIT = flags.DEFINE_float('init_stddev', 0.1, 'Stddev of the item-embedding initializer.')
@@ -58,6 +64,11 @@ def model_kwargs() -> dict:
   """Keyword arguments of `tasks.RecommendationTask` besides the data."""
   return dict(model=MODEL.value, objective=OBJECTIVE.value, embedding_dim=DIM.value, l2=L2.value,
               init_stddev=INIT.value, seed=SEED.value)
+
+
+def sequence_settings() -> dict:
+  """`tff_rec.models.sequence.SequenceConfig` settings of --model=sequence_two_tower."""
+  return dict(max_history=MAX_HISTORY.value, num_blocks=BLOCKS.value, dropout=DROPOUT.value)
 
 
 def loop_config(rounds: int) -> training_loop.LoopConfig:

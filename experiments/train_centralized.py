@@ -25,7 +25,8 @@ from tff_rec.models import reconstruction
 _EPOCHS = flags.DEFINE_integer('epochs', 20, 'Passes over all training users\' examples (one loop round each).')
 _OPTIMIZER = flags.DEFINE_enum('optimizer', 'adam', list(fed_recon.SERVER_OPTIMIZERS), 'Optimizer.')
 _LR = flags.DEFINE_float('learning_rate', 0.01, 'Learning rate.')
-_CENTRAL_BATCH = flags.DEFINE_integer('central_batch_size', 256, 'Minibatch size of centralized training.')
+_CENTRAL_BATCH = flags.DEFINE_integer('central_batch_size', 256, 'Minibatch size of centralized training (examples; '
+                                      'users\' windows for --model=sequence_two_tower).')
 _USER_INIT = flags.DEFINE_float('user_init_stddev', 0.1, 'Stddev of the user-table initializer.')
 
 
@@ -47,13 +48,16 @@ class CentralizedExperimentConfig:
   export_dir: str | None = None
   top_k: int = 10
   group_metrics: str = 'all'
+  sequence: dict = dataclasses.field(default_factory=dict)  # --model=sequence_two_tower's shape.
 
   def validate(self) -> None:
     self.data.validate()
     self.training.validate()
     self.loop.validate()
-    if self.model != tasks.MF:
-      raise ValueError('the centralized baseline trains --model=mf')
+    if self.model == tasks.TWO_TOWER:
+      raise ValueError('the centralized baseline trains --model=mf or sequence_two_tower')
+    if self.model == tasks.SEQUENCE and self.export_dir:
+      raise ValueError('--export_dir: serving the sequence two-tower is not built yet (issue 16 item 4); drop the flag')
     if self.data.view != 'cross_device':
       raise ValueError('--view must be cross_device: the centralized baseline pools users, not platforms')
     self.evaluation.validate()
@@ -70,22 +74,26 @@ def config_from_flags() -> CentralizedExperimentConfig:
       loop=common_flags.loop_config(_EPOCHS.value),
       evaluation=common_flags.eval_settings(common_flags.RECON_LR.value),
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
-      group_metrics=common_flags.GROUP_METRICS.value)
+      group_metrics=common_flags.GROUP_METRICS.value, sequence=common_flags.sequence_settings())
 
 
 def build_task(config: CentralizedExperimentConfig) -> tasks.RecommendationTask:
   config.validate()
   task = tasks.RecommendationTask(config.data, objective=config.objective, embedding_dim=config.embedding_dim,
                                   l2=config.l2, init_stddev=config.init_stddev, seed=config.seed,
-                                  model=config.model)
+                                  model=config.model,
+                                  sequence_settings=config.sequence if config.model == tasks.SEQUENCE else None)
   task.group_attributes(config.group_metrics)  # A group attribute the data does not have fails here.
   return task
 
 
 def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> dict[str, Any]:
   experiment.configure_determinism(True)
-  engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.evaluation.learning_rate,
-                                         eval_epochs=config.evaluation.epochs)
+  if task.model_name == tasks.SEQUENCE:  # Minibatches of users' windows (--central_batch_size users).
+    engine = centralized.SequenceCentralizedEngine(task, config.training)
+  else:
+    engine = centralized.CentralizedEngine(task, config.training, eval_learning_rate=config.evaluation.learning_rate,
+                                           eval_epochs=config.evaluation.epochs)
   final = experiment.run(engine, task, cohort_fn=lambda _: engine.user_ids, seed=config.seed, loop=config.loop,
                         output_dir=config.output_dir, hparams=dataclasses.asdict(config), loss_key='train/loss',
                         eval_reconstruction=config.evaluation, export_to=(config.export_dir, config.top_k),

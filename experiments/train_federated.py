@@ -50,11 +50,6 @@ _ALS_PRIOR_REG = flags.DEFINE_float('als_prior_regularization', 3.0, 'fed_als --
 _TEXT = flags.DEFINE_bool('item_text_features', False, 'Items\' title vectors (pretrained GloVe word vectors, '
                           'stored by prepare_data --item_text_encoder=glove) join their public features: in '
                           '--model=two_tower\'s candidate tower and in --als_item_prior. Public, free under DP.')
-_MAX_HISTORY = flags.DEFINE_integer('max_history', 50, '--model=sequence_two_tower: positions of the query tower '
-                                    '(a longer history is truncated to its most recent items).', lower_bound=1)
-_BLOCKS = flags.DEFINE_integer('num_blocks', 2, '--model=sequence_two_tower: Transformer blocks.', lower_bound=1)
-_DROPOUT = flags.DEFINE_float('dropout', 0.2, '--model=sequence_two_tower: dropout rate in training.',
-                              lower_bound=0.0, upper_bound=0.99)
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Training rounds.')
 _CLIENTS = flags.DEFINE_integer('clients_per_round', 100, 'Uniform sampling without replacement (0: use rate).')
 _RATE = flags.DEFINE_float('client_sampling_rate', 0.0, 'Poisson sampling rate (with --clients_per_round=0).')
@@ -140,7 +135,7 @@ def config_from_flags() -> ExperimentConfig:
       als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value),
       users_per_shard=users_per_shard(), group_metrics=common_flags.GROUP_METRICS.value,
       item_text_features=_TEXT.value,
-      sequence=dict(max_history=_MAX_HISTORY.value, num_blocks=_BLOCKS.value, dropout=_DROPOUT.value))
+      sequence=common_flags.sequence_settings())
 
 
 def users_per_shard() -> int:

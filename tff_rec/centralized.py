@@ -19,9 +19,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tff_rec.federated import fed_recon, process
+from tff_rec.federated import fed_recon, process, sequence_math, shard_math
 from tff_rec.federated.fed_recon import RoundOutput
-from tff_rec.models import mf
+from tff_rec.models import mf, sequence
 from tff_rec.preprocessing import Examples
 
 
@@ -113,3 +113,79 @@ class CentralizedEngine:
 
   def evaluate(self, state, clients) -> dict[str, float]:
     return self._evaluator.evaluate(self.global_weights(state), clients)
+
+
+class SequenceCentralizedEngine:
+  """The sequence two-tower trained centrally: `next(state, examples)` is one epoch over every training user's
+  window (`tasks.RecommendationTask.train_examples`, fresh negatives each epoch) in shuffled minibatches of
+  `batch_size` users, each step the optimizer on the users' mean next-item loss. The maths
+  (`sequence_math.shard_losses`) and the evaluation (`sequence_math.evaluation_sums`) are the federated ones, so
+  the two differ only in where the training happens."""
+
+  def __init__(self, task, config: CentralizedConfig):
+    config.validate()
+    self.task, self.config = task, config
+    self.user_ids = list(task.train_data.client_ids)
+    self.optimizer = fed_recon.server_optimizer(config.optimizer, config.learning_rate)
+    self._step = tf.function(self._step_fn, reduce_retracing=True)
+    shape, features = task.sequence_config, task.item_features
+    self._sums = tf.function(lambda weights, data: sequence_math.evaluation_sums(weights, data, shape, features),
+                             reduce_retracing=True)
+
+  def initialize(self) -> collections.OrderedDict:
+    weights = tuple(sequence.initial_weights(self.task.sequence_config))
+    specs = tuple(tf.TensorSpec(w.shape, tf.float32) for w in weights)
+    return collections.OrderedDict(weights=weights,
+                                   optimizer=tf.nest.map_structure(np.asarray, self.optimizer.initialize(specs)),
+                                   epoch=np.int64(0))
+
+  def global_weights(self, state) -> list[np.ndarray]:
+    return [np.asarray(w) for w in state['weights']]
+
+  def next(self, state, examples: list[Examples]) -> RoundOutput:
+    epoch = int(state['epoch'])
+    order = np.random.default_rng([self.config.seed, epoch]).permutation(len(examples))
+    weights = tuple(tf.constant(w) for w in state['weights'])
+    optimizer_state, loss_sum, steps = state['optimizer'], 0.0, 0
+    for start in range(0, len(order), self.config.batch_size):
+      part = order[start:start + self.config.batch_size]
+      data = sequence.pack_sequences([examples[u] for u in part], self.task.sequence_config.max_history)
+      data = {k: tf.constant(v) for k, v in data.items()}
+      optimizer_state, weights, loss = self._step(optimizer_state, weights, data, tf.constant(epoch, tf.int64))
+      loss_sum += float(loss)
+      steps += 1
+    new_state = collections.OrderedDict(weights=tuple(w.numpy() for w in weights),
+                                        optimizer=tf.nest.map_structure(np.asarray, optimizer_state),
+                                        epoch=np.int64(epoch + 1))
+    predictions = float(sum(max(int(np.sum(y > 0.5)) - 1, 0) for _, y in examples))
+    metrics = collections.OrderedDict(train=collections.OrderedDict(loss=loss_sum / max(steps, 1),
+                                                                    num_examples=predictions))
+    return RoundOutput(new_state, metrics)
+
+  def _step_fn(self, optimizer_state, weights, data, epoch):
+    with tf.GradientTape() as tape:
+      tape.watch(weights)
+      expanded = sequence.expand(weights)
+      config = self.task.sequence_config
+      seeds = None if config.dropout == 0.0 else data['seeds'] + tf.stack([tf.constant(0, tf.int64), epoch])
+      totals, counts = sequence_math.shard_losses(expanded, tf.gather(weights[sequence.ITEM], data['rows']), data,
+                                                  config, self.task.item_features, seeds)
+      users = tf.reduce_sum(tf.cast(counts > 0, tf.float32))
+      loss = tf.math.divide_no_nan(tf.reduce_sum(tf.math.divide_no_nan(totals, counts)), users)
+    grads = tape.gradient(loss, weights)
+    optimizer_state, weights = self.optimizer.next(optimizer_state, weights, tuple(tf.convert_to_tensor(g)
+                                                                                   for g in grads))
+    return optimizer_state, tuple(weights), loss
+
+  def evaluate(self, state, clients) -> dict[str, float]:
+    """The federated evaluation's sums (`sequence_math.evaluation_sums`), 100 users at a time."""
+    weights = [tf.constant(w) for w in state['weights']]
+    totals: dict = {}
+    for part in shard_math.split_eval(clients, 100):
+      sums = self._sums(weights, sequence_math.eval_arrays(part, self.task.sequence_config,
+                                                           self.task.model_config.num_items))
+      for key, value in sums.items():
+        value = value.numpy().astype(np.float64)
+        totals[key] = totals.get(key, 0.0) + (float(value) if value.ndim == 0 else value)
+    return totals
+

@@ -41,7 +41,20 @@ def test_two_epochs_write_every_output_and_learn(tiny_dataset, tmp_path):
   assert len(losses) == 4 and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
+def test_the_sequence_model_trains_centrally(tiny_dataset, tmp_path):
+  final = _run(tiny_dataset, tmp_path, 'sequence', epochs=3, model='sequence_two_tower', max_history=5,
+               central_batch_size=8, learning_rate=0.05, group_metrics='none')
+  run_dir = tmp_path / 'sequence'
+  assert 'model_state.npz' not in os.listdir(run_dir)  # Not served yet.
+  assert 0.0 <= final['hr@10'] <= 1.0 and final['rounds'] == 3
+  losses = [row['train/loss'] for row in training_loop.read_history(str(run_dir))]
+  assert losses[-1] < losses[0]
+
+
 @pytest.mark.parametrize('overrides, message', [
+    ({'model': 'two_tower'}, 'trains --model=mf or sequence_two_tower'),
+    ({'model': 'sequence_two_tower', 'export_dir': '/tmp/never'}, 'serving the sequence two-tower is not built'),
     ({'view': 'cross_silo'}, '--view must be cross_device'),
     ({'learning_rate': -1.0}, 'learning_rate'),
     ({'optimizer': 'nope'}, 'nope'),

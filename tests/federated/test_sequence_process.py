@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tff_rec import tasks
+from tff_rec import centralized, tasks
 from tff_rec.data import schema
 from tff_rec.federated import fed_recon, process, sequence_math
 from tff_rec.models import sequence
@@ -96,3 +96,26 @@ def test_evaluation_scores_each_users_history_query_whatever_the_shards(task):
 def test_the_sequence_model_trains_only_with_fed_avg(task):
   with pytest.raises(ValueError, match='no per-user parameters and trains with fed_avg, got fed_recon'):
     process.ShardEngine(task, fed_recon.ReconConfig(), users_per_shard=2, eval_learning_rate=1.0, eval_epochs=1)
+
+
+def test_a_centralized_full_batch_sgd_epoch_is_a_fedsgd_round_of_every_user(task):
+  """The centralized baseline runs the same maths: one minibatch of every user with SGD at rate a * b equals a
+  FedAvg round of every user with one local step at rate a, uniform weights and server SGD at rate b."""
+  ids = task.train_data.client_ids
+  examples = task.train_examples(ids, 0, seed=0)
+  central = centralized.SequenceCentralizedEngine(
+      task, centralized.CentralizedConfig(optimizer='sgd', learning_rate=0.5 * 2.0, batch_size=len(ids)))
+  engine = _engine(task, 5, client_learning_rate=0.5, local_epochs=1, server_learning_rate=2.0,
+                   client_weighting='uniform')
+  state = central.initialize()
+  fed_state = engine.initialize()
+  for a, b in zip(central.global_weights(state), engine.global_weights(fed_state), strict=True):
+    np.testing.assert_array_equal(a, b)
+  state = central.next(state, examples).state
+  fed_state = engine.next(fed_state, examples).state
+  for a, b in zip(central.global_weights(state), engine.global_weights(fed_state), strict=True):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  clients = task.eval_clients(schema.VAL)
+  federated = engine.evaluate(fed_state, clients)
+  for key, value in central.evaluate(state, clients).items():
+    np.testing.assert_allclose(federated[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
