@@ -56,8 +56,7 @@ class CentralizedExperimentConfig:
     self.loop.validate()
     if self.model == tasks.TWO_TOWER:
       raise ValueError('the centralized baseline trains --model=mf or sequence_two_tower')
-    if self.model == tasks.SEQUENCE and self.export_dir:
-      raise ValueError('--export_dir: serving the sequence two-tower is not built yet (issue 16 item 4); drop the flag')
+
     if self.data.view != 'cross_device':
       raise ValueError('--view must be cross_device: the centralized baseline pools users, not platforms')
     self.evaluation.validate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import dataclasses
 import os
 import sys
 import time
@@ -118,14 +119,14 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
   if privacy:
     final.update(privacy.write(os.path.join(output_dir, PRIVACY_LEDGER), rounds))
   e = eval_reconstruction
+  shape = dataclasses.asdict(task.sequence_config) if task.model_name == tasks.SEQUENCE else None
   config = export.ServingConfig(task.objective, task.model_config.l2, task.data_config.batch_size,
                                 task.data_config.num_negatives, e.learning_rate, e.epochs, seed, e.recent_items,
-                                e.recent_repeats, task.model_name, e.als_alpha, e.als_regularization)
+                                e.recent_repeats, task.model_name, e.als_alpha, e.als_regularization, shape)
   weights = engine.global_weights(state)
-  if task.model_name == tasks.TWO_TOWER:  # The candidate tower needs its constant feature tables too.
+  if task.model_name in (tasks.TWO_TOWER, tasks.SEQUENCE):  # The candidate tower's constant feature tables too.
     weights = list(weights) + [task.item_features.dense, task.item_features.year_buckets]
-  if task.model_name != tasks.SEQUENCE:  # Serving the sequence two-tower is not built yet.
-    export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary, weights)
+  export.save_model_state(os.path.join(output_dir, export.MODEL_STATE), config, task.vocabulary, weights)
   final.update(rounds=rounds, wall_seconds=time.monotonic() - began)
   atomic.write_json(os.path.join(output_dir, 'final_metrics.json'), final)
   metric_key = 'val/hr@10' if task.eval_kind == client_eval.RANKING else 'val/rmse'

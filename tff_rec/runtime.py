@@ -12,8 +12,9 @@ This module builds the same context from TFF's own public pieces
 management, which TFF gets wrong for our use:
 
 * the worker's stdout/stderr go to a log file or /dev/null, never our pipes;
-* it is started with `PR_SET_PDEATHSIG`, so the kernel kills it even when
-  Python dies by SIGKILL;
+* it is started with `PR_SET_PDEATHSIG` (by util-linux's `setpriv`, else
+  in the forked child), so the kernel kills it even when Python dies by
+  SIGKILL;
 * `atexit` stops every worker this process started, and any other
   `worker_binary` child.
 
@@ -32,6 +33,7 @@ import atexit
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -104,17 +106,18 @@ def start_worker(
   if not os.path.isfile(binary):
     raise FileNotFoundError(f'TFF worker binary not found at {binary}')
   out = open(log_path, 'ab') if log_path else subprocess.DEVNULL
+  command = [binary, f'--port={port}', f'--max_concurrent_computation_calls={max_concurrent_computation_calls}']
+  setpriv = shutil.which('setpriv')
+  # `setpriv` sets the death signal and execs the worker, so no Python runs between fork and exec: a
+  # `preexec_fn` runs in a child forked from a process whose other threads (TensorFlow's, gRPC's) may hold locks,
+  # and fresh-clone test runs lost workers to segfaults there. Without setpriv, the `preexec_fn` does it.
   try:
     process = subprocess.Popen(
-        [
-            binary,
-            f'--port={port}',
-            f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
-        ],
+        [setpriv, '--pdeathsig', 'TERM', '--', *command] if setpriv else command,
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=out,
-        preexec_fn=_die_with_parent,
+        preexec_fn=None if setpriv else _die_with_parent,
         close_fds=True,
     )
   finally:
@@ -127,9 +130,10 @@ def start_worker(
 
 
 def _stop_process(process: subprocess.Popen | psutil.Process) -> None:
-  """SIGINT (the worker's clean shutdown), then SIGKILL if it lingers."""
+  """SIGTERM, then SIGKILL if it lingers (SIGTERM: a worker started from a background shell inherits SIGINT
+  ignored, and `setpriv` cannot restore it)."""
   try:
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     process.wait(timeout=_STOP_TIMEOUT_S)
   except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
     process.kill()

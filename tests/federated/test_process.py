@@ -47,7 +47,7 @@ def test_shard_size_one_matches_tff_build_fed_recon_over_rounds(task, reference)
   ref_state, state = reference.initialize(), ours.initialize()
   _assert_weights_close(reference.global_weights(ref_state), ours.global_weights(state), atol=0)  # Same initializers.
   ids = task.train_data.client_ids[:10]
-  for round_num in range(3):
+  for round_num in range(2):
     examples = task.train_examples(ids, round_num, seed=0)
     ref_out, out = reference.next(ref_state, examples), ours.next(state, examples)
     ref_state, state = ref_out.state, out.state
@@ -290,7 +290,7 @@ def test_secure_aggregation_per_user_equals_tffs_secure_aggregator_one_client_pe
   engines = [_secure_engine(task, k, config) for k in (1, 4)]
   empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
   ref_state, states = reference.initialize(), [e.initialize() for e in engines]
-  for r in range(3):
+  for r in range(2):
     examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0) + [empty]
     ref_out = reference.next(ref_state, examples)
     outs = [e.next(s, examples) for e, s in zip(engines, states)]
@@ -354,7 +354,7 @@ def test_fed_avg_shards_equal_tffs_build_weighted_fed_avg_user_table_included(gl
   engines = [process.ShardEngine(task, config, users_per_shard=k, eval_learning_rate=0.5, eval_epochs=1,
                                  algorithm='fed_avg') for k in (1, 4)]
   ref_state, states = reference.initialize(), [e.initialize() for e in engines]
-  for r in range(3):
+  for r in range(2):
     examples = task.train_examples(task.train_data.client_ids[:10], r, seed=0)
     ref_out = reference.next(ref_state, examples)
     outs = [e.next(s, examples) for e, s in zip(engines, states)]
@@ -464,7 +464,7 @@ def test_two_tower_shards_equal_tffs_two_tower_process_over_rounds(tiny_dataset)
   engines = [_engine(task, k) for k in (1, 4)]
   ref_state, states = reference.initialize(), [e.initialize() for e in engines]
   _assert_weights_close(reference.global_weights(ref_state), engines[0].global_weights(states[0]), atol=0)
-  for round_num in range(3):
+  for round_num in range(2):
     examples = task.train_examples(task.train_data.client_ids[:10], round_num, seed=0)
     ref_out, outs = reference.next(ref_state, examples), [e.next(s, examples) for e, s in zip(engines, states)]
     ref_state, states = ref_out.state, [o.state for o in outs]

@@ -43,10 +43,15 @@ def _user_update(task, weights, example, learning_rate, steps):
   return [w - v.numpy() for w, v in zip(weights, variables)], float(count[0])
 
 
-def test_a_round_is_the_weighted_mean_of_each_users_own_sgd_steps_whatever_the_shards(task):
+@pytest.fixture(scope='module')
+def engines(task):
+  """Shard sizes 1 and 3 of one configuration (TFF's tracing is the costly part: built once for the module)."""
+  return [_engine(task, 1), _engine(task, 3)]
+
+
+def test_a_round_is_the_weighted_mean_of_each_users_own_sgd_steps_whatever_the_shards(task, engines):
   ids = task.train_data.client_ids[:7]
   examples = task.train_examples(ids, 0, seed=0)
-  engines = [_engine(task, 1), _engine(task, 3)]
   states = [e.initialize() for e in engines]
   start = engines[0].global_weights(states[0])
   updates, weights = [], []
@@ -73,8 +78,7 @@ def test_training_examples_are_the_recent_window_in_time_order_then_negatives(ta
   assert not np.array_equal(again[len(window):], items[len(window):])  # Fresh negatives each round.
 
 
-def test_evaluation_scores_each_users_history_query_whatever_the_shards(task):
-  engines = [_engine(task, 1), _engine(task, 4)]
+def test_evaluation_scores_each_users_history_query_whatever_the_shards(task, engines):
   state = engines[0].initialize()
   clients = task.eval_clients(schema.VAL)
   results = [e.evaluate(state, clients) for e in engines]

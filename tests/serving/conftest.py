@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 # Embedding dimension 16: TFLite quantises only weights of over 1,024 values (151 items x 16).
 TRAINING = dict(rounds=2, clients_per_round=5, batch_size=8, num_negatives=3, embedding_dim=16, eval_every=2,
                 checkpoint_every=2, eval_reconstruction_epochs=2, reconstruction_learning_rate=0.5, l2=0.01,
-                progress=False, seed=3, eval_recent_items=2, eval_recent_repeats=2)
+                progress=False, seed=3, eval_recent_items=2, eval_recent_repeats=2, group_metrics='none')
 # fed_als first: tests that need one model ask for it by `indirect` parametrization, and pytest reuses a session
 # fixture's instance for them only when the param's index matches too (0 in both lists).
 MODELS = dict(fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0),

@@ -115,8 +115,6 @@ class ExperimentConfig:
     if self.item_text_features and self.model == tasks.MF and not self.als.item_prior:
       raise ValueError('--item_text_features feeds the item titles\' vectors to the two-tower models\' candidate tower '
                        'or to --algorithm=fed_als\'s --als_item_prior; this run has neither')
-    if self.model == tasks.SEQUENCE and self.export_dir:
-      raise ValueError('--export_dir: serving the sequence two-tower is not built yet (issue 16 item 4); drop the flag')
     if self.engine is not None:
       raise ValueError(f'--engine={self.engine} was removed: every configuration runs on the one process (a TFF '
                        'learning process whose clients are shards of users, tested equal to TFF\'s own); drop the flag')

@@ -18,7 +18,6 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from tff_rec.evaluation import client_eval
 from tff_rec.federated import shard_math
 from tff_rec.models import sequence, two_tower
 
@@ -108,15 +107,7 @@ def evaluation_sums(weights, data, config: sequence.SequenceConfig,
   weights = sequence.expand(weights)
   table = catalogue_table(weights, features)
   query = user_queries(weights, config, table, data['history'], data['present'])[:, None, :]
-
-  def score(indices):  # indices [U, ...] -> scores [U, ...]
-    flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
-    return tf.reshape(tf.reduce_sum(query * tf.gather(table, flat), -1), tf.shape(indices))
-
-  sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'], data.get('query_groups'))
-  all_items = tf.tile(tf.range(tf.shape(table)[0], dtype=tf.int64)[None], [tf.shape(data['history'])[0], 1])
-  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
-  return sums
+  return shard_math.query_sums(query, table, data)
 
 
 def support_losses(weights, data, config: sequence.SequenceConfig, features: two_tower.ItemFeatures) -> tf.Tensor:

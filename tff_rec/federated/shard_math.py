@@ -462,13 +462,19 @@ def two_tower_evaluation_sums(weights, features: two_tower.ItemFeatures, data, *
   candidate tower over the catalogue (`reconstruction.reconstruct_query`), items scored by the dot product."""
   table, query = _two_tower_users(weights, features, data['items'], data['labels'], data['mask'],
                                   learning_rate=learning_rate, epochs=epochs)
+  return query_sums(query, table, data)
+
+
+def query_sums(query: tf.Tensor, table: tf.Tensor, data) -> collections.OrderedDict:
+  """The ranking and catalogue sums of users whose queries [U, 1, d] score items by <query, table row> (the
+  two-tower models): LOO candidates `data['query_items']`, and every item of the `table` [rows, d]."""
 
   def score(indices):  # indices [U, ...] -> scores [U, ...]
     flat = tf.reshape(indices, [tf.shape(indices)[0], -1])
     return tf.reshape(tf.reduce_sum(query * tf.gather(table, flat), -1), tf.shape(indices))
 
   sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'], data.get('query_groups'))
-  all_items = tf.tile(tf.range(tf.shape(table)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
+  all_items = tf.tile(tf.range(tf.shape(table)[0], dtype=tf.int64)[None], [tf.shape(query)[0], 1])
   sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
   return sums
 

@@ -54,7 +54,7 @@ UNKNOWN_SCORE = float(np.finfo(np.float32).min)  # Unknown candidates, and slots
 SIGNATURES = ('serving_default', 'recommend', 'score')
 SAVED_MODEL, TFLITE = 'saved_model', 'tflite'
 FORMATS = (SAVED_MODEL, TFLITE)
-MF, TWO_TOWER = 'mf', 'two_tower'  # As `tff_rec.tasks` names the models.
+MF, TWO_TOWER, SEQUENCE = 'mf', 'two_tower', 'sequence_two_tower'  # As `tff_rec.tasks` names the models.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +73,15 @@ class ServingConfig:
   model: str = MF  # MF, or TWO_TOWER (served with its candidate tower computed over the catalogue).
   als_alpha: float = 0.0  # > 0: the user is solved exactly by implicit ALS (--algorithm=fed_als), not SGD.
   als_regularization: float = 0.0
+  sequence: dict | None = None  # SEQUENCE: its `sequence.SequenceConfig` (`tff_rec.serving.sequence_export`).
 
   def validate(self) -> None:
     if self.objective not in mf.OBJECTIVES:
       raise ValueError(f'objective must be one of {mf.OBJECTIVES}, got {self.objective!r}')
-    if self.model not in (MF, TWO_TOWER) or (self.model == TWO_TOWER and self.objective != mf.IMPLICIT):
-      raise ValueError(f'model must be {MF} or {TWO_TOWER} (implicit objective), got {self.model!r}')
+    if self.model not in (MF, TWO_TOWER, SEQUENCE) or (self.model != MF and self.objective != mf.IMPLICIT):
+      raise ValueError(f'model must be {MF}, {TWO_TOWER} or {SEQUENCE} (implicit objective), got {self.model!r}')
+    if (self.model == SEQUENCE) != (self.sequence is not None):
+      raise ValueError(f'a {SEQUENCE} model state has its shape (sequence), other models none: {self}')
     if self.batch_size < 1 or self.num_negatives < 0:
       raise ValueError(f'invalid reconstruction settings {self}')
     reconstruction.EvalSettings(self.learning_rate, self.epochs, self.recent_items, self.recent_repeats,
@@ -260,14 +263,7 @@ class Recommender(tf.Module):
     # second copy of it in the TFLite model, where constants are folded).
     scores = (tf.matmul(user[0][:, 0], self.item_embedding, transpose_b=True)
               + tf.expand_dims(self.item_bias[:, 0], 0))[:, 1:] + self._offset(user)  # [batch, items]
-    seen = tf.where(history > 0)
-    seen = tf.scatter_nd(tf.stack([seen[:, 0], tf.gather_nd(history, seen) - 1], 1),
-                         tf.ones([tf.shape(seen)[0]], tf.int32), tf.shape(scores, out_type=tf.int64))
-    scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
-    top, indices = tf.math.top_k(scores, self.top_k)
-    # '' where no item is left by gathering index 0 (a select on strings is not a TFLite op).
-    recommended = tf.where(top > UNKNOWN_SCORE, indices + 1, 0)
-    outputs = {'item_ids': tf.gather(self.blank_and_vocabulary, recommended), 'scores': top}
+    outputs, recommended = top_unseen(scores, history, self.top_k, self.blank_and_vocabulary)
     if self.explain:
       outputs |= self._explain(history, support, tf.cast(recommended, history.dtype))
     return outputs
@@ -288,6 +284,20 @@ class Recommender(tf.Module):
   def user_embedding(self, history_item_ids, history_ratings):
     """The reconstructed user embedding [batch, d] (not a serving signature; for tests and tools)."""
     return self.user(history_item_ids, history_ratings)[0][0][:, 0]
+
+
+def top_unseen(scores: tf.Tensor, history: tf.Tensor, top_k: int, blank_and_vocabulary: tf.Tensor
+               ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+  """`recommend`'s outputs from every item's scores [batch, items] (index i + 1 = item i): the top K, the
+  history's items [batch, H] (0: none) excluded; and the recommended item indices [batch, K] (0: none left)."""
+  seen = tf.where(history > 0)
+  seen = tf.scatter_nd(tf.stack([seen[:, 0], tf.gather_nd(history, seen) - 1], 1),
+                       tf.ones([tf.shape(seen)[0]], tf.int32), tf.shape(scores, out_type=tf.int64))
+  scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
+  top, indices = tf.math.top_k(scores, top_k)
+  # '' where no item is left by gathering index 0 (a select on strings is not a TFLite op).
+  recommended = tf.where(top > UNKNOWN_SCORE, indices + 1, 0)
+  return {'item_ids': tf.gather(blank_and_vocabulary, recommended), 'scores': top}, recommended
 
 
 def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
@@ -354,7 +364,10 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
           f'{os.path.join(run_dir, name)} does not exist: --run_dir must be a finished training run '
           '(<root_output_dir>/<experiment_name>)')
   config, vocabulary, weights = load_model_state(state_path)
-  module = Recommender(config, vocabulary, weights, top_k, explain, jit_compile)
+  if config.model == SEQUENCE:
+    module = _sequence_module(config, vocabulary, weights, top_k, fmt=fmt, explain=explain, jit_compile=jit_compile)
+  else:
+    module = Recommender(config, vocabulary, weights, top_k, explain, jit_compile)
   final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
   ledger_path = os.path.join(run_dir, 'privacy_ledger.json')
   ledger = _read_json(ledger_path) if os.path.exists(ledger_path) else None
@@ -384,6 +397,21 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
                'model_bytes': len(model)}
   atomic.write_json(os.path.join(export_dir, METADATA), metadata)
   return metadata
+
+
+def _sequence_module(config: ServingConfig, vocabulary: list[str], weights: list[np.ndarray], top_k: int, *,
+                     fmt: str, explain: int, jit_compile: bool):
+  """The sequence two-tower's module (`sequence_export.SequenceRecommender`): its state is the model's weights,
+  then the item features' dense table and year buckets."""
+  from tff_rec.models import sequence  # pylint: disable=g-import-not-at-top
+  from tff_rec.serving import sequence_export  # pylint: disable=g-import-not-at-top
+  if fmt != SAVED_MODEL or explain or jit_compile:
+    raise ValueError('the sequence two-tower exports as a SavedModel without --explain or --jit_compile (its '
+                     'request is one forward pass, nothing is reconstructed); drop those flags')
+  config.validate()
+  shape = sequence.SequenceConfig(**config.sequence)
+  features = two_tower.ItemFeatures(weights[-2], weights[-1].astype(np.int64))
+  return sequence_export.SequenceRecommender(shape, vocabulary, list(weights[:-2]), features, top_k)
 
 
 def describe(export_dir: str, metadata: dict[str, Any]) -> str:

@@ -1,0 +1,99 @@
+"""The sequence two-tower as a SavedModel: the request's history is the query tower's input.
+
+Same contract as `export.Recommender` (`serving_default` = `recommend`, `score`;
+names and dtypes fixed): `history_item_ids` (string [batch, H], "" = padding)
+**in time order, oldest first**, and `history_ratings` (float32 [batch, H];
+read for its shape only: the model is of implicit feedback). Unknown ids and
+padding are dropped, the remaining items kept in order, and a history longer
+than the model's `max_history` is truncated to its most recent items, as
+training and evaluation window it. The user's query is the query tower's state
+at the last item (`tff_rec.models.sequence`), scored against the candidate
+tower over the catalogue (computed once, at export); history items are not
+recommended. An empty history gives the query of no items (the final layer
+norm's bias): one fixed ranking of the catalogue, the item side's own.
+Nothing is reconstructed per request (no per-user parameters), so a request is
+one forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tff_rec.federated import sequence_math
+from tff_rec.models import sequence, two_tower
+from tff_rec.serving import export
+
+UNKNOWN_SCORE = export.UNKNOWN_SCORE
+
+
+class SequenceRecommender(tf.Module):
+  """The exported sequence two-tower: the query tower's weights, the candidate table, the vocabulary."""
+
+  def __init__(self, config: sequence.SequenceConfig, vocabulary: list[str], weights: list[np.ndarray],
+               features: two_tower.ItemFeatures, top_k: int):
+    super().__init__(name='sequence_recommender')
+    config.validate()
+    if len(weights) != len(sequence.weight_names(config)):
+      raise ValueError(f'a sequence two-tower of {config.num_blocks} blocks has {len(sequence.weight_names(config))} '
+                       f'weights, got {len(weights)}')
+    if weights[sequence.ITEM].shape[0] != len(vocabulary) + 1:
+      raise ValueError(f'item embedding has {weights[sequence.ITEM].shape[0]} rows for {len(vocabulary)} items')
+    if top_k < 1:
+      raise ValueError(f'top_k must be >= 1, got {top_k}')
+    self.config = config
+    self.top_k = min(top_k, len(vocabulary))
+    self.blank_and_vocabulary = tf.constant(['', *vocabulary], tf.string)
+    self.lookup = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(self.blank_and_vocabulary[1:],
+                                            tf.range(1, len(vocabulary) + 1, dtype=tf.int64)), default_value=0)
+    expanded = sequence.expand(weights)
+    table = sequence_math.catalogue_table(expanded, features).numpy()
+    self.table = tf.Variable(table, trainable=False, name='candidate_table')
+    # The query tower's weights (the item side enters through the table).
+    self.tower = [tf.Variable(w, trainable=False, name=name.replace('/', '_'))
+                  for w, name in zip(weights, sequence.weight_names(config))]
+
+  def query(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(each request's query [batch, d], its known history item indices [batch, H] (0: dropped))."""
+    tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_ratings),
+                              message='history_item_ids and history_ratings must have the same shape')
+    history = self.lookup.lookup(history_item_ids)
+    window = self._window(history)
+    expanded = [w[None] for w in self.tower]
+    present = tf.cast(window > 0, tf.float32)
+    states = sequence.query_states(expanded, self.config, tf.gather(self.table, window), present)
+    return states[:, -1, :], history
+
+  def _window(self, history: tf.Tensor) -> tf.Tensor:
+    """Each row's known items in order, right-aligned, cut or left-padded (0) to `max_history` [batch, L]."""
+    length = tf.shape(history)[1]
+    positions = tf.range(length, dtype=tf.int64)[None]
+    key = tf.where(history > 0, positions + tf.cast(length, tf.int64), positions)  # Unknowns first, order kept.
+    ordered = tf.gather(history, tf.argsort(key, axis=1, stable=True), batch_dims=1)
+    size = self.config.max_history
+    padded = tf.pad(ordered, [[0, 0], [tf.maximum(size - length, 0), 0]])
+    return padded[:, -size:]
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
+                                tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
+  def recommend(self, history_item_ids, history_ratings):
+    query, history = self.query(history_item_ids, history_ratings)
+    scores = tf.matmul(query, self.table, transpose_b=True)[:, 1:]  # [batch, items]
+    return export.top_unseen(scores, history, self.top_k, self.blank_and_vocabulary)[0]
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
+                                tf.TensorSpec([None, None], tf.float32, name='history_ratings'),
+                                tf.TensorSpec([None, None], tf.string, name='candidate_item_ids')])
+  def score(self, history_item_ids, history_ratings, candidate_item_ids):
+    tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(history_item_ids)[0],
+                              message='candidate_item_ids and history_item_ids must have the same batch size')
+    query, _ = self.query(history_item_ids, history_ratings)
+    candidates = self.lookup.lookup(candidate_item_ids)
+    scores = tf.reduce_sum(query[:, None, :] * tf.gather(self.table, candidates), -1)
+    return {'scores': tf.where(candidates > 0, scores, UNKNOWN_SCORE)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string), tf.TensorSpec([None, None], tf.float32)])
+  def user_embedding(self, history_item_ids, history_ratings):
+    """The query [batch, d] (not a serving signature; for tests and tools)."""
+    return self.query(history_item_ids, history_ratings)[0]
