@@ -53,6 +53,10 @@ METADATA = 'metadata.json'
 UNKNOWN_SCORE = float(np.finfo(np.float32).min)  # Unknown candidates, and slots left when K > unseen items.
 SIGNATURES = ('serving_default', 'recommend', 'score')
 SAVED_MODEL, TFLITE = 'saved_model', 'tflite'
+# The signatures' inputs (the contract above).
+HISTORY_SPECS = (tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
+                 tf.TensorSpec([None, None], tf.float32, name='history_ratings'))
+SCORE_SPECS = HISTORY_SPECS + (tf.TensorSpec([None, None], tf.string, name='candidate_item_ids'),)
 FORMATS = (SAVED_MODEL, TFLITE)
 MF, TWO_TOWER, SEQUENCE = 'mf', 'two_tower', 'sequence_two_tower'  # As `tff_rec.tasks` names the models.
 
@@ -255,8 +259,7 @@ class Recommender(tf.Module):
     """b_u + mu [batch, 1] for ratings, else 0."""
     return user[1][:, 0] + self.global_mean if self.global_mean is not None else tf.zeros([tf.shape(user[0])[0], 1])
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
-                                tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
+  @tf.function(input_signature=HISTORY_SPECS)
   def recommend(self, history_item_ids, history_ratings):
     user, history, support = self.user(history_item_ids, history_ratings, shares=self.explain > 0)
     # Scores over the whole table, then the unknown item's column dropped (slicing the table instead would put a
@@ -268,9 +271,7 @@ class Recommender(tf.Module):
       outputs |= self._explain(history, support, tf.cast(recommended, history.dtype))
     return outputs
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
-                                tf.TensorSpec([None, None], tf.float32, name='history_ratings'),
-                                tf.TensorSpec([None, None], tf.string, name='candidate_item_ids')])
+  @tf.function(input_signature=SCORE_SPECS)
   def score(self, history_item_ids, history_ratings, candidate_item_ids):
     tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(history_item_ids)[0],
                               message='candidate_item_ids and history_item_ids must have the same batch size')

@@ -75,16 +75,13 @@ class SequenceRecommender(tf.Module):
     padded = tf.pad(ordered, [[0, 0], [tf.maximum(size - length, 0), 0]])
     return padded[:, -size:]
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
-                                tf.TensorSpec([None, None], tf.float32, name='history_ratings')])
+  @tf.function(input_signature=export.HISTORY_SPECS)
   def recommend(self, history_item_ids, history_ratings):
     query, history = self.query(history_item_ids, history_ratings)
     scores = tf.matmul(query, self.table, transpose_b=True)[:, 1:]  # [batch, items]
     return export.top_unseen(scores, history, self.top_k, self.blank_and_vocabulary)[0]
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name='history_item_ids'),
-                                tf.TensorSpec([None, None], tf.float32, name='history_ratings'),
-                                tf.TensorSpec([None, None], tf.string, name='candidate_item_ids')])
+  @tf.function(input_signature=export.SCORE_SPECS)
   def score(self, history_item_ids, history_ratings, candidate_item_ids):
     tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(history_item_ids)[0],
                               message='candidate_item_ids and history_item_ids must have the same batch size')
