@@ -4,7 +4,8 @@ Federated Reconstruction (Singhal et al., "Federated Reconstruction: Partially
 Local Federated Learning", NeurIPS 2021) of MF or the two-tower model is the
 default; federated ALS (Hu et al. 2008, its item solve as the finalizer), and
 FedAvg (McMahan et al., AISTATS 2017) and FedProx (Li et al., MLSys 2020) with
-a global user table as the baselines, are the same process with another client
+a global user table as the baselines, and FedAvg of the sequence two-tower (no
+per-user parameters; `sequence_math`), are the same process with another client
 work (`shard_math.ClientSettings`). The process is composed from TFF's four templates
 (`tff.learning.templates.compose_learning_process`): TFF's broadcast
 distributor, a client work process of ours (`shard_math.user_updates` on every
@@ -281,7 +282,8 @@ class ShardEngine:
 
   `algorithm`: `fed_recon` (the task's users are local rows; the two-tower's
   query towers likewise), `fed_avg` or
-  `fed_prox` (with `proximal_strength`; the task's user table is global), or
+  `fed_prox` (with `proximal_strength`; the task's user table is global; the
+  sequence two-tower: `fed_avg` of all its weights, it has no users' rows), or
   `fed_als` (with `als_config` and `clients`, the expected cohort its mean
   statistics are over; `config`'s server optimizer does not apply).
   """
