@@ -65,7 +65,7 @@ def test_two_workers_give_the_single_process_result_and_a_dead_worker_is_named(t
   finally:
     for w in workers:
       if w.poll() is None:
-        w.send_signal(signal.SIGINT)
+        w.send_signal(signal.SIGTERM)  # (SIGINT: ignored by a worker started from a background shell.)
         try:
           w.wait(timeout=60)  # Generous: a loaded 2-core CI machine is slow to stop it.
         except subprocess.TimeoutExpired:
