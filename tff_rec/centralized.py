@@ -180,12 +180,7 @@ class SequenceCentralizedEngine:
   def evaluate(self, state, clients) -> dict[str, float]:
     """The federated evaluation's sums (`sequence_math.evaluation_sums`), 100 users at a time."""
     weights = [tf.constant(w) for w in state['weights']]
-    totals: dict = {}
-    for part in shard_math.split_eval(clients, 100):
-      sums = self._sums(weights, sequence_math.eval_arrays(part, self.task.sequence_config,
-                                                           self.task.model_config.num_items))
-      for key, value in sums.items():
-        value = value.numpy().astype(np.float64)
-        totals[key] = totals.get(key, 0.0) + (float(value) if value.ndim == 0 else value)
-    return totals
+    shape, num_items = self.task.sequence_config, self.task.model_config.num_items
+    return shard_math.sum_over_chunks(lambda data: self._sums(weights, data), clients,
+                                      lambda part: sequence_math.eval_arrays(part, shape, num_items), 100)
 

@@ -514,12 +514,19 @@ class ItemSideEvaluator:
   def evaluate(self, weights: list[np.ndarray], clients) -> dict[str, float]:
     """Metric totals over `clients` (`tasks.EvalClients`) for the global `weights`."""
     weights = tuple(tf.constant(w) for w in weights)
-    totals: dict[str, Any] = {}
-    for part in split_eval(clients, self._chunk):
-      for key, value in self._sums(weights, eval_arrays(part, self._batch_size, self._num_items)).items():
-        value = value.numpy().astype(np.float64)
-        totals[key] = totals.get(key, 0.0) + (float(value) if value.ndim == 0 else value)
-    return totals
+    return sum_over_chunks(lambda data: self._sums(weights, data), clients,
+                           lambda part: eval_arrays(part, self._batch_size, self._num_items), self._chunk)
+
+
+def sum_over_chunks(sums, clients, arrays, users_per_chunk: int) -> dict[str, Any]:
+  """Metric totals in this process: `sums(arrays(part))` added up over size-sorted chunks of `clients`
+  (`split_eval`), as the federated evaluation adds its shards' sums."""
+  totals: dict[str, Any] = {}
+  for part in split_eval(clients, users_per_chunk):
+    for key, value in sums(arrays(part)).items():
+      value = value.numpy().astype(np.float64)
+      totals[key] = totals.get(key, 0.0) + (float(value) if value.ndim == 0 else value)
+  return totals
 
 
 def split_eval(clients, users_per_shard: int) -> list:
