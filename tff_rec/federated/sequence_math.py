@@ -34,7 +34,8 @@ def user_candidates(weights, features: two_tower.ItemFeatures, rows: tf.Tensor, 
 
 def shard_losses(weights, id_rows, data, config: sequence.SequenceConfig, features: two_tower.ItemFeatures,
                  seeds=None) -> tuple[tf.Tensor, tf.Tensor]:
-  """Each user's summed next-item loss and predictions [U] (`sequence.next_item_losses`) on its window."""
+  """Each user's summed next-item loss and predictions [U] (`sequence.next_item_losses`) on its window, its item
+  rows given as `id_rows` [U, K, d] (`weights[sequence.ITEM]` is not read)."""
   candidates = user_candidates(weights, features, data['rows'], id_rows)
   inputs = tf.gather(candidates, data['history'], batch_dims=1)
   states = sequence.query_states(weights, config, inputs, data['present'], seeds)
@@ -56,7 +57,7 @@ def user_updates(weights, shard, settings: shard_math.ClientSettings, config: se
       tape.watch(local)
       seeds = None if config.dropout == 0.0 else shard['seeds'] + tf.constant([0, 1000], tf.int64) * tf.cast(
           s, tf.int64)
-      totals, counts = shard_losses([local[0][:1]] + local[1:], local[0], shard, config, features, seeds)
+      totals, counts = shard_losses(local, local[0], shard, config, features, seeds)
       mean = tf.math.divide_no_nan(totals, counts)  # Each user's mean over its positions.
       objective = tf.reduce_sum(mean)
     grads = tape.gradient(objective, local)
