@@ -1,13 +1,15 @@
-r"""Serving speed of an exported model (issues 5, 18): in-process and gRPC latency, throughput, version switches.
+r"""Serving speed of an exported model (issues 5, 16, 18): in-process and gRPC latency, throughput, version switches.
 
-  .venv/bin/python -m benchmarks.serving_speed [--export_dir=DIR] [--seconds=5]
+  .venv/bin/python -m benchmarks.serving_speed [--model=mf|sequence_two_tower] [--export_dir=DIR] [--seconds=5]
 
 Latency: the `recommend` signature of a reloaded SavedModel for one user with
-100 history items over the 1,682-item MovieLens-100K catalogue, called
-in-process; p50 and p99 over `--calls` calls after warm-up. Targets: p50 <= 2 ms,
-p99 <= 10 ms on 2 cores. Without --export_dir, also the same model exported
-with `--jit_compile` (its SGD reconstruction compiled by XLA), the two taking
-turns in blocks of 100 calls, in-process and over gRPC (a server each).
+`--history` items over the 1,682-item MovieLens-100K catalogue, called
+in-process; p50 and p99 over `--calls` calls after warm-up. Targets: MF p50 <= 2
+ms, p99 <= 10 ms; the sequence two-tower p50 <= 5 ms, p99 <= 20 ms (issue 16,
+at 200 history items), on 2 cores. Without --export_dir, a second model is timed
+beside it, the two taking turns in blocks of 100 calls, in-process and over gRPC
+(a server each): for MF the same model exported with `--jit_compile` (its SGD
+reconstruction compiled by XLA); for the sequence two-tower the demo's MF model.
 
 gRPC: `experiments.serve` in its own process, called over loopback with the
 tensorflow-serving-api package's stub: `Predict` p50 and p99 for one user
@@ -23,7 +25,9 @@ every request must succeed (target: zero failed), and the responses' versions
 show when the new one took over.
 
 Without --export_dir the model is the demo's shape (embedding 32, 8
-negatives, batch 64, 3 reconstruction epochs, lr 2.0) with random weights:
+negatives, batch 64, 3 reconstruction epochs, lr 2.0) or, with
+`--model=sequence_two_tower`, `configs/fedavg_sequence_two_tower.flags`' shape
+(`--max_history`, `--num_blocks`, `--embedding_dim`), with random weights:
 latency depends on shapes, not values.
 """
 
@@ -48,17 +52,25 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from experiments import logs
-from tff_rec.models import mf
+from tff_rec.models import mf, sequence, two_tower
 from tff_rec.serving import export
+from tff_rec.serving.sequence_export import SequenceRecommender
 
-_EXPORT_DIR = flags.DEFINE_string('export_dir', None, 'An exported model (default: the demo shape, random weights).')
+MF, SEQUENCE = 'mf', 'sequence_two_tower'
+
+_MODEL = flags.DEFINE_enum('model', MF, [MF, SEQUENCE], 'Without --export_dir: the model whose shape is timed.')
+_EXPORT_DIR = flags.DEFINE_string('export_dir', None, 'An exported model (default: --model\'s shape, random weights).')
 _CALLS = flags.DEFINE_integer('calls', 2000, 'Latency: timed calls.')
 _HISTORY = flags.DEFINE_integer('history', 100, 'Latency: history items per request.')
 _SECONDS = flags.DEFINE_float('seconds', 5.0, 'Throughput: seconds per batch size.')
 _CONCURRENCY = flags.DEFINE_integer('concurrency', 4, 'Throughput and switch: concurrent client connections.')
 _SWITCH_CALLS = flags.DEFINE_integer('switch_calls', 500, 'Version switch: Predict calls per client.')
+_MAX_HISTORY = flags.DEFINE_integer('max_history', 100, 'The sequence two-tower\'s positions.')
+_BLOCKS = flags.DEFINE_integer('num_blocks', 2, 'The sequence two-tower\'s Transformer blocks.')
+_DIM = flags.DEFINE_integer('embedding_dim', 50, 'The sequence two-tower\'s embedding dimension.')
 
 NUM_ITEMS = 1682
+TARGETS = {MF: (2.0, 10.0), SEQUENCE: (5.0, 20.0)}  # (p50, p99) ms.
 
 
 def demo_shaped_model(path: str, seed: int = 0, jit_compile: bool = False) -> None:
@@ -70,6 +82,24 @@ def demo_shaped_model(path: str, seed: int = 0, jit_compile: bool = False) -> No
   vocabulary = [str(i) for i in range(1, NUM_ITEMS + 1)]
   export.save(export.Recommender(config, vocabulary, weights, top_k=10, jit_compile=jit_compile), path,
               {'benchmark': True, 'jit_compile': jit_compile})
+
+
+def sequence_shaped_model(path: str, seed: int = 0) -> None:
+  rng = np.random.default_rng(seed)
+  genres = (rng.random((NUM_ITEMS + 1, 19)) < 0.1).astype(np.float32)
+  features = two_tower.ItemFeatures(genres, rng.integers(0, two_tower.NUM_YEAR_BUCKETS, NUM_ITEMS + 1))
+  config = sequence.SequenceConfig(NUM_ITEMS, 19, _DIM.value, _MAX_HISTORY.value, _BLOCKS.value, seed=seed)
+  vocabulary = [str(i) for i in range(1, NUM_ITEMS + 1)]
+  module = SequenceRecommender(config, vocabulary, sequence.initial_weights(config), features, top_k=10)
+  export.save(module, path, {'benchmark': True, 'model': SEQUENCE})
+
+
+def shaped_model(model: str, path: str, seed: int = 0) -> None:
+  """A random-weight export of `model`'s benchmark shape."""
+  if model == SEQUENCE:
+    sequence_shaped_model(path, seed)
+  else:
+    demo_shaped_model(path, seed)
 
 
 def request_rows(vocabulary_size: int, batch: int, history: int, seed: int) -> dict[str, list]:
@@ -153,7 +183,7 @@ def grpc_latency(stubs: list, vocabulary_size: int) -> list[tuple[float, float]]
   return [(float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 99) * 1e3)) for t in times]
 
 
-def version_switch(stub, vocabulary_size: int, base_path: str) -> tuple[int, list, list[int]]:
+def version_switch(stub, vocabulary_size: int, base_path: str, model: str) -> tuple[int, list, list[int]]:
   """Clients loop on Predict while version 2 is exported into the base path: (requests, failures, versions)."""
   requests = [predict_request(request_rows(vocabulary_size, 1, _HISTORY.value, seed)) for seed in range(8)]
   versions, failures = [[] for _ in range(_CONCURRENCY.value)], []
@@ -168,7 +198,7 @@ def version_switch(stub, vocabulary_size: int, base_path: str) -> tuple[int, lis
   with concurrent.futures.ThreadPoolExecutor(_CONCURRENCY.value) as pool:
     running = [pool.submit(client, worker) for worker in range(_CONCURRENCY.value)]
     time.sleep(0.5)
-    demo_shaped_model(os.path.join(base_path, '2'), seed=1)  # export.save: staged beside, then renamed in.
+    shaped_model(model, os.path.join(base_path, '2'), seed=1)  # export.save: staged beside, then renamed in.
     for future in running:
       future.result()
   return _CONCURRENCY.value * _SWITCH_CALLS.value, failures, [v for worker in versions for v in worker]
@@ -189,6 +219,27 @@ def start_server(export_dir: str) -> tuple[subprocess.Popen, int, int]:
   return process, int(found.group(1)), int(found.group(2))
 
 
+def report(what: str, how: str, model: str, names: list[str], measured: list[tuple[float, float]]) -> None:
+  """Prints each model's (p50, p99), the first against its targets, and the second's ratio to the first."""
+  for i, (name, (p50, p99)) in enumerate(zip(names, measured)):
+    line = f'{what}{name}, 1 user, {how}: p50 {p50:.2f} ms'
+    if i == 0:
+      p50_target, p99_target = TARGETS[model]
+      line += (f' (target <= {p50_target:g}: {"met" if p50 <= p50_target else "NOT met"}), p99 {p99:.2f} ms '
+               f'(target <= {p99_target:g}: {"met" if p99 <= p99_target else "NOT met"})')
+    else:
+      line += f', p99 {p99:.2f} ms'
+    print(line, flush=True)
+  if len(measured) == 2:
+    print(f'  {names[1].strip(" ()")} / {model}, side by side: p50 {measured[1][0] / measured[0][0]:.2f}, '
+          f'p99 {measured[1][1] / measured[0][1]:.2f}', flush=True)
+
+
+def served_model(metadata: dict) -> str:
+  """The model an export holds, from its metadata (MF unless it says otherwise)."""
+  return SEQUENCE if (metadata.get('model') or metadata.get('reconstruction', {}).get('model')) == SEQUENCE else MF
+
+
 def main(argv):
   del argv
   logs.configure_logging()
@@ -198,44 +249,43 @@ def main(argv):
     if _EXPORT_DIR.value:
       shutil.copytree(_EXPORT_DIR.value, export_dir)
     else:
-      demo_shaped_model(export_dir)
-    vocabulary_size = json.load(open(os.path.join(export_dir, export.METADATA))).get('item_vocabulary_size',
-                                                                                      NUM_ITEMS)
-    # The same model exported with --jit_compile (XLA), timed side by side: only for the demo-shaped model, which
-    # this benchmark can export both ways.
-    jit_base = os.path.join(scratch, 'jit')
+      shaped_model(_MODEL.value, export_dir)
+    metadata = json.load(open(os.path.join(export_dir, export.METADATA)))
+    vocabulary_size = metadata.get('item_vocabulary_size', NUM_ITEMS)
+    model = served_model(metadata)
+    # A second model timed side by side, only when this benchmark exports the first: the same MF model exported
+    # with --jit_compile (XLA), or, beside the sequence two-tower, the demo's MF model.
+    other_base = os.path.join(scratch, 'other')
+    names = ['']
     if not _EXPORT_DIR.value:
-      demo_shaped_model(os.path.join(jit_base, '1'), jit_compile=True)
-    exports = [export_dir] + ([] if _EXPORT_DIR.value else [os.path.join(jit_base, '1')])
+      if model == SEQUENCE:
+        demo_shaped_model(os.path.join(other_base, '1'))
+        names.append(' (the demo\'s MF model)')
+      else:
+        demo_shaped_model(os.path.join(other_base, '1'), jit_compile=True)
+        names.append(' (--jit_compile)')
+    exports = [export_dir] + [os.path.join(other_base, '1')] * (len(names) - 1)
+    print(f'{model}, {vocabulary_size} items, {_HISTORY.value} history items per request', flush=True)
     measured = latency(exports, vocabulary_size)
-    for name, (p50, p99) in zip(('', ' (--jit_compile)'), measured):
-      print(f'recommend{name}, 1 user x {_HISTORY.value} history items, {vocabulary_size} items, in-process: '
-            f'p50 {p50:.2f} ms (target <= 2: {"met" if p50 <= 2 else "NOT met"}), '
-            f'p99 {p99:.2f} ms (target <= 10: {"met" if p99 <= 10 else "NOT met"})', flush=True)
-    if len(measured) == 2:
-      print(f'  --jit_compile / plain, side by side: p50 {measured[1][0] / measured[0][0]:.2f}', flush=True)
+    report('recommend', 'in-process', model, names, measured)
     process, port, grpc_port = start_server(base_path)
-    jit_server = start_server(jit_base) if len(exports) == 2 else None
+    other_server = start_server(other_base) if len(exports) == 2 else None
     try:
       with grpc.insecure_channel(f'127.0.0.1:{grpc_port}') as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         stubs = [stub]
-        jit_channel = grpc.insecure_channel(f'127.0.0.1:{jit_server[2]}') if jit_server else None
-        if jit_channel:
-          stubs.append(prediction_service_pb2_grpc.PredictionServiceStub(jit_channel))
+        other_channel = grpc.insecure_channel(f'127.0.0.1:{other_server[2]}') if other_server else None
+        if other_channel:
+          stubs.append(prediction_service_pb2_grpc.PredictionServiceStub(other_channel))
         measured = grpc_latency(stubs, vocabulary_size)
-        if jit_channel:
-          jit_channel.close()
-        for name, (p50, p99) in zip(('', ' (--jit_compile)'), measured):
-          print(f'gRPC Predict{name}, batch 1 ({_HISTORY.value} history items), loopback, sequential: p50 {p50:.2f} '
-                f'ms (target <= 2: {"met" if p50 <= 2 else "NOT met"}), p99 {p99:.2f} ms', flush=True)
-        if len(measured) == 2:
-          print(f'  --jit_compile / plain, side by side: p50 {measured[1][0] / measured[0][0]:.2f}', flush=True)
+        if other_channel:
+          other_channel.close()
+        report('gRPC Predict', 'batch 1, loopback, sequential', model, names, measured)
         for batch in (1, 32):
           rate = throughput(port, vocabulary_size, batch)
           print(f'REST predict, batch {batch}, {_CONCURRENCY.value} concurrent clients: {rate:.0f} requests/s '
                 f'({rate * batch:.0f} users/s)', flush=True)
-        total, failures, served = version_switch(stub, vocabulary_size, base_path)
+        total, failures, served = version_switch(stub, vocabulary_size, base_path, model)
         print(f'Version switch under load ({_CONCURRENCY.value} gRPC clients x {_SWITCH_CALLS.value} calls, version 2 '
               f'exported meanwhile): {total} requests, {len(failures)} failed (target 0: '
               f'{"met" if not failures else "NOT met"}); answered by version 1: {served.count(1)}, version 2: '
@@ -245,7 +295,7 @@ def main(argv):
         if not served.count(1) or not served.count(2):
           print('  the switch did not fall within the calls, so this shows nothing: raise --switch_calls', flush=True)
     finally:
-      for running in [process] + ([jit_server[0]] if jit_server else []):
+      for running in [process] + ([other_server[0]] if other_server else []):
         running.terminate()
         running.wait(timeout=30)
 
