@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tff_rec.federated import fed_recon, process, sequence_math, shard_math
 from tff_rec.federated.fed_recon import RoundOutput
-from tff_rec.models import mf, sequence
+from tff_rec.models import mf, sequence, sequence_towers
 from tff_rec.preprocessing import Examples
 
 
@@ -118,15 +118,17 @@ class CentralizedEngine:
 class SequenceCentralizedEngine:
   """The sequence two-tower trained centrally: `next(state, examples)` is one epoch over every training user's
   window (`tasks.RecommendationTask.train_examples`, fresh negatives each epoch) in shuffled minibatches of
-  `batch_size` users, each step the optimizer on the users' mean next-item loss. The maths
-  (`sequence_math.shard_losses`) and the evaluation (`sequence_math.evaluation_sums`) are the federated ones, so
-  the two differ only in where the training happens."""
+  `batch_size` users, each step the optimizer on the users' mean next-item loss. The model is the functional Keras
+  towers (`sequence_towers.build_towers`), whose maths (`sequence.query_states`, `sequence.next_item_losses`)
+  and evaluation (`sequence_math.evaluation_sums`) are the federated ones, so the two differ only in where the
+  training happens (tested: a full-batch SGD epoch is a FedSGD round)."""
 
   def __init__(self, task, config: CentralizedConfig):
     config.validate()
     self.task, self.config = task, config
     self.user_ids = list(task.train_data.client_ids)
     self.optimizer = fed_recon.server_optimizer(config.optimizer, config.learning_rate)
+    self.towers = sequence_towers.build_towers(task.sequence_config, task.item_features)
     self._step = tf.function(self._step_fn, reduce_retracing=True)
     shape, features = task.sequence_config, task.item_features
     self._sums = tf.function(lambda weights, data: sequence_math.evaluation_sums(weights, data, shape, features),
@@ -145,16 +147,16 @@ class SequenceCentralizedEngine:
   def next(self, state, examples: list[Examples]) -> RoundOutput:
     epoch = int(state['epoch'])
     order = np.random.default_rng([self.config.seed, epoch]).permutation(len(examples))
-    weights = tuple(tf.constant(w) for w in state['weights'])
+    self.towers.set_weights(state['weights'])
     optimizer_state, loss_sum, steps = state['optimizer'], 0.0, 0
     for start in range(0, len(order), self.config.batch_size):
       part = order[start:start + self.config.batch_size]
       data = sequence.pack_sequences([examples[u] for u in part], self.task.sequence_config.max_history)
       data = {k: tf.constant(v) for k, v in data.items()}
-      optimizer_state, weights, loss = self._step(optimizer_state, weights, data, tf.constant(epoch, tf.int64))
+      optimizer_state, loss = self._step(optimizer_state, data, tf.constant(epoch, tf.int64))
       loss_sum += float(loss)
       steps += 1
-    new_state = collections.OrderedDict(weights=tuple(w.numpy() for w in weights),
+    new_state = collections.OrderedDict(weights=tuple(v.numpy() for v in self.towers.variables),
                                         optimizer=tf.nest.map_structure(np.asarray, optimizer_state),
                                         epoch=np.int64(epoch + 1))
     predictions = float(sum(max(int(np.sum(y > 0.5)) - 1, 0) for _, y in examples))
@@ -162,20 +164,23 @@ class SequenceCentralizedEngine:
                                                                     num_examples=predictions))
     return RoundOutput(new_state, metrics)
 
-  def _step_fn(self, optimizer_state, weights, data, epoch):
+  def _step_fn(self, optimizer_state, data, epoch):
+    variables = self.towers.variables
     with tf.GradientTape() as tape:
-      tape.watch(weights)
-      expanded = sequence.expand(weights)
-      config = self.task.sequence_config
-      seeds = None if config.dropout == 0.0 else data['seeds'] + tf.stack([tf.constant(0, tf.int64), epoch])
-      totals, counts = sequence_math.shard_losses(expanded, tf.gather(weights[sequence.ITEM], data['rows']), data,
-                                                  config, self.task.item_features, seeds)
+      # The towers read catalogue indices: the window's local rows mapped back, padding as item 0.
+      history = tf.where(data['present'] > 0, tf.gather(data['rows'], data['history'], batch_dims=1), 0)
+      seeds = data['seeds'] + tf.stack([tf.constant(0, tf.int64), epoch])
+      states = self.towers.query([history, seeds], training=True)
+      totals, counts = sequence.next_item_losses(states, self.towers.candidate(data['rows']), data['targets'],
+                                                 data['target_mask'], data['positive'], data['candidate_mask'])
       users = tf.reduce_sum(tf.cast(counts > 0, tf.float32))
       loss = tf.math.divide_no_nan(tf.reduce_sum(tf.math.divide_no_nan(totals, counts)), users)
-    grads = tape.gradient(loss, weights)
-    optimizer_state, weights = self.optimizer.next(optimizer_state, weights, tuple(tf.convert_to_tensor(g)
-                                                                                   for g in grads))
-    return optimizer_state, tuple(weights), loss
+    grads = tape.gradient(loss, variables)
+    optimizer_state, weights = self.optimizer.next(optimizer_state, tuple(v.read_value() for v in variables),
+                                                   tuple(tf.convert_to_tensor(g) for g in grads))
+    for variable, value in zip(variables, weights):
+      variable.assign(value)
+    return optimizer_state, loss
 
   def evaluate(self, state, clients) -> dict[str, float]:
     """The federated evaluation's sums (`sequence_math.evaluation_sums`), 100 users at a time."""

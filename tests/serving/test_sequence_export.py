@@ -62,7 +62,8 @@ def test_history_is_read_in_order_truncated_to_its_recent_items_and_cleaned(serv
   noisy = tf.constant([['nope', names[0], '', names[1], 'gone', *names[2:]]])
   np.testing.assert_allclose(module.user_embedding(noisy, tf.ones(noisy.shape)).numpy()[0], queries[1], atol=1e-6)
   empty = module.user_embedding(tf.constant([['', 'nope']]), tf.ones([1, 2])).numpy()[0]
-  np.testing.assert_allclose(empty, module.tower[-1].numpy(), atol=1e-6)  # No item: the final layer norm's bias.
+  final_bias = module.query_tower.get_layer('causal_transformer').ordered[-1].numpy()
+  np.testing.assert_allclose(empty, final_bias, atol=1e-6)  # No item: the final layer norm's bias.
   out = module.recommend(ids, ratings)
   for row, history in zip(out['item_ids'].numpy(), [long, long[-5:], long[::-1]]):
     assert not set(r.decode() for r in row) & set(_names(task, history))  # History items are not recommended.

@@ -22,7 +22,9 @@ The maths take weights with a leading axis of 1 (shared) or U (a copy per
 user, so that one gradient gives every user's own gradient and a shard's users
 train side by side, as `tff_rec.federated.shard_math` does for MF), and every
 tensor [U, ...]. Written by hand: TFRS and Keras have no batched-over-users
-form of a Transformer.
+form of a Transformer. The functional Keras towers of
+`tff_rec.models.sequence_towers` call these functions on their own weights
+(leading axis 1); the centralized engine and the SavedModel use them.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ read for its shape only: the model is of implicit feedback). Unknown ids and
 padding are dropped, the remaining items kept in order, and a history longer
 than the model's `max_history` is truncated to its most recent items, as
 training and evaluation window it. The user's query is the query tower's state
-at the last item (`tff_rec.models.sequence`), scored against the candidate
+at the last item (the Keras towers of `tff_rec.models.sequence_towers`), scored against the candidate
 tower over the catalogue (computed once, at export); history items are not
 recommended. An empty history gives the query of no items (the final layer
 norm's bias): one fixed ranking of the catalogue, the item side's own.
@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tff_rec.federated import sequence_math
-from tff_rec.models import sequence, two_tower
+from tff_rec.models import sequence, sequence_towers, two_tower
 from tff_rec.serving import export
 
 UNKNOWN_SCORE = export.UNKNOWN_SCORE
@@ -47,12 +46,10 @@ class SequenceRecommender(tf.Module):
     self.lookup = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(self.blank_and_vocabulary[1:],
                                             tf.range(1, len(vocabulary) + 1, dtype=tf.int64)), default_value=0)
-    expanded = sequence.expand(weights)
-    table = sequence_math.catalogue_table(expanded, features).numpy()
+    towers = sequence_towers.build_towers(config, features, weights)
+    table = towers.candidate(tf.range(len(vocabulary) + 1, dtype=tf.int64)[None])[0]
     self.table = tf.Variable(table, trainable=False, name='candidate_table')
-    # The query tower's weights (the item side enters through the table).
-    self.tower = [tf.Variable(w, trainable=False, name=name.replace('/', '_'))
-                  for w, name in zip(weights, sequence.weight_names(config))]
+    self.query_tower = towers.query  # The functional Keras query tower (it embeds the history's items itself).
 
   def query(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(each request's query [batch, d], its known history item indices [batch, H] (0: dropped))."""
@@ -60,9 +57,7 @@ class SequenceRecommender(tf.Module):
                               message='history_item_ids and history_ratings must have the same shape')
     history = self.lookup.lookup(history_item_ids)
     window = self._window(history)
-    expanded = [w[None] for w in self.tower]
-    present = tf.cast(window > 0, tf.float32)
-    states = sequence.query_states(expanded, self.config, tf.gather(self.table, window), present)
+    states = self.query_tower([window, tf.zeros([tf.shape(window)[0], 2], tf.int64)], training=False)
     return states[:, -1, :], history
 
   def _window(self, history: tf.Tensor) -> tf.Tensor:
