@@ -28,8 +28,9 @@ _EXPLAIN = flags.DEFINE_integer('explain', 0, '> 0: `recommend` also returns, fo
                                'history items with the largest shares of its score (explanation_item_ids, '
                                'explanation_contributions; docs/serving.md).')
 _JIT = flags.DEFINE_bool('jit_compile', False, 'Compile the SavedModel\'s reconstruction (the SGD loop of MF and '
-                         'the two-tower query) with XLA: 2-3x faster requests on CPU; TF Serving must then run with '
-                         '--xla_cpu_compilation_enabled=true (docs/serving.md).')
+                         'the two-tower query) or the sequence two-tower\'s query tower with XLA: 2-3x faster '
+                         'requests on CPU; TF Serving must then run with --xla_cpu_compilation_enabled=true '
+                         '(docs/serving.md).')
 _QUANTIZE = flags.DEFINE_enum('quantize', 'none', list(tflite.QUANTIZATIONS), '--format=tflite: '
                               'post-training quantisation of the model.')
 

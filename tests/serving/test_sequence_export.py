@@ -86,6 +86,21 @@ def test_the_saved_model_serves_what_the_module_does(served, tmp_path):
   assert os.path.exists(tmp_path / 'model' / export.METADATA)
 
 
+def test_the_xla_compiled_query_tower_serves_what_the_plain_one_does(served, tmp_path):
+  task, weights, module = served
+  compiled = SequenceRecommender(task.sequence_config, task.vocabulary, weights, task.item_features, top_k=4,
+                                 jit_compile=True)
+  export.save(compiled, str(tmp_path / 'jit'), {'model': tasks.SEQUENCE})
+  loaded = tf.saved_model.load(str(tmp_path / 'jit'))
+  for histories in ([[5, 2, 11]], [[5, 2, 11], [7], [1, 2, 3, 4, 5, 6, 7]]):  # Batches of 1 and 3 (padded to 4).
+    ids, ratings = _request(task, histories)
+    want = module.recommend(ids, ratings)
+    for got in (compiled.recommend(ids, ratings), loaded.signatures['recommend'](history_item_ids=ids,
+                                                                               history_ratings=ratings)):
+      np.testing.assert_array_equal(got['item_ids'].numpy(), want['item_ids'].numpy())
+      np.testing.assert_allclose(got['scores'].numpy(), want['scores'].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_trained_run_exports_and_serves_its_test_metrics(tiny_dataset, tmp_path):
   """train_federated --model=sequence_two_tower --export_dir: the served model's test HR@10 / NDCG@10 are the
   run's (`final_metrics.json`)."""

@@ -350,8 +350,8 @@ def export_run(run_dir: str, export_dir: str, top_k: int = 10, *, fmt: str = SAV
 
   `fmt`: `saved_model`, or `tflite` (`export_dir/model.tflite`, `tff_rec.serving.tflite`, quantised by
   `quantize`). `explain` > 0: `recommend` also returns that many explaining history items per recommendation.
-  `jit_compile`: the SavedModel's SGD reconstruction compiled by XLA (`Recommender._compiled_sgd`; TF Serving
-  then needs --xla_cpu_compilation_enabled=true).
+  `jit_compile`: the SavedModel's SGD reconstruction (`Recommender._compiled_sgd`), or the sequence two-tower's
+  query tower, compiled by XLA (TF Serving then needs --xla_cpu_compilation_enabled=true).
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
@@ -406,13 +406,13 @@ def _sequence_module(config: ServingConfig, vocabulary: list[str], weights: list
   then the item features' dense table and year buckets."""
   from tff_rec.models import sequence  # pylint: disable=g-import-not-at-top
   from tff_rec.serving import sequence_export  # pylint: disable=g-import-not-at-top
-  if fmt != SAVED_MODEL or explain or jit_compile:
-    raise ValueError('the sequence two-tower exports as a SavedModel without --explain or --jit_compile (its '
-                     'request is one forward pass, nothing is reconstructed); drop those flags')
+  if fmt != SAVED_MODEL or explain:
+    raise ValueError('the sequence two-tower exports as a SavedModel without --explain (its request is one '
+                     'forward pass, nothing is reconstructed); drop --format=tflite and --explain')
   config.validate()
   shape = sequence.SequenceConfig(**config.sequence)
   features = two_tower.ItemFeatures(weights[-2], weights[-1].astype(np.int64))
-  return sequence_export.SequenceRecommender(shape, vocabulary, list(weights[:-2]), features, top_k)
+  return sequence_export.SequenceRecommender(shape, vocabulary, list(weights[:-2]), features, top_k, jit_compile)
 
 
 def describe(export_dir: str, metadata: dict[str, Any]) -> str:

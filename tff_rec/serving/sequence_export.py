@@ -12,7 +12,8 @@ tower over the catalogue (computed once, at export); history items are not
 recommended. An empty history gives the query of no items (the final layer
 norm's bias): one fixed ranking of the catalogue, the item side's own.
 Nothing is reconstructed per request (no per-user parameters), so a request is
-one forward pass.
+one forward pass; with `jit_compile` the query tower is compiled by XLA (TF
+Serving then needs --xla_cpu_compilation_enabled=true, as for MF).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class SequenceRecommender(tf.Module):
   """The exported sequence two-tower: the query tower's weights, the candidate table, the vocabulary."""
 
   def __init__(self, config: sequence.SequenceConfig, vocabulary: list[str], weights: list[np.ndarray],
-               features: two_tower.ItemFeatures, top_k: int):
+               features: two_tower.ItemFeatures, top_k: int, jit_compile: bool = False):
     super().__init__(name='sequence_recommender')
     config.validate()
     if len(weights) != len(sequence.weight_names(config)):
@@ -41,6 +42,7 @@ class SequenceRecommender(tf.Module):
     if top_k < 1:
       raise ValueError(f'top_k must be >= 1, got {top_k}')
     self.config = config
+    self.jit_compile = jit_compile
     self.top_k = min(top_k, len(vocabulary))
     self.blank_and_vocabulary = tf.constant(['', *vocabulary], tf.string)
     self.lookup = tf.lookup.StaticHashTable(
@@ -57,8 +59,20 @@ class SequenceRecommender(tf.Module):
                               message='history_item_ids and history_ratings must have the same shape')
     history = self.lookup.lookup(history_item_ids)
     window = self._window(history)
-    states = self.query_tower([window, tf.zeros([tf.shape(window)[0], 2], tf.int64)], training=False)
-    return states[:, -1, :], history
+    return (self._compiled_queries(window) if self.jit_compile else self._queries(window)), history
+
+  def _queries(self, window: tf.Tensor) -> tf.Tensor:
+    """The query tower's state at the last position of each window [batch, L] -> [batch, d]."""
+    return self.query_tower([window, tf.zeros([tf.shape(window)[0], 2], tf.int64)], training=False)[:, -1, :]
+
+  def _compiled_queries(self, window: tf.Tensor) -> tf.Tensor:
+    """`_queries` compiled by XLA (2-3x faster on CPU: it fuses the blocks' many small ops), the batch padded to
+    the next power of two so that a server compiles a few shapes (the window's length is fixed); a padded row is
+    an empty history, dropped from the result. Arithmetic may differ from TF's kernels in the last bits."""
+    users = tf.shape(window)[0]
+    padded = export._next_power_of_two(users)  # pylint: disable=protected-access
+    compiled = tf.function(self._queries, jit_compile=True, autograph=False)
+    return compiled(tf.pad(window, [[0, padded - users], [0, 0]]))[:users]
 
   def _window(self, history: tf.Tensor) -> tf.Tensor:
     """Each row's known items in order, right-aligned, cut or left-padded (0) to `max_history` [batch, L]."""
