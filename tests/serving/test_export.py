@@ -237,7 +237,7 @@ def test_explanations_are_the_history_items_whose_shares_make_up_the_score(train
 
 
 def test_bucket_sizes_are_the_next_multiple_of_eight_then_power_of_two():
-  assert [int(export._next_power_of_two(n)) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65, 1000, 1024, 1025)] == [
+  assert [int(export.next_power_of_two(n)) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65, 1000, 1024, 1025)] == [
       1, 2, 4, 4, 8, 8, 16, 64, 128, 1024, 1024, 2048]
   assert [int(export._batch_bucket(n)) for n in (1, 8, 9, 57, 64, 65, 129)] == [8, 8, 16, 64, 64, 128, 256]
 

@@ -204,7 +204,7 @@ class Recommender(tf.Module):
     Arithmetic may differ from TF's kernels in the last bits (fused operations).
     """
     users, batches = tf.shape(items)[0], tf.shape(items)[1]
-    padded = [_next_power_of_two(users), _batch_bucket(batches)]
+    padded = [next_power_of_two(users), _batch_bucket(batches)]
     pad = [[0, padded[0] - users], [0, padded[1] - batches], [0, 0]]
     compiled = tf.function(self._sgd, jit_compile=True, autograph=False)
     user, coefficients = compiled(tf.pad(items, pad), tf.pad(labels, pad), tf.pad(mask, pad), shares)
@@ -291,17 +291,23 @@ def top_unseen(scores: tf.Tensor, history: tf.Tensor, top_k: int, blank_and_voca
                ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
   """`recommend`'s outputs from every item's scores [batch, items] (index i + 1 = item i): the top K, the
   history's items [batch, H] (0: none) excluded; and the recommended item indices [batch, K] (0: none left)."""
-  seen = tf.where(history > 0)
-  seen = tf.scatter_nd(tf.stack([seen[:, 0], tf.gather_nd(history, seen) - 1], 1),
-                       tf.ones([tf.shape(seen)[0]], tf.int32), tf.shape(scores, out_type=tf.int64))
-  scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
-  top, indices = tf.math.top_k(scores, top_k)
-  # '' where no item is left by gathering index 0 (a select on strings is not a TFLite op).
-  recommended = tf.where(top > UNKNOWN_SCORE, indices + 1, 0)
+  top, recommended = top_unseen_indices(scores, history, top_k)
   return {'item_ids': tf.gather(blank_and_vocabulary, recommended), 'scores': top}, recommended
 
 
-def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
+def top_unseen_indices(scores: tf.Tensor, history: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """`top_unseen`'s numbers: the top K scores [batch, K] and item indices (0: none left). Static shapes only, so
+  XLA compiles it: every history slot scatters (a padding slot adds 0 to column 0)."""
+  rows = tf.broadcast_to(tf.range(tf.shape(history, out_type=tf.int64)[0])[:, None], tf.shape(history, tf.int64))
+  slots = tf.stack([rows, tf.maximum(history - 1, 0)], axis=-1)
+  seen = tf.scatter_nd(slots, tf.cast(history > 0, tf.int32), tf.shape(scores, out_type=tf.int64))
+  scores = tf.where(seen > 0, UNKNOWN_SCORE, scores)
+  top, indices = tf.math.top_k(scores, top_k)
+  # '' where no item is left by gathering index 0 (a select on strings is not a TFLite op).
+  return top, tf.where(top > UNKNOWN_SCORE, indices + 1, 0)
+
+
+def next_power_of_two(n: tf.Tensor) -> tf.Tensor:
   """The smallest power of two >= n (n >= 1), int32 (rounded, then doubled if short: exact, as a power's log2 in
   float may land just above its integer)."""
   n = tf.cast(n, tf.int32)
@@ -312,7 +318,7 @@ def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
 def _batch_bucket(batches: tf.Tensor) -> tf.Tensor:
   """Batches padded to a multiple of 8 up to 64, then to a power of two: at most 7 (or half) of the steps empty,
   and 8 + log2 shapes to compile over the histories a server sees."""
-  return tf.where(batches <= 64, (batches + 7) // 8 * 8, _next_power_of_two(batches))
+  return tf.where(batches <= 64, (batches + 7) // 8 * 8, next_power_of_two(batches))
 
 
 def save(module: Recommender, export_dir: str, metadata: dict[str, Any]) -> None:

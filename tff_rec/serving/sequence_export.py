@@ -55,11 +55,15 @@ class SequenceRecommender(tf.Module):
 
   def query(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(each request's query [batch, d], its known history item indices [batch, H] (0: dropped))."""
+    history, window = self._read(history_item_ids, history_ratings)
+    return (self._compiled_queries(window) if self.jit_compile else self._queries(window)), history
+
+  def _read(self, history_item_ids: tf.Tensor, history_ratings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The request's item indices [batch, H] (0: unknown or padding) and its window [batch, L] (`_window`)."""
     tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_ratings),
                               message='history_item_ids and history_ratings must have the same shape')
     history = self.lookup.lookup(history_item_ids)
-    window = self._window(history)
-    return (self._compiled_queries(window) if self.jit_compile else self._queries(window)), history
+    return history, self._window(history)
 
   def _queries(self, window: tf.Tensor) -> tf.Tensor:
     """The query tower's state at the last position of each window [batch, L] -> [batch, d]."""
@@ -70,7 +74,7 @@ class SequenceRecommender(tf.Module):
     the next power of two so that a server compiles a few shapes (the window's length is fixed); a padded row is
     an empty history, dropped from the result. Arithmetic may differ from TF's kernels in the last bits."""
     users = tf.shape(window)[0]
-    padded = export._next_power_of_two(users)  # pylint: disable=protected-access
+    padded = export.next_power_of_two(users)
     compiled = tf.function(self._queries, jit_compile=True, autograph=False)
     return compiled(tf.pad(window, [[0, padded - users], [0, 0]]))[:users]
 
@@ -86,9 +90,24 @@ class SequenceRecommender(tf.Module):
 
   @tf.function(input_signature=export.HISTORY_SPECS)
   def recommend(self, history_item_ids, history_ratings):
-    query, history = self.query(history_item_ids, history_ratings)
-    scores = tf.matmul(query, self.table, transpose_b=True)[:, 1:]  # [batch, items]
-    return export.top_unseen(scores, history, self.top_k, self.blank_and_vocabulary)[0]
+    history, window = self._read(history_item_ids, history_ratings)
+    top, recommended = (self._compiled_top(window, history) if self.jit_compile else self._top(window, history))
+    return {'item_ids': tf.gather(self.blank_and_vocabulary, recommended), 'scores': top}
+
+  def _top(self, window: tf.Tensor, history: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The top K unseen items' scores and indices of each window's query (`export.top_unseen_indices`)."""
+    scores = tf.matmul(self._queries(window), self.table, transpose_b=True)[:, 1:]  # [batch, items]
+    return export.top_unseen_indices(scores, history, self.top_k)
+
+  def _compiled_top(self, window: tf.Tensor, history: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`_top` compiled by XLA, the batch and the history's width padded to powers of two (a few shapes a server)."""
+    users, width = tf.shape(window)[0], tf.shape(history)[1]
+    padded_users = export.next_power_of_two(users)
+    padded_width = export.next_power_of_two(tf.maximum(width, 1))
+    compiled = tf.function(self._top, jit_compile=True, autograph=False)
+    top, recommended = compiled(tf.pad(window, [[0, padded_users - users], [0, 0]]),
+                                tf.pad(history, [[0, padded_users - users], [0, padded_width - width]]))
+    return top[:users], recommended[:users]
 
   @tf.function(input_signature=export.SCORE_SPECS)
   def score(self, history_item_ids, history_ratings, candidate_item_ids):
