@@ -15,7 +15,7 @@ import dataclasses
 from absl import app, flags
 
 from experiments import common_flags, export_flags, logs
-from tff_rec import experiment
+from tff_rec import attacks, experiment
 from tff_rec.federated import fed_recon, lr_schedule, sampling
 from tff_rec.federated.assembly import (ALGORITHMS, DEFAULT_USERS_PER_SHARD, ExperimentConfig,  # noqa: F401
                                         build_task, run)
@@ -111,6 +111,28 @@ _ACCOUNTANT = flags.DEFINE_enum('accountant', dp.RDP, list(dp.ACCOUNTANTS), 'Who
                                 'distributions: tighter, so less noise for the same budget; Poisson-sampled '
                                 'Gaussian DP only). Both are always reported where defined.')
 
+_ATTACK = flags.DEFINE_enum('attack', attacks.NONE, list(attacks.ATTACKS), 'Malicious clients promoting the target '
+                            'items (docs/security.md): fake_profiles (Sybil users training honestly on fake '
+                            'profiles: the targets and popular filler items) or model_poisoning (they upload '
+                            'crafted updates instead).')
+_MALICIOUS = flags.DEFINE_float('malicious_fraction', 0.0, 'Share of the population that is malicious (they join it '
+                                'and are sampled like everyone else), in [0, 1).')
+_TARGETS = flags.DEFINE_list('target_items', [], 'Catalogue ids of the items the attack promotes; their exposure '
+                             '(er@10) is reported by every evaluation, also without an attack.')
+_NUM_TARGETS = flags.DEFINE_integer('num_target_items', 0, 'Or this many target items, drawn by --seed among the '
+                                    'items rated less than the median one.')
+_FILLER = flags.DEFINE_integer('filler_items', 30, 'Popular items in each fake profile beside the targets.')
+_POPULAR = flags.DEFINE_integer('popular_items', 50, 'The most-rated items: the filler\'s pool and what '
+                                'model_poisoning estimates the users from.')
+_POISON_NORM = flags.DEFINE_float('poison_norm', 10.0, 'model_poisoning: L2 norm of each crafted update.')
+_POISON_BOOST = flags.DEFINE_float('poison_boost', 0.0, 'model_poisoning: > 0, upload the honest update on the fake '
+                                   'profile times this instead (explicit boosting; any model).')
+_NORM_BOUND = flags.DEFINE_float('norm_bound', 0.0, 'Defence: clip each user\'s whole update to this L2 norm before '
+                                 'the mean (0: none; DP\'s clip without its noise).')
+_ADAPTIVE_BOUND = flags.DEFINE_bool('adaptive_norm_bound', False, 'Defence: the bound tracks the '
+                                    '--norm_bound_quantile of users\' update norms, from --norm_bound.')
+_BOUND_QUANTILE = flags.DEFINE_float('norm_bound_quantile', 0.5, 'Defence: the adaptive bound\'s target quantile.')
+
 
 def config_from_flags() -> ExperimentConfig:
   evaluation = common_flags.eval_settings(common_flags.RECON_LR.value)
@@ -135,7 +157,10 @@ def config_from_flags() -> ExperimentConfig:
       als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value),
       users_per_shard=users_per_shard(), group_metrics=common_flags.GROUP_METRICS.value,
       item_text_features=_TEXT.value,
-      sequence=common_flags.sequence_settings())
+      sequence=common_flags.sequence_settings(),
+      attack=attacks.AttackConfig(_ATTACK.value, _MALICIOUS.value, tuple(_TARGETS.value), _NUM_TARGETS.value,
+                                  _FILLER.value, _POPULAR.value, _POISON_NORM.value, _POISON_BOOST.value),
+      defence=attacks.DefenceConfig(_NORM_BOUND.value, _ADAPTIVE_BOUND.value, _BOUND_QUANTILE.value))
 
 
 def users_per_shard() -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
-from tff_rec import atomic, preprocessing, runtime, tasks, training_loop
+from tff_rec import atomic, attacks, preprocessing, runtime, tasks, training_loop
 from tff_rec.data import schema
 from tff_rec.evaluation import client_eval, groups
 from tff_rec.models import reconstruction
@@ -102,7 +102,11 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
 
   def data_fn(ids: list[str], round_num: int) -> list:
     examples = task.train_examples(ids, round_num, seed)
-    return preprocessing.GroupedExamples(examples, group_fn(ids)) if group_fn else examples
+    if group_fn:
+      return preprocessing.GroupedExamples(examples, group_fn(ids))
+    if isinstance(task.train_data, attacks.PoisonedPopulation):  # Which of the cohort are malicious.
+      return attacks.CohortExamples(examples, task.train_data.is_malicious(ids))
+    return examples
 
   state, rounds = training_loop.run(
       engine, cohort_fn=cohort_fn, data_fn=data_fn,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tff_rec import attacks
 from tff_rec.data import arrays, client_data, schema
 from tff_rec.evaluation import client_eval, groups
 from tff_rec.models import mf, reconstruction, sequence, two_tower
@@ -52,6 +53,7 @@ class EvalClients:
   relevant: list[np.ndarray]  # Its held-out item indices: the targets of full-catalogue ranking.
   groups: list[np.ndarray] | None = None  # [queries, G] 0/1: each query's groups (`groups.Grouping.user_rows`).
   group_names: tuple[str, ...] = ()  # The G groups' names (metric key prefixes).
+  targets: np.ndarray | None = None  # Item indices whose exposure (ER@10) is measured (`tff_rec.attacks`).
 
 
 class RecommendationTask:
@@ -121,8 +123,28 @@ class RecommendationTask:
       raise ValueError(f'{self.db_path} has no clients in split {self.train_split}')
     self.eval_kind = client_eval.RANKING if self.objective == mf.IMPLICIT else client_eval.RATING
     self._user_attributes: groups.UserAttributes | None = None
+    self.targets: np.ndarray | None = None  # `join_attack`'s target items.
     self._item_raters: np.ndarray | None = None
     self._check_specs()
+
+  def join_attack(self, config: attacks.AttackConfig, seed: int) -> None:
+    """Measures the exposure of `config`'s target items in every evaluation, and with an attack, joins its
+    malicious users to the training population (`attacks.PoisonedPopulation`: fake profiles of the targets and
+    popular filler items, by the training split's popularity)."""
+    config.validate()
+    if not config.measured:
+      return
+    raters = self.item_raters()
+    self.targets = attacks.resolve_targets(config, self.vocabulary, raters, seed)
+    if config.attack == attacks.NONE:
+      return
+    if self.user_table is not None:
+      raise ValueError(f'--attack={config.attack}: malicious users join as users with their own local parameters; '
+                       'a user table (cross-silo platforms, FedAvg\'s global table) has no rows for them')
+    count = attacks.num_malicious(config.malicious_fraction, len(self.train_data.client_ids))
+    profiles = attacks.fake_profiles(count, self.targets, attacks.popular(raters, config.popular_items),
+                                     config.filler_items, seed)
+    self.train_data = attacks.PoisonedPopulation(self.train_data, profiles)
 
   def catalogue_features(self) -> two_tower.ItemFeatures:
     """The items' public features in index order (genres, year bucket, and title vectors if the task uses them)."""
@@ -217,7 +239,7 @@ class RecommendationTask:
         queries=[make_queries(q) for q in query_arrays],
         seen=[s.items for s in support_arrays],
         relevant=[q.items for q in query_arrays],
-        groups=marked, group_names=names)
+        groups=marked, group_names=names, targets=self.targets)
 
   def group_attributes(self, spec: str) -> tuple[str, ...]:
     """`--group_metrics` checked against this data (`groups.parse`): the attributes to report groups of."""

@@ -65,6 +65,27 @@ def test_catalogue_metrics_by_hand():
   assert float(flat['recall_at_20']) == 0.0
 
 
+def test_target_exposure_counts_users_with_an_unseen_target_in_their_top_10():
+  # 14 items; user 0 ranks target 13 tenth (9 unseen items above it), user 1 eleventh (10 above), user 2 has
+  # seen target 13 (not a candidate) and ranks target 12 last, user 3 ranks target 12 first among ties (ties go
+  # against the target: 13 items score as it does, so it is not in the top 10).
+  scores = np.zeros([4, 15], np.float32)
+  scores[0, 1:10], scores[0, 13] = 2.0, 1.0
+  scores[1, 1:11], scores[1, 13] = 2.0, 1.0
+  scores[2, 13], scores[2, 12] = 5.0, -1.0
+  scores[3] = 1.0
+  seen = np.zeros([4, 15], bool)
+  seen[2, 13] = True
+  targets = tf.constant([[12, 13]] * 4, tf.int64)
+  sums = client_eval.catalogue_sums(tf.constant(scores), tf.constant(seen), tf.zeros([4, 15], bool), targets)
+  assert float(sums['target_exposed']) == 1.0 and float(sums['exposure_users']) == 4.0
+  totals = {'count': 1.0, 'hits_at_5': 0.0, 'ndcg_at_5': 0.0, 'hits_at_10': 0.0, 'ndcg_at_10': 0.0,
+            'hits_at_20': 0.0, 'ndcg_at_20': 0.0, **{k: float(v) for k, v in sums.items()}}
+  assert client_eval.finalize(totals, client_eval.RANKING, 'val/')['val/er@10'] == 0.25
+  assert 'target_exposed' not in client_eval.catalogue_sums(tf.constant(scores), tf.constant(seen),
+                                                            tf.zeros([4, 15], bool))
+
+
 def test_masked_ranking_sums_skip_padding():
   scores = tf.constant([[[2.0] + [1.0] * 99, [0.0] * 100]])  # A hit, then a padded query.
   sums = client_eval.ranking_sums(scores, tf.constant([[1.0, 0.0]]))

@@ -45,12 +45,14 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
     {'dp': 'distributed', 'target_epsilon': 50.0, 'clients_per_round': 12},  # Calibrated by its own accounting.
     {'algorithm': 'fed_als', 'group_metrics': 'all'},
+    {'attack': 'model_poisoning', 'malicious_fraction': 0.2, 'num_target_items': 2, 'norm_bound': 0.5,
+     'adaptive_norm_bound': True},  # Malicious users joined; the defence (DP's clip, no noise) and ER@10 reported.
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
     {'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'max_history': 5, 'dp': 'gaussian_fixed',
      'noise_multiplier': 0.5, 'clip_norm': 0.1, 'group_metrics': 'all'},  # DP-FedAvg of the whole model.
 ], ids=['shards', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower', 'secure_aggregation',
-        'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'dp_fed_als', 'dp_sequence'])
+        'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'attack', 'dp_fed_als', 'dp_sequence'])
 # (One TFF client per user, --users_per_shard=1: tests/federated/test_process.py, equal to any shard size; DP of MF
 # by a calibrated budget: test_privacy_budget_calibrates_noise_and_stops_the_run.)
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
@@ -74,6 +76,10 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
     assert bool(by_group) == (overrides.get('group_metrics') == 'all'), attribute
     assert any(k.startswith(f'val/by_{attribute}/') for k in rows[0]) == bool(by_group), attribute
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
+  assert ('er@10' in written and 'val/er@10' in rows[0]) == ('attack' in overrides)
+  if 'attack' in overrides:  # 9 malicious users joined the 36: 20%.
+    assert 0.0 <= written['er@10'] <= 1.0 and 'heldout_users/er@10' in written
+    assert float(rows[0]['aggregator/clip_norm']) != 0.5  # The adaptive bound moved from its start.
   if 'compression' in overrides:  # 8-bit item table up, float32 down.
     assert float(rows[0]['communication/upload_bytes_per_client']) < 0.4 * float(
         rows[0]['communication/download_bytes_per_client'])
@@ -216,6 +222,17 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'users_per_shard': 4}, r'--users_per_shard=4 is larger than a round.s cohort \(--clients_per_round=3\)'),
     ({'algorithm': 'fed_avg', 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0},
      '^--dp=gaussian_fixed with --algorithm=fed_avg --view=cross_device: its global user table holds a row per user'),
+    ({'attack': 'fake_profiles', 'malicious_fraction': 1.0, 'num_target_items': 1},
+     r'--malicious_fraction must be in \[0, 1\), got 1.0'),
+    ({'attack': 'model_poisoning', 'malicious_fraction': 0.1, 'target_items': ['nope']},
+     r'--target_items nope are not in the catalogue \(150 items'),
+    ({'attack': 'model_poisoning', 'malicious_fraction': 0.1, 'num_target_items': 1, 'algorithm': 'fed_als'},
+     'fed_als uploads ALS statistics'),
+    ({'attack': 'fake_profiles', 'malicious_fraction': 0.1, 'num_target_items': 1, 'view': 'cross_silo'},
+     'not --view=cross_silo'),
+    ({'attack': 'model_poisoning', 'malicious_fraction': 0.1, 'num_target_items': 1, 'model': 'two_tower'},
+     'for --model=two_tower --algorithm=fed_recon use its explicit boosting variant'),
+    ({'norm_bound': 1.0, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--norm_bound is DP.s clip without noise'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

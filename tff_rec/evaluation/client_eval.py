@@ -30,6 +30,7 @@ RANKING_KS = (5, 10, 20)
 CATALOGUE_KS = (10, 20)
 RANKING, RATING = 'ranking', 'rating'
 GROUP_K = 10  # Groups report HR@10 and NDCG@10 only: tens of groups x every K would bury the results.
+EXPOSURE_K = 10  # ER@10: the share of benign users with a target item in their top 10 (`tff_rec.attacks`).
 
 
 def local_variables(bundle: ModelBundle) -> list[tf.Variable]:
@@ -110,14 +111,19 @@ def _group_sums(per_query: dict[str, tf.Tensor], mask: tf.Tensor, groups: tf.Ten
   return out
 
 
-def catalogue_sums(item_scores: tf.Tensor, seen: tf.Tensor, relevant: tf.Tensor) -> collections.OrderedDict:
-  """Full-catalogue Recall@K and NDCG@K sums over users.
+def catalogue_sums(item_scores: tf.Tensor, seen: tf.Tensor, relevant: tf.Tensor,
+                   targets: tf.Tensor | None = None) -> collections.OrderedDict:
+  """Full-catalogue Recall@K and NDCG@K sums over users[, and the target items' exposure].
 
   Args:
     item_scores: [users, items + 1] scores of every item index (0 = unknown).
     seen: [users, items + 1] bool, the user's training items (excluded, as is
       index 0).
     relevant: [users, items + 1] bool, the user's held-out items.
+    targets: [users, T] item indices (`tff_rec.attacks`' target items): also
+      `target_exposed`, the users with a target among their top EXPOSURE_K
+      unseen items (ranked as a relevant item is), and `exposure_users`; ER@K
+      (Rong et al., ICDE 2022) is their ratio.
 
   A relevant item's rank counts the unseen items (other relevant ones
   included) scoring >= it, so ties never favour it. Recall@K = hits / |relevant|
@@ -138,6 +144,13 @@ def catalogue_sums(item_scores: tf.Tensor, seen: tf.Tensor, relevant: tf.Tensor)
   per_user = tf.math.unsorted_segment_sum(tf.ones_like(rank), rel_users, num_users)
   has_relevant = tf.cast(per_user > 0, tf.float32)
   sums = collections.OrderedDict(catalogue_users=tf.reduce_sum(has_relevant))
+  if targets is not None:
+    target_scores = tf.gather(item_scores, targets, batch_dims=1)  # [U, T]
+    above = tf.reduce_sum(tf.cast(candidate[:, None, :] & (item_scores[:, None, :] >= target_scores[..., None]),
+                                  tf.float32), -1) - 1.0  # Unseen items scoring >= the target, the target aside.
+    exposed = tf.gather(candidate, targets, batch_dims=1) & (above < EXPOSURE_K)
+    sums['target_exposed'] = tf.reduce_sum(tf.cast(tf.reduce_any(exposed, axis=1), tf.float32))
+    sums['exposure_users'] = tf.cast(num_users, tf.float32)
   for k in CATALOGUE_KS:
     hit = tf.cast(rank < k, tf.float32)
     hits = tf.math.unsorted_segment_sum(hit, rel_users, num_users)
@@ -205,6 +218,8 @@ def finalize(totals: dict, kind: str, prefix: str = '', group_names: Sequence[st
     if users:
       metrics[f'{prefix}recall@{k}'] = float(totals[f'recall_at_{k}']) / users
       metrics[f'{prefix}catalogue_ndcg@{k}'] = float(totals[f'catalogue_ndcg_at_{k}']) / users
+  if float(totals.get('exposure_users', 0.0)):
+    metrics[f'{prefix}er@{EXPOSURE_K}'] = float(totals['target_exposed']) / float(totals['exposure_users'])
   metrics[f'{prefix}count'] = count
   if group_names and 'group_count' in totals:
     for g, name in enumerate(group_names):

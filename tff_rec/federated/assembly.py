@@ -19,7 +19,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_rec import experiment, runtime, tasks, training_loop
+from tff_rec import attacks, experiment, runtime, tasks, training_loop
 from tff_rec.data import silos
 from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, sampling
 from tff_rec.models import als, reconstruction, sequence
@@ -102,6 +102,8 @@ class ExperimentConfig:
   group_metrics: str = 'all'  # `groups.parse`: the attributes every evaluation reports groups of.
   item_text_features: bool = False  # Title vectors (`tff_rec.data.text`) in the two-tower's candidate tower / ALS prior.
   sequence: dict = dataclasses.field(default_factory=dict)  # `sequence.SequenceConfig` settings (sequence_two_tower).
+  attack: attacks.AttackConfig = attacks.AttackConfig()  # Malicious clients, and the targets ER@10 is measured of.
+  defence: attacks.DefenceConfig = attacks.DefenceConfig()  # Per-user norm bounding.
 
   def validate(self) -> None:
     """Contradictions that must fail before any training."""
@@ -140,6 +142,7 @@ class ExperimentConfig:
     if self.algorithm == 'fed_prox' and self.proximal_strength <= 0:
       raise ValueError('--algorithm=fed_prox needs --proximal_strength > 0')
     self.evaluation.validate()
+    self.check_attack()
     if self.top_k < 1:
       raise ValueError(f'--top_k must be >= 1, got {self.top_k}')
 
@@ -162,6 +165,26 @@ class ExperimentConfig:
     if self.dp.mechanism not in allowed:
       raise ValueError(f'--dp={self.dp.mechanism} with --algorithm={self.algorithm} --view={self.data.view}: '
                        f'{why_not or "no"}; it takes --dp={"|".join(allowed)}')
+
+  def check_attack(self) -> None:
+    """The attack and the defence apply to this configuration, or the error says why not."""
+    a, d = self.attack, self.defence
+    a.validate()
+    d.validate()
+    if a.attack != attacks.NONE and (self.grouped or self.user_table is not None):
+      raise ValueError(f'--attack={a.attack} joins malicious users with their own local parameters to a per-user '
+                       f'population: not --view=cross_silo or --algorithm={self.algorithm}\'s global user table')
+    if a.attack == attacks.MODEL_POISONING:
+      if self.algorithm == 'fed_als':
+        raise ValueError('--attack=model_poisoning crafts updates of the model\'s weights; --algorithm=fed_als '
+                         'uploads ALS statistics (use --attack=fake_profiles)')
+      if a.poison_boost == 0 and (self.model != tasks.MF or self.algorithm != 'fed_recon'):
+        raise ValueError(f'--attack=model_poisoning crafts MF\'s item rows (--model=mf --algorithm=fed_recon); for '
+                         f'--model={self.model} --algorithm={self.algorithm} use its explicit boosting variant '
+                         '(--poison_boost > 0)')
+    if d.enabled and (self.dp.enabled or self.secure_aggregation or self.compression):
+      raise ValueError('--norm_bound is DP\'s clip without noise: with --dp the DP clip bounds every user already '
+                       '(--clip_norm); with --secure_aggregation or --compression it is not composed yet')
 
   @property
   def grouped(self) -> bool:
@@ -192,6 +215,7 @@ def build_task(config: ExperimentConfig) -> tasks.RecommendationTask:
                                   model=config.model, user_table=config.user_table,
                                   item_text_features=config.item_text_features,
                                   sequence_settings=config.sequence if config.model == tasks.SEQUENCE else None)
+  task.join_attack(config.attack, config.seed)
   config.sampling.validate(len(platforms(task)) if config.grouped else len(task.train_data.client_ids))
   task.group_attributes(config.group_metrics)  # A group attribute the data does not have fails here.
   return task
@@ -254,6 +278,13 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
     shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
         config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
+  elif config.defence.enabled:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
+    d = config.defence
+    bound = dp.DPConfig(dp.GAUSSIAN_ADAPTIVE if d.adaptive else dp.GAUSSIAN_FIXED, noise_multiplier=0.0,
+                        clip_norm=d.norm_bound, target_quantile=d.target_quantile,
+                        clip_learning_rate=d.clip_learning_rate)
+    query = dp.dp_query(bound, clients)
+    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
   elif config.dp.enabled:
     dp_kwargs = {}
     if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
@@ -266,7 +297,13 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
                                users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
                                aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
                                clients=clients)
-  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
+  poison = None
+  if config.attack.attack == attacks.MODEL_POISONING:
+    a = config.attack
+    poison = attacks.Poison(tuple(int(t) for t in task.targets),
+                            tuple(int(p) for p in attacks.popular(task.item_raters(), a.popular_items)),
+                            a.poison_norm, a.poison_boost)
+  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard, poison=poison,
                              aggregation=shard_aggregation, algorithm=config.algorithm,
                              proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
                              **evaluation)

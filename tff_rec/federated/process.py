@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_rec import runtime  # noqa: F401  Managed TFF context (no leaked worker).
+from tff_rec import attacks, runtime  # noqa: F401  runtime: the managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
 from tff_rec.federated import aggregation as aggregation_lib
 from tff_rec.federated import als as fed_als
@@ -73,7 +73,8 @@ def shard_type() -> tff.SequenceType:
   return tff.SequenceType(collections.OrderedDict(
       local=tff.TensorType(np.int32, [None, None, None]), labels=tff.TensorType(_F32, [None, None, None]),
       mask=tff.TensorType(_F32, [None, None, None]), rows=tff.TensorType(np.int64, [None, None]),
-      users=tff.TensorType(np.int64, [None]), keys=tff.TensorType(np.int64, [None])))
+      users=tff.TensorType(np.int64, [None]), keys=tff.TensorType(np.int64, [None]),
+      malicious=tff.TensorType(_F32, [None])))
 
 
 def sequence_shard_type() -> tff.SequenceType:
@@ -83,7 +84,8 @@ def sequence_shard_type() -> tff.SequenceType:
       rows=tff.TensorType(np.int64, two), history=tff.TensorType(np.int32, two), present=tff.TensorType(_F32, two),
       targets=tff.TensorType(np.int32, two), target_mask=tff.TensorType(_F32, two),
       positive=tff.TensorType(_F32, two), candidate_mask=tff.TensorType(_F32, two),
-      seeds=tff.TensorType(np.int64, [None, 2]), keys=tff.TensorType(np.int64, [None])))
+      seeds=tff.TensorType(np.int64, [None, 2]), keys=tff.TensorType(np.int64, [None]),
+      malicious=tff.TensorType(_F32, [None])))
 
 
 def as_client_data(tensors: collections.OrderedDict) -> tf.data.Dataset:
@@ -105,12 +107,13 @@ def build_client_work(model_weights_type: tff.Type, settings: shard_math.ClientS
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
   def client_update(weights, dataset):
+    shard = dataset.get_single_element()
     if sequence_config is not None:
-      updates, sums = sequence_math.user_updates(list(weights.trainable), dataset.get_single_element(), settings,
-                                                 sequence_config, features)
+      updates, sums = sequence_math.user_updates(list(weights.trainable), shard, settings, sequence_config, features)
     else:
-      updates, sums = shard_math.user_updates(tuple(weights.trainable), dataset.get_single_element(), settings,
-                                              features)
+      updates, sums = shard_math.user_updates(tuple(weights.trainable), shard, settings, features)
+    if settings.poison is not None:  # The shard's malicious users upload what the attack crafts instead.
+      updates = attacks.poison_updates(updates, tuple(weights.trainable), shard['malicious'], settings.poison)
     updates['deltas'], updates['rows'] = list(updates['deltas']), list(updates['rows'])
     return tff.learning.templates.ClientResult(update=updates, update_weight=tf.reduce_sum(updates['weight'])), sums
 
@@ -227,9 +230,9 @@ def build_als_finalizer(config: als.AlsConfig, clients: float, prior: np.ndarray
   return build
 
 
-def eval_type(kind: str, groups: int = 0, sequential: bool = False) -> tff.SequenceType:
+def eval_type(kind: str, groups: int = 0, sequential: bool = False, targets: int = 0) -> tff.SequenceType:
   """A shard's evaluation data (`shard_math.eval_arrays`) as a one-element sequence (with `groups` > 0, each
-  query's membership of that many groups too)."""
+  query's membership of that many groups too; with `targets` > 0, that many target items, for ER@10)."""
   query_shape = [None, None, None] if kind == client_eval.RANKING else [None, None]
   three = [None, None, None]
   spec = collections.OrderedDict(
@@ -243,18 +246,20 @@ def eval_type(kind: str, groups: int = 0, sequential: bool = False) -> tff.Seque
                                    **{k: v for k, v in spec.items() if k not in ('items', 'labels', 'mask')})
   if groups:
     spec['query_groups'] = tff.TensorType(_F32, [None, None, groups])
+  if targets:
+    spec['targets'] = tff.TensorType(np.int64, [None, targets])
   return tff.SequenceType(spec)
 
 
 def build_evaluation(model_weights_type: tff.Type, kind: str, *, objective: str, l2: float, learning_rate: float,
                      epochs: int, item_side: int = 0, als_config: als.AlsConfig | None = None,
                      features: two_tower.ItemFeatures | None = None, groups: int = 0,
-                     sequence_config: sequence.SequenceConfig | None = None) -> tff.Computation:
+                     sequence_config: sequence.SequenceConfig | None = None, targets: int = 0) -> tff.Computation:
   """(model weights@SERVER, shard data@CLIENTS) -> metric sums@SERVER: every user reconstructed on its shard
   from the item side (the weights from position `item_side` on; FedAvg's user table is not used; with
   `features`, the two-tower model's candidate tower). With `groups` = G > 0, the sums of each group too: [G]
   vectors that `tff.federated_sum` adds up as it does the totals (it needs G fixed: one computation per G)."""
-  data_type = eval_type(kind, groups, sequential=sequence_config is not None)
+  data_type = eval_type(kind, groups, sequential=sequence_config is not None, targets=targets)
 
   @tff.tensorflow.computation(model_weights_type, data_type)
   @tf.function
@@ -295,7 +300,8 @@ class ShardEngine:
   def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
                eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory,
                algorithm: str = shard_math.FED_RECON, proximal_strength: float = 0.0,
-               als_config: als.AlsConfig | None = None, clients: float = 0.0):
+               als_config: als.AlsConfig | None = None, clients: float = 0.0,
+               poison: attacks.Poison | None = None):
     if users_per_shard < 1:
       raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
     if algorithm not in ALGORITHMS:
@@ -315,7 +321,7 @@ class ShardEngine:
     if towers and algorithm != shard_math.FED_RECON:
       raise ValueError(f'the two-tower model trains with fed_recon on the shard process, got {algorithm}')
     self.settings = dataclasses.replace(client_settings(task, config, kind, proximal_strength), als=als_config,
-                                        two_tower=towers)
+                                        two_tower=towers, poison=poison)
     self._features = task.item_features if towers else None
     if self._sequence is not None:  # Every weight global: the item side and the query tower.
       self._features = task.item_features
@@ -345,7 +351,7 @@ class ShardEngine:
                                           update_specs=specs, finalizer=finalizer, features=self._features,
                                           sequence_config=self._sequence)
     self._weights_type = self.process.get_model_weights.type_signature.result
-    self._evaluations: dict[int, tff.Computation] = {}  # `evaluation`'s, built on first use.
+    self._evaluations: dict[tuple[int, int], tff.Computation] = {}  # `evaluation`'s, built on first use.
     if self._sequence is not None:
       features, shape = self._features, self._sequence
       self._losses = tf.function(lambda weights, data: sequence_math.support_losses(weights, data, shape, features),
@@ -364,11 +370,15 @@ class ShardEngine:
     """One round on the cohort's `examples` (one `preprocessing.Examples` per user), cut into shards."""
     batch_size = self.task.data_config.batch_size
     parts = shard_math.shard_indices(examples, self.users_per_shard)
-    if self._sequence is not None:
-      shards = [as_client_data(self._pack_sequences([examples[u] for u in part], part)) for part in parts]
-    else:
-      shards = [as_client_data(shard_math.pack_shard([examples[u] for u in part], batch_size, keys=part))
-                for part in parts]
+    malicious = getattr(examples, 'malicious', np.zeros(len(examples), bool))  # `attacks.CohortExamples`'.
+    shards = []
+    for part in parts:
+      if self._sequence is not None:
+        shard = self._pack_sequences([examples[u] for u in part], part)
+      else:
+        shard = shard_math.pack_shard([examples[u] for u in part], batch_size, keys=part)
+      shard['malicious'] = malicious[np.asarray(part, np.int64)].astype(np.float32)
+      shards.append(as_client_data(shard))
     output = self.process.next(state, shards)
     if self.round_check is not None:
       self.round_check(output.metrics['aggregator'])
@@ -424,15 +434,17 @@ class ShardEngine:
       data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size, num_items))
               for part in shard_math.split_eval(clients, self.users_per_shard)]
     groups = len(clients.group_names) if clients.groups is not None else 0
-    return fed_recon.as_numpy(self.evaluation(groups)(self.process.get_model_weights(state), data))
+    targets = len(clients.targets) if clients.targets is not None else 0
+    return fed_recon.as_numpy(self.evaluation(groups, targets)(self.process.get_model_weights(state), data))
 
-  def evaluation(self, groups: int = 0) -> tff.Computation:
-    """The federated evaluation (`build_evaluation`), with the sums of `groups` groups (0: none)."""
-    if groups not in self._evaluations:
-      self._evaluations[groups] = build_evaluation(self._weights_type, self.task.eval_kind, item_side=self._item_side,
-                                                   features=self._features, groups=groups,
-                                                   sequence_config=self._sequence, **self._eval)
-    return self._evaluations[groups]
+  def evaluation(self, groups: int = 0, targets: int = 0) -> tff.Computation:
+    """The federated evaluation (`build_evaluation`), with the sums of `groups` groups (0: none) and the
+    exposure of `targets` target items (0: none)."""
+    if (groups, targets) not in self._evaluations:
+      self._evaluations[groups, targets] = build_evaluation(
+          self._weights_type, self.task.eval_kind, item_side=self._item_side, features=self._features,
+          groups=groups, sequence_config=self._sequence, targets=targets, **self._eval)
+    return self._evaluations[groups, targets]
 
   def global_weights(self, state) -> list[np.ndarray]:
     """The item side (what evaluation and export use)."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tff_rec import attacks
 from tff_rec.evaluation import client_eval
 from tff_rec.models import als, mf, reconstruction, two_tower
 from tff_rec.preprocessing import Examples, pad_rows
@@ -53,6 +54,7 @@ class ClientSettings:
   als: als.AlsConfig | None = None  # FED_ALS.
   two_tower: bool = False  # FED_RECON of `two_tower.build_two_tower` (the weights are its candidate tower's).
   split_dataset: bool = False  # FED_RECON: even batches reconstruct, odd ones train (TFF's split); else all both.
+  poison: attacks.Poison | None = None  # What the shard's malicious users (its `malicious` [U]) upload instead.
 
 
 def shard_sizes(num_users: int, users_per_shard: int) -> list[int]:
@@ -407,6 +409,8 @@ def eval_arrays(clients, batch_size: int, num_items: int) -> collections.Ordered
                                  query_labels=query_labels, query_mask=query_mask, seen=seen, relevant=relevant)
   if clients.groups is not None:  # [U, queries, G]: each query's groups (metrics by group).
     data['query_groups'], _ = pad_rows(clients.groups, np.float32)
+  if clients.targets is not None:  # [U, T]: the attack's target items, whose exposure is measured.
+    data['targets'] = np.tile(np.asarray(clients.targets, np.int64)[None], [len(clients.support), 1])
   return data
 
 
@@ -443,7 +447,7 @@ def evaluation_sums(weights, data, *, objective: str, l2: float, learning_rate: 
   else:
     sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'], data.get('query_groups'))
   all_items = tf.tile(tf.range(tf.shape(embedding)[0], dtype=tf.int64)[None], [tf.shape(data['items'])[0], 1])
-  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
+  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant'], data.get('targets')))
   return sums
 
 
@@ -475,7 +479,7 @@ def query_sums(query: tf.Tensor, table: tf.Tensor, data) -> collections.OrderedD
 
   sums = client_eval.ranking_sums(score(data['query_items']), data['query_mask'], data.get('query_groups'))
   all_items = tf.tile(tf.range(tf.shape(table)[0], dtype=tf.int64)[None], [tf.shape(query)[0], 1])
-  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant']))
+  sums.update(client_eval.catalogue_sums(score(all_items), data['seen'], data['relevant'], data.get('targets')))
   return sums
 
 
