@@ -1,0 +1,57 @@
+"""attack_sweep on tiny data: one run per (defence, malicious fraction), a CSV and a PNG."""
+
+import csv
+import os
+import re
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from experiments import attack_sweep
+
+FLAGS = flags.FLAGS
+SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, embedding_dim=4, eval_every=2, checkpoint_every=2,
+                eval_reconstruction_epochs=1, progress=False, group_metrics='none', attack='model_poisoning',
+                num_target_items=1, norm_bound=0.05)
+
+
+@pytest.fixture(autouse=True)
+def parsed_flags():
+  if not FLAGS.is_parsed():
+    FLAGS(['attack_sweep', '--experiment_name=unset'])
+
+
+@pytest.mark.slow
+def test_sweep_writes_one_row_per_defence_and_fraction(tiny_dataset, tmp_path):
+  with flagsaver.flagsaver(data_dir=tiny_dataset, root_output_dir=str(tmp_path), experiment_name='sweep',
+                           malicious_fractions=['0.2', '0'], defences=['none', 'norm_bound'], **SETTINGS):
+    assert attack_sweep.main(['attack_sweep']) == 0
+  rows = list(csv.DictReader(open(tmp_path / 'sweep' / 'sweep.csv')))
+  assert [(r['defence'], float(r['malicious_fraction']), int(r['malicious_users'])) for r in rows] == [
+      ('none', 0.0, 0), ('none', 0.2, 9), ('norm_bound', 0.0, 0), ('norm_bound', 0.2, 9)]  # 9 join 36: 20%.
+  clean = rows[0]
+  assert float(clean['hr@10_lost_points']) == 0.0
+  for r in rows:
+    assert 0.0 <= float(r['er@10']) <= 1.0 and float(r['round_seconds']) > 0
+    floor = max(float(clean['er@10']), 1.0 / 36)  # The ratio's floor: one test user of 36.
+    assert float(r['er@10_ratio']) == pytest.approx(float(r['er@10']) / floor)
+  assert sorted(os.listdir(tmp_path / 'sweep')) == ['none', 'norm_bound', 'sweep.csv', 'sweep.png']
+  assert sorted(os.listdir(tmp_path / 'sweep' / 'none')) == ['fraction_0', 'fraction_0.2']
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'attack': 'none'}, '--attack must name the attack to sweep'),
+    ({'norm_bound': 0.0}, '--defences=norm_bound needs the bound'),
+    ({'defences': ['none', 'krum']}, r"--defences must be some of none, norm_bound, dp, got \['none', 'krum'\]"),
+    ({'malicious_fractions': ['0', '1']}, r'--malicious_fractions must be in \[0, 1\)'),
+    ({'target_items': ['nope'], 'num_target_items': 0}, '--target_items nope are not in the catalogue'),
+])
+def test_bad_sweeps_fail_before_training(tiny_dataset, tmp_path, capsys, overrides, message):
+  settings = dict(SETTINGS, data_dir=tiny_dataset, root_output_dir=str(tmp_path), experiment_name='bad',
+                  malicious_fractions=['0', '0.2'], defences=['none', 'norm_bound'])
+  settings.update(overrides)
+  with flagsaver.flagsaver(**settings):
+    assert attack_sweep.main(['attack_sweep']) == 2
+  assert re.search(message, capsys.readouterr().err)
+  assert not os.path.exists(tmp_path / 'bad')
