@@ -7,7 +7,7 @@ exposure and benign HR@10 against the fraction.
 Takes every train_federated flag: `--attack` and the target items
 (`--num_target_items` or `--target_items`) are the attack's; a fraction of 0 is
 the clean run (no attack, the same targets measured). Defences: `none`,
-`norm_bound` (the flags' `--norm_bound` / `--adaptive_norm_bound`), `dp` (the
+`norm_bound` (the flags' `--norm_bound` / `--adaptive_norm_bound` / `--row_norm_bound`), `dp` (the
 flags' `--dp` settings; their noise as given). Runs go to
 `<root_output_dir>/<experiment_name>/<defence>/fraction_<f>/` (each resumable
 like any run); the sweep writes `sweep.csv` (per run: ER@10, its ratio to the
@@ -61,7 +61,8 @@ def sweep_configs(base: train_federated.ExperimentConfig, fractions: list[float]
   if unknown or not defences:
     raise ValueError(f'--defences must be some of none, norm_bound, dp, got {defences}')
   if NORM_BOUND in defences and not base.defence.enabled:
-    raise ValueError('--defences=norm_bound needs the bound: --norm_bound (and --adaptive_norm_bound)')
+    raise ValueError('--defences=norm_bound needs the bound: --norm_bound (--adaptive_norm_bound) and/or '
+                     '--row_norm_bound')
   if DP in defences and not base.dp.enabled:
     raise ValueError('--defences=dp needs the DP settings: --dp and --noise_multiplier (or --target_epsilon)')
   out = []

@@ -132,6 +132,8 @@ _NORM_BOUND = flags.DEFINE_float('norm_bound', 0.0, 'Defence: clip each user\'s 
 _ADAPTIVE_BOUND = flags.DEFINE_bool('adaptive_norm_bound', False, 'Defence: the bound tracks the '
                                     '--norm_bound_quantile of users\' update norms, from --norm_bound.')
 _BOUND_QUANTILE = flags.DEFINE_float('norm_bound_quantile', 0.5, 'Defence: the adaptive bound\'s target quantile.')
+_ROW_BOUND = flags.DEFINE_float('row_norm_bound', 0.0, 'Defence: clip each row of a user\'s update (one item\'s '
+                                'embedding row, its bias) to this L2 norm before the mean (0: none).')
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -160,7 +162,8 @@ def config_from_flags() -> ExperimentConfig:
       sequence=common_flags.sequence_settings(),
       attack=attacks.AttackConfig(_ATTACK.value, _MALICIOUS.value, tuple(_TARGETS.value), _NUM_TARGETS.value,
                                   _FILLER.value, _POPULAR.value, _POISON_NORM.value, _POISON_BOOST.value),
-      defence=attacks.DefenceConfig(_NORM_BOUND.value, _ADAPTIVE_BOUND.value, _BOUND_QUANTILE.value))
+      defence=attacks.DefenceConfig(_NORM_BOUND.value, _ADAPTIVE_BOUND.value, _BOUND_QUANTILE.value,
+                                    row_bound=_ROW_BOUND.value))
 
 
 def users_per_shard() -> int:

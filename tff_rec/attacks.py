@@ -81,19 +81,23 @@ class DefenceConfig:
   """Per-user norm bounding (Sun et al., "Can You Really Backdoor Federated Learning?", 2019): each user's whole
   update clipped to L2 norm `norm_bound` before the mean (0: none), or with `adaptive`, to a clip that tracks the
   `target_quantile` of the users' norms from `norm_bound` (Andrew et al., NeurIPS 2021) - DP's clip without
-  its noise (`aggregation.DPFactory`)."""
+  its noise (`aggregation.DPFactory`); and/or each row of it (one item's) to `row_bound`
+  (`aggregation.clip_rows`)."""
 
   norm_bound: float = 0.0
   adaptive: bool = False
   target_quantile: float = 0.5
   clip_learning_rate: float = 0.2
+  row_bound: float = 0.0  # > 0: each row of a user's update (one item's) clipped to it first.
 
   @property
   def enabled(self) -> bool:
-    return self.norm_bound > 0
+    return self.norm_bound > 0 or self.row_bound > 0
 
   def validate(self) -> None:
-    if self.norm_bound < 0 or (self.adaptive and not self.enabled):
+    if self.row_bound < 0:
+      raise ValueError(f'--row_norm_bound must be >= 0 (0: none), got {self.row_bound}')
+    if self.norm_bound < 0 or (self.adaptive and not self.norm_bound > 0):
       raise ValueError(f'--norm_bound must be >= 0 (0: none), and > 0 with --adaptive_norm_bound (its initial '
                        f'value), got {self.norm_bound}')
     if not 0 < self.target_quantile < 1 or self.clip_learning_rate < 0:

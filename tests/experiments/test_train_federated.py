@@ -232,7 +232,7 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
      'not --view=cross_silo'),
     ({'attack': 'model_poisoning', 'malicious_fraction': 0.1, 'num_target_items': 1, 'model': 'two_tower'},
      'for --model=two_tower --algorithm=fed_recon use its explicit boosting variant'),
-    ({'norm_bound': 1.0, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--norm_bound is DP.s clip without noise'),
+    ({'norm_bound': 1.0, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--norm_bound and --row_norm_bound are DP.s clip'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -79,22 +79,41 @@ def table_rows(value, dense: list[tf.TensorSpec]) -> tuple[list[tf.Tensor], list
   return [value['rows'][i] for i in tables], [int(dense[i].shape[0]) for i in tables]
 
 
+def clip_rows(deltas: list[tf.Tensor], bound: float) -> list[tf.Tensor]:
+  """Each user's update with every row of every table leaf ([U, K, ...]: one row per touched item) scaled to L2
+  norm <= `bound` (0: as it is); scalar leaves [U] as they are. Written by hand: TFF's clipping factories bound a
+  client's whole value, and a user's update concentrated on one row (a promoted item's) passes a whole-update bound
+  that an honest user's, spread over its items' rows, would need."""
+  if not bound:
+    return deltas
+  out = []
+  for leaf in deltas:
+    if leaf.shape.rank < 3:
+      out.append(leaf)
+      continue
+    norms = tf.sqrt(tf.reduce_sum(tf.square(leaf), axis=list(range(2, leaf.shape.rank))))  # [U, K]
+    scale = tf.minimum(1.0, bound / tf.maximum(norms, 1e-12))
+    out.append(leaf * tf.reshape(scale, tf.concat([tf.shape(scale), tf.ones([leaf.shape.rank - 2], tf.int32)], 0)))
+  return out
+
+
 class MeanFactory(tff.aggregators.UnweightedAggregationFactory):
-  """The weighted mean of users' updates: sum_u w_u delta_u / sum_u w_u (TFF's MeanFactory, per user).
+  """The weighted mean of users' updates: sum_u w_u delta_u / sum_u w_u (TFF's MeanFactory, per user); with
+  `row_bound` > 0, each user's rows clipped first (`clip_rows`, a defence against item promotion).
 
   The division is plain, as TFF's: a cohort of zero weight gives a
   non-finite mean, which the finalizer rejects.
   """
 
-  def __init__(self, dense: list[tf.TensorSpec]):
-    self._dense = dense
+  def __init__(self, dense: list[tf.TensorSpec], row_bound: float = 0.0):
+    self._dense, self._row_bound = dense, row_bound
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    dense = self._dense
+    dense, row_bound = self._dense, self._row_bound
 
     @tff.tensorflow.computation(value_type)
     def shard_total(value):
-      deltas = list(value['deltas'])
+      deltas = clip_rows(list(value['deltas']), row_bound)
       return collections.OrderedDict(total=shard_sum(deltas, *table_rows(value, dense), value['weight']),
                                      weight=tf.reduce_sum(value['weight']))
 
@@ -128,11 +147,11 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
   Measurements: the clip in force (`clip_norm`).
   """
 
-  def __init__(self, query: Any, dense: list[tf.TensorSpec], seed: int):
-    self._query, self._dense, self._seed = query, dense, seed
+  def __init__(self, query: Any, dense: list[tf.TensorSpec], seed: int, row_bound: float = 0.0):
+    self._query, self._dense, self._seed, self._row_bound = query, dense, seed, row_bound
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    query, seed = self._query, self._seed
+    query, seed, row_bound = self._query, self._seed, self._row_bound
     dense = [tf.TensorSpec(s.shape, s.dtype) for s in self._dense]
 
     init_tf = _query_and_round(query)
@@ -144,7 +163,8 @@ class DPFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type, sample_params.type_signature.result)
     def shard_records(value, params):
-      records = tf.vectorized_map(lambda record: query.preprocess_record(params, record), tuple(value['deltas']))
+      deltas = tuple(clip_rows(list(value['deltas']), row_bound))  # `row_bound` > 0: each row, then the whole.
+      records = tf.vectorized_map(lambda record: query.preprocess_record(params, record), deltas)
       participates = tf.cast(tf.greater(value['examples'], 0.0), tf.float32)  # An empty user takes no part.
       return shard_sum(tf.nest.flatten(records), *table_rows(value, dense), participates)
 

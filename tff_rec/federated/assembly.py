@@ -183,8 +183,9 @@ class ExperimentConfig:
                          f'--model={self.model} --algorithm={self.algorithm} use its explicit boosting variant '
                          '(--poison_boost > 0)')
     if d.enabled and (self.dp.enabled or self.secure_aggregation or self.compression):
-      raise ValueError('--norm_bound is DP\'s clip without noise: with --dp the DP clip bounds every user already '
-                       '(--clip_norm); with --secure_aggregation or --compression it is not composed yet')
+      raise ValueError('--norm_bound and --row_norm_bound are DP\'s clip without noise: with --dp the DP clip bounds '
+                       'every user already (--clip_norm); with --secure_aggregation or --compression they are not '
+                       'composed yet')
 
   @property
   def grouped(self) -> bool:
@@ -278,13 +279,15 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
     shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
         config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
-  elif config.defence.enabled:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
+  elif config.defence.norm_bound > 0:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
     d = config.defence
     bound = dp.DPConfig(dp.GAUSSIAN_ADAPTIVE if d.adaptive else dp.GAUSSIAN_FIXED, noise_multiplier=0.0,
                         clip_norm=d.norm_bound, target_quantile=d.target_quantile,
                         clip_learning_rate=d.clip_learning_rate)
     query = dp.dp_query(bound, clients)
-    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
+    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, d.row_bound)
+  elif config.defence.row_bound > 0:
+    shard_aggregation = lambda dense: aggregation.MeanFactory(dense, config.defence.row_bound)
   elif config.dp.enabled:
     dp_kwargs = {}
     if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
