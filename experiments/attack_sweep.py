@@ -2,12 +2,12 @@ r"""Trains one configuration under an attack at several malicious fractions, for
 exposure and benign HR@10 against the fraction.
 
   python -m experiments.attack_sweep --flagfile=configs/attack_sweep_mf.flags \
-      [--malicious_fractions=0,0.001,0.01,0.05] [--defences=none,norm_bound]
+      [--malicious_fractions=0,0.001,0.01,0.05] [--defences=none,row_bound,norm_bound]
 
 Takes every train_federated flag: `--attack` and the target items
 (`--num_target_items` or `--target_items`) are the attack's; a fraction of 0 is
 the clean run (no attack, the same targets measured). Defences: `none`,
-`norm_bound` (the flags' `--norm_bound` / `--adaptive_norm_bound` / `--row_norm_bound`), `dp` (the
+`norm_bound` (the flags' `--norm_bound` / `--adaptive_norm_bound`), `row_bound` (`--row_norm_bound`), `dp` (the
 flags' `--dp` settings; their noise as given). Runs go to
 `<root_output_dir>/<experiment_name>/<defence>/fraction_<f>/` (each resumable
 like any run); the sweep writes `sweep.csv` (per run: ER@10, its ratio to the
@@ -34,10 +34,10 @@ from tff_rec.privacy import dp
 
 FRACTIONS = flags.DEFINE_list('malicious_fractions', ['0', '0.001', '0.01', '0.05'],
                               'Malicious fractions of the population (0: the clean run).')
-DEFENCES = flags.DEFINE_list('defences', ['none', 'norm_bound'], 'Defences: none, norm_bound (the --norm_bound '
-                             'flags), dp (the --dp flags).')
+DEFENCES = flags.DEFINE_list('defences', ['none', 'row_bound'], 'Defences: none, norm_bound (the --norm_bound '
+                             'flags), row_bound (--row_norm_bound), dp (the --dp flags).')
 
-NONE, NORM_BOUND, DP = 'none', 'norm_bound', 'dp'
+NONE, NORM_BOUND, ROW_BOUND, DP = 'none', 'norm_bound', 'row_bound', 'dp'
 COLUMNS = ('defence', 'malicious_fraction', 'malicious_users', 'er@10', 'er@10_ratio', 'hr@10', 'ndcg@10',
            'hr@10_lost_points', 'round_seconds', 'wall_seconds')
 
@@ -57,12 +57,13 @@ def sweep_configs(base: train_federated.ExperimentConfig, fractions: list[float]
   """One config per (defence, fraction): the base's attack at the fraction (none at 0), with the defence."""
   if base.attack.attack == attacks.NONE:
     raise ValueError('--attack must name the attack to sweep (fake_profiles or model_poisoning)')
-  unknown = [d for d in defences if d not in (NONE, NORM_BOUND, DP)]
+  unknown = [d for d in defences if d not in (NONE, NORM_BOUND, ROW_BOUND, DP)]
   if unknown or not defences:
-    raise ValueError(f'--defences must be some of none, norm_bound, dp, got {defences}')
-  if NORM_BOUND in defences and not base.defence.enabled:
-    raise ValueError('--defences=norm_bound needs the bound: --norm_bound (--adaptive_norm_bound) and/or '
-                     '--row_norm_bound')
+    raise ValueError(f'--defences must be some of none, norm_bound, row_bound, dp, got {defences}')
+  if NORM_BOUND in defences and not base.defence.norm_bound > 0:
+    raise ValueError('--defences=norm_bound needs the bound: --norm_bound (and --adaptive_norm_bound)')
+  if ROW_BOUND in defences and not base.defence.row_bound > 0:
+    raise ValueError('--defences=row_bound needs the bound: --row_norm_bound')
   if DP in defences and not base.dp.enabled:
     raise ValueError('--defences=dp needs the DP settings: --dp and --noise_multiplier (or --target_epsilon)')
   out = []
@@ -72,11 +73,20 @@ def sweep_configs(base: train_federated.ExperimentConfig, fractions: list[float]
                                    malicious_fraction=fraction)
       config = dataclasses.replace(
           base, attack=attack,
-          defence=base.defence if defence == NORM_BOUND else attacks.DefenceConfig(),
+          defence=defence_config(base.defence, defence),
           dp=base.dp if defence == DP else dataclasses.replace(base.dp, mechanism=dp.NONE),
           output_dir=os.path.join(base.output_dir, defence, f'fraction_{fraction:g}'))
       out.append((defence, fraction, config))
   return out
+
+
+def defence_config(flags_defence: attacks.DefenceConfig, defence: str) -> attacks.DefenceConfig:
+  """The flags' bound of `defence` alone (`norm_bound`: the per-user one; `row_bound`: the per-row one)."""
+  if defence == NORM_BOUND:
+    return dataclasses.replace(flags_defence, row_bound=0.0)
+  if defence == ROW_BOUND:
+    return attacks.DefenceConfig(row_bound=flags_defence.row_bound)
+  return attacks.DefenceConfig()
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -43,7 +43,8 @@ def test_sweep_writes_one_row_per_defence_and_fraction(tiny_dataset, tmp_path):
 @pytest.mark.parametrize('overrides, message', [
     ({'attack': 'none'}, '--attack must name the attack to sweep'),
     ({'norm_bound': 0.0}, '--defences=norm_bound needs the bound'),
-    ({'defences': ['none', 'krum']}, r"--defences must be some of none, norm_bound, dp, got \['none', 'krum'\]"),
+    ({'defences': ['none', 'krum']}, r"--defences must be some of none, norm_bound, row_bound, dp, got \['none', "),
+    ({'defences': ['row_bound']}, '--defences=row_bound needs the bound: --row_norm_bound'),
     ({'malicious_fractions': ['0', '1']}, r'--malicious_fractions must be in \[0, 1\)'),
     ({'target_items': ['nope'], 'num_target_items': 0}, '--target_items nope are not in the catalogue'),
 ])

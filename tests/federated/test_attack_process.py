@@ -57,3 +57,12 @@ def test_a_norm_bound_clips_each_malicious_update(task):
   before, after = _round(task, 1, poison, aggregation=lambda dense: aggregation.DPFactory(query, dense, 0))
   moved = np.append(after[0][TARGET] - before[0][TARGET], after[1][TARGET] - before[1][TARGET])
   assert np.linalg.norm(moved) == pytest.approx(0.5, rel=1e-5)  # Two updates of norm 10 clipped to 0.5, mean.
+
+
+def test_a_row_bound_clips_each_row_of_each_update(task):
+  poison = attacks.Poison(targets=(TARGET,), popular=POPULAR, norm=10.0)
+  before, after = _round(task, 2, poison, aggregation=lambda dense: aggregation.MeanFactory(dense, row_bound=0.3))
+  embedding_step = after[0][TARGET] - before[0][TARGET]
+  direction = before[0][list(POPULAR)].mean(axis=0)
+  np.testing.assert_allclose(embedding_step, 0.3 * direction / np.linalg.norm(direction), atol=1e-5)
+  np.testing.assert_allclose(after[1][TARGET] - before[1][TARGET], [0.3], atol=1e-5)  # The bias row: clipped too.
