@@ -139,7 +139,7 @@ def main(argv):
     for defence, fraction, config in configs:
       task = tasks[fraction]
       final = train_federated.run(config, task)
-      malicious = len(task.train_data.client_ids) - len(getattr(task.train_data, 'benign', task.train_data).client_ids)
+      malicious = len(getattr(task.train_data, 'malicious_ids', ()))  # `attacks.PoisonedPopulation`'s.
       times = [r['round_seconds'] for r in training_loop.read_history(config.output_dir) if 'round_seconds' in r]
       rows.append({**final, 'defence': defence, 'malicious_fraction': fraction, 'malicious_users': malicious,
                    'users': final.get('count'), 'round_seconds': float(np.median(times)) if times else None})

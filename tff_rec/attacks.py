@@ -147,10 +147,11 @@ def num_malicious(fraction: float, benign: int) -> int:
 def fake_profiles(count: int, targets: np.ndarray, pool: np.ndarray, filler: int, seed: int) -> list[np.ndarray]:
   """Each malicious user's items in time order: `filler` items drawn from `pool` (the popular items) and the
   targets, shuffled (seeded per user)."""
+  candidates = np.setdiff1d(pool, targets)  # Never a target twice.
   out = []
   for u in range(count):
     rng = np.random.default_rng([seed, 104_729, u])
-    fill = rng.choice(np.setdiff1d(pool, targets), min(filler, len(np.setdiff1d(pool, targets))), replace=False)
+    fill = rng.choice(candidates, min(filler, len(candidates)), replace=False)
     out.append(rng.permutation(np.concatenate([np.asarray(targets, np.int64), fill.astype(np.int64)])))
   return out
 

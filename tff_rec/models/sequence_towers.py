@@ -79,7 +79,8 @@ def build_towers(config: sequence.SequenceConfig, features: two_tower.ItemFeatur
   config.validate()
   dense = features.dense
   if dense.shape != (config.num_items + 1, config.dense_features):
-    raise ValueError(f'item features are {dense.shape}, the model takes {(config.num_items + 1, config.dense_features)}')
+    expected = (config.num_items + 1, config.dense_features)
+    raise ValueError(f'item features are {dense.shape}, the model takes {expected}')
   d = config.embedding_dim
   id_embedding = tf.keras.layers.Embedding(config.num_items + 1, d, name='item_embedding')
   dense_projection = tf.keras.layers.Dense(d, use_bias=False, name='dense_projection')
