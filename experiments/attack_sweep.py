@@ -7,8 +7,9 @@ exposure and benign HR@10 against the fraction.
 Takes every train_federated flag: `--attack` and the target items
 (`--num_target_items` or `--target_items`) are the attack's; a fraction of 0 is
 the clean run (no attack, the same targets measured). Defences: `none`,
-`norm_bound` (the flags' `--norm_bound` / `--adaptive_norm_bound`), `row_bound` (`--row_norm_bound`), `dp` (the
-flags' `--dp` settings; their noise as given). Runs go to
+`norm_bound` (the flags' `--norm_bound` / `--adaptive_norm_bound`), `row_bound` (`--row_norm_bound`),
+`trimmed_mean` (`--trim_fraction`) and `median` (the robust means), `dp` (the flags' `--dp` settings; their noise
+as given); each alone. Runs go to
 `<root_output_dir>/<experiment_name>/<defence>/fraction_<f>/` (each resumable
 like any run); the sweep writes `sweep.csv` (per run: ER@10, its ratio to the
 undefended clean run's, HR@10 / NDCG@10 and the HR@10 points lost against that
@@ -35,9 +36,12 @@ from tff_rec.privacy import dp
 FRACTIONS = flags.DEFINE_list('malicious_fractions', ['0', '0.001', '0.01', '0.05'],
                               'Malicious fractions of the population (0: the clean run).')
 DEFENCES = flags.DEFINE_list('defences', ['none', 'row_bound'], 'Defences: none, norm_bound (the --norm_bound '
-                             'flags), row_bound (--row_norm_bound), dp (the --dp flags).')
+                             'flags), row_bound (--row_norm_bound), trimmed_mean (--trim_fraction), median, dp (the '
+                             '--dp flags); each alone.')
 
 NONE, NORM_BOUND, ROW_BOUND, DP = 'none', 'norm_bound', 'row_bound', 'dp'
+TRIMMED_MEAN, MEDIAN = attacks.TRIMMED_MEAN, attacks.MEDIAN
+KNOWN = (NONE, NORM_BOUND, ROW_BOUND, TRIMMED_MEAN, MEDIAN, DP)
 COLUMNS = ('defence', 'malicious_fraction', 'malicious_users', 'er@10', 'er@10_ratio', 'hr@10', 'ndcg@10',
            'hr@10_lost_points', 'round_seconds', 'wall_seconds')
 
@@ -57,9 +61,9 @@ def sweep_configs(base: train_federated.ExperimentConfig, fractions: list[float]
   """One config per (defence, fraction): the base's attack at the fraction (none at 0), with the defence."""
   if base.attack.attack == attacks.NONE:
     raise ValueError('--attack must name the attack to sweep (fake_profiles or model_poisoning)')
-  unknown = [d for d in defences if d not in (NONE, NORM_BOUND, ROW_BOUND, DP)]
+  unknown = [d for d in defences if d not in KNOWN]
   if unknown or not defences:
-    raise ValueError(f'--defences must be some of none, norm_bound, row_bound, dp, got {defences}')
+    raise ValueError(f'--defences must be some of {", ".join(KNOWN)}, got {defences}')
   if NORM_BOUND in defences and not base.defence.norm_bound > 0:
     raise ValueError('--defences=norm_bound needs the bound: --norm_bound (and --adaptive_norm_bound)')
   if ROW_BOUND in defences and not base.defence.row_bound > 0:
@@ -81,11 +85,14 @@ def sweep_configs(base: train_federated.ExperimentConfig, fractions: list[float]
 
 
 def defence_config(flags_defence: attacks.DefenceConfig, defence: str) -> attacks.DefenceConfig:
-  """The flags' bound of `defence` alone (`norm_bound`: the per-user one; `row_bound`: the per-row one)."""
+  """The flags' settings of `defence` alone (`norm_bound`: the per-user bound; `row_bound`: the per-row one;
+  `trimmed_mean` / `median`: the robust mean, without a bound)."""
   if defence == NORM_BOUND:
-    return dataclasses.replace(flags_defence, row_bound=0.0)
+    return dataclasses.replace(flags_defence, row_bound=0.0, robust_mean=NONE)
   if defence == ROW_BOUND:
     return attacks.DefenceConfig(row_bound=flags_defence.row_bound)
+  if defence in (TRIMMED_MEAN, MEDIAN):
+    return attacks.DefenceConfig(robust_mean=defence, trim_fraction=flags_defence.trim_fraction)
   return attacks.DefenceConfig()
 
 

@@ -134,6 +134,12 @@ _ADAPTIVE_BOUND = flags.DEFINE_bool('adaptive_norm_bound', False, 'Defence: the 
 _BOUND_QUANTILE = flags.DEFINE_float('norm_bound_quantile', 0.5, 'Defence: the adaptive bound\'s target quantile.')
 _ROW_BOUND = flags.DEFINE_float('row_norm_bound', 0.0, 'Defence: clip each row of a user\'s update (one item\'s '
                                 'embedding row, its bias) to this L2 norm before the mean (0: none).')
+_ROBUST_MEAN = flags.DEFINE_enum('robust_mean', attacks.NONE, attacks.ROBUST_MEANS, 'Defence: the coordinate-wise '
+                                 'trimmed mean or median of users\' updates in place of the mean (needs every '
+                                 'user\'s update at the server: not with --secure_aggregation, --dp or '
+                                 '--compression).')
+_TRIM = flags.DEFINE_float('trim_fraction', 0.1, 'Defence: --robust_mean=trimmed_mean drops this fraction of the '
+                           'users at each end of every coordinate.')
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -163,7 +169,8 @@ def config_from_flags() -> ExperimentConfig:
       attack=attacks.AttackConfig(_ATTACK.value, _MALICIOUS.value, tuple(_TARGETS.value), _NUM_TARGETS.value,
                                   _FILLER.value, _POPULAR.value, _POISON_NORM.value, _POISON_BOOST.value),
       defence=attacks.DefenceConfig(_NORM_BOUND.value, _ADAPTIVE_BOUND.value, _BOUND_QUANTILE.value,
-                                    row_bound=_ROW_BOUND.value))
+                                    row_bound=_ROW_BOUND.value, robust_mean=_ROBUST_MEAN.value,
+                                    trim_fraction=_TRIM.value))
 
 
 def users_per_shard() -> int:

@@ -36,6 +36,8 @@ from tff_rec.data import arrays
 
 NONE, FAKE_PROFILES, MODEL_POISONING = 'none', 'fake_profiles', 'model_poisoning'
 ATTACKS = (NONE, FAKE_PROFILES, MODEL_POISONING)
+TRIMMED_MEAN, MEDIAN = 'trimmed_mean', 'median'
+ROBUST_MEANS = (NONE, TRIMMED_MEAN, MEDIAN)
 SYBIL_PREFIX = 'sybil_'  # Malicious users' ids: sybil_000000, ...
 
 
@@ -82,19 +84,35 @@ class DefenceConfig:
   update clipped to L2 norm `norm_bound` before the mean (0: none), or with `adaptive`, to a clip that tracks the
   `target_quantile` of the users' norms from `norm_bound` (Andrew et al., NeurIPS 2021) - DP's clip without
   its noise (`aggregation.DPFactory`); and/or each row of it (one item's) to `row_bound`
-  (`aggregation.clip_rows`)."""
+  (`aggregation.clip_rows`). Or a robust mean in place of the mean (`aggregation.RobustMeanFactory`): the
+  coordinate-wise trimmed mean dropping `trim_fraction` of the users at each end, or the median (Yin et al.,
+  ICML 2018), after the row bound if one is set."""
 
   norm_bound: float = 0.0
   adaptive: bool = False
   target_quantile: float = 0.5
   clip_learning_rate: float = 0.2
   row_bound: float = 0.0  # > 0: each row of a user's update (one item's) clipped to it first.
+  robust_mean: str = NONE  # ROBUST_MEANS.
+  trim_fraction: float = 0.1  # trimmed_mean: of the users taking part, dropped at each end per coordinate.
 
   @property
   def enabled(self) -> bool:
-    return self.norm_bound > 0 or self.row_bound > 0
+    return self.norm_bound > 0 or self.row_bound > 0 or self.robust_mean != NONE
+
+  @property
+  def trim(self) -> float:
+    """The fraction `aggregation.trimmed_mean` drops at each end (0.5: the median)."""
+    return 0.5 if self.robust_mean == MEDIAN else self.trim_fraction
 
   def validate(self) -> None:
+    if self.robust_mean not in ROBUST_MEANS:
+      raise ValueError(f'--robust_mean must be one of {", ".join(ROBUST_MEANS)}, got {self.robust_mean!r}')
+    if not 0 < self.trim_fraction < 0.5:
+      raise ValueError(f'--trim_fraction must be in (0, 0.5) (--robust_mean=median for the median), got '
+                       f'{self.trim_fraction}')
+    if self.robust_mean != NONE and self.norm_bound > 0:
+      raise ValueError('--robust_mean with --norm_bound: not composed (the robust mean takes --row_norm_bound)')
     if self.row_bound < 0:
       raise ValueError(f'--row_norm_bound must be >= 0 (0: none), got {self.row_bound}')
     if self.norm_bound < 0 or (self.adaptive and not self.norm_bound > 0):

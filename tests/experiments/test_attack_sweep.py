@@ -9,6 +9,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from experiments import attack_sweep
+from tff_rec import attacks
 
 FLAGS = flags.FLAGS
 SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, embedding_dim=4, eval_every=2, checkpoint_every=2,
@@ -43,7 +44,8 @@ def test_sweep_writes_one_row_per_defence_and_fraction(tiny_dataset, tmp_path):
 @pytest.mark.parametrize('overrides, message', [
     ({'attack': 'none'}, '--attack must name the attack to sweep'),
     ({'norm_bound': 0.0}, '--defences=norm_bound needs the bound'),
-    ({'defences': ['none', 'krum']}, r"--defences must be some of none, norm_bound, row_bound, dp, got \['none', "),
+    ({'defences': ['none', 'krum']}, r"--defences must be some of none, norm_bound, row_bound, trimmed_mean, median, dp, got "
+     r"\['none', "),
     ({'defences': ['row_bound']}, '--defences=row_bound needs the bound: --row_norm_bound'),
     ({'malicious_fractions': ['0', '1']}, r'--malicious_fractions must be in \[0, 1\)'),
     ({'target_items': ['nope'], 'num_target_items': 0}, '--target_items nope are not in the catalogue'),
@@ -56,3 +58,14 @@ def test_bad_sweeps_fail_before_training(tiny_dataset, tmp_path, capsys, overrid
     assert attack_sweep.main(['attack_sweep']) == 2
   assert re.search(message, capsys.readouterr().err)
   assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_each_defence_runs_alone_with_the_flags_settings():
+  flags_defence = attacks.DefenceConfig(norm_bound=0.5, row_bound=0.02, robust_mean=attacks.MEDIAN, trim_fraction=0.2)
+  assert attack_sweep.defence_config(flags_defence, 'none') == attacks.DefenceConfig()
+  assert attack_sweep.defence_config(flags_defence, 'row_bound') == attacks.DefenceConfig(row_bound=0.02)
+  assert attack_sweep.defence_config(flags_defence, 'norm_bound') == attacks.DefenceConfig(norm_bound=0.5,
+                                                                                            trim_fraction=0.2)
+  trimmed = attack_sweep.defence_config(flags_defence, 'trimmed_mean')
+  assert trimmed == attacks.DefenceConfig(robust_mean=attacks.TRIMMED_MEAN, trim_fraction=0.2) and trimmed.trim == 0.2
+  assert attack_sweep.defence_config(flags_defence, 'median').trim == 0.5

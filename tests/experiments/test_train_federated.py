@@ -47,12 +47,15 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_als', 'group_metrics': 'all'},
     {'attack': 'model_poisoning', 'malicious_fraction': 0.2, 'num_target_items': 2, 'norm_bound': 0.5,
      'adaptive_norm_bound': True},  # Malicious users joined; the defence (DP's clip, no noise) and ER@10 reported.
+    {'attack': 'model_poisoning', 'malicious_fraction': 0.2, 'num_target_items': 1, 'robust_mean': 'trimmed_mean',
+     'trim_fraction': 0.2, 'row_norm_bound': 0.1, 'users_per_shard': 2},  # Every user's update collected, trimmed.
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
     {'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'max_history': 5, 'dp': 'gaussian_fixed',
      'noise_multiplier': 0.5, 'clip_norm': 0.1, 'group_metrics': 'all'},  # DP-FedAvg of the whole model.
 ], ids=['shards', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower', 'secure_aggregation',
-        'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'attack', 'dp_fed_als', 'dp_sequence'])
+        'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'attack', 'robust_mean', 'dp_fed_als',
+        'dp_sequence'])
 # (One TFF client per user, --users_per_shard=1: tests/federated/test_process.py, equal to any shard size; DP of MF
 # by a calibrated budget: test_privacy_budget_calibrates_noise_and_stops_the_run.)
 def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
@@ -79,7 +82,11 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   assert ('er@10' in written and 'val/er@10' in rows[0]) == ('attack' in overrides)
   if 'attack' in overrides:  # 9 malicious users joined the 36: 20%.
     assert 0.0 <= written['er@10'] <= 1.0 and 'heldout_users/er@10' in written
-    assert float(rows[0]['aggregator/clip_norm']) != 0.5  # The adaptive bound moved from its start.
+    if 'norm_bound' in overrides:
+      assert float(rows[0]['aggregator/clip_norm']) != 0.5  # The adaptive bound moved from its start.
+    else:  # The robust mean: every user taking part collected (3 a round), 0 trimmed at 20%, their norms reported.
+      assert float(rows[0]['aggregator/participants']) == 3 and float(rows[0]['aggregator/trimmed_each_end']) == 0
+      assert 0.0 < float(rows[0]['aggregator/update_norm_median']) <= float(rows[0]['aggregator/update_norm_max'])
   if 'compression' in overrides:  # 8-bit item table up, float32 down.
     assert float(rows[0]['communication/upload_bytes_per_client']) < 0.4 * float(
         rows[0]['communication/download_bytes_per_client'])
@@ -232,7 +239,13 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
      'not --view=cross_silo'),
     ({'attack': 'model_poisoning', 'malicious_fraction': 0.1, 'num_target_items': 1, 'model': 'two_tower'},
      'for --model=two_tower --algorithm=fed_recon use its explicit boosting variant'),
-    ({'norm_bound': 1.0, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--norm_bound and --row_norm_bound are DP.s clip'),
+    ({'norm_bound': 1.0, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--norm_bound is DP.s clip without noise'),
+    ({'robust_mean': 'median', 'secure_aggregation': True}, '--robust_mean=median needs every user.s update at the '
+     'server: not with --dp, --secure_aggregation'),
+    ({'robust_mean': 'trimmed_mean', 'clients_per_round': 0, 'client_sampling_rate': 0.1},
+     '--robust_mean=trimmed_mean collects a fixed cohort of users: it takes --clients_per_round'),
+    ({'robust_mean': 'trimmed_mean', 'trim_fraction': 0.5}, r'--trim_fraction must be in \(0, 0.5\) '
+     r'\(--robust_mean=median for the median\), got 0.5'),
 ])
 def test_bad_flags_fail_before_training(tiny_dataset, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -134,6 +134,99 @@ class MeanFactory(tff.aggregators.UnweightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
+def trimmed_each_end(n: tf.Tensor, trim_fraction: float) -> tf.Tensor:
+  """How many of n values a trimmed mean drops at each end: floor(trim_fraction * n), at most (n - 1) // 2."""
+  k = tf.cast(tf.floor(trim_fraction * tf.cast(n, tf.float64) + 1e-9), tf.int32)
+  return tf.maximum(tf.minimum(k, (n - 1) // 2), 0)
+
+
+def trimmed_mean(values: tf.Tensor, participates: tf.Tensor, trim_fraction: float) -> tf.Tensor:
+  """The coordinate-wise trimmed mean over axis 0 of `values` [C, ...] among the rows where `participates` [C]
+  (bool): per coordinate, the k = min(floor(trim_fraction * n), (n - 1) // 2) largest and k smallest of the n
+  participants' values dropped and the rest averaged (Yin et al., "Byzantine-Robust Distributed Learning: Towards
+  Optimal Statistical Rates", ICML 2018); `trim_fraction` 0.5 gives the coordinate-wise median. No participant:
+  a non-finite mean, as `MeanFactory`'s. Written by hand: TFF has no robust aggregator."""
+  rank = values.shape.rank
+  n = tf.reduce_sum(tf.cast(participates, tf.int32))
+  k = trimmed_each_end(n, trim_fraction)
+  # Non-participants sort last: the first n of each coordinate's sorted values are the participants'.
+  mask = tf.reshape(participates, [-1] + [1] * (rank - 1))
+  ordered = tf.sort(tf.where(mask, values, tf.constant(np.inf, values.dtype)), axis=0)
+  position = tf.reshape(tf.range(tf.shape(values)[0]), [-1] + [1] * (rank - 1))
+  keep = tf.logical_and(position >= k, position < n - k)
+  return tf.math.divide(tf.reduce_sum(tf.where(keep, ordered, tf.zeros_like(ordered)), axis=0),
+                        tf.cast(n - 2 * k, values.dtype))
+
+
+class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
+  """The coordinate-wise trimmed mean (or median) of the cohort's users' updates (`trimmed_mean`), each user's rows
+  clipped to `row_bound` first (> 0).
+
+  A robust mean needs every user's update at the server: it cannot be
+  computed from sums, so it does not compose with secure aggregation, nor
+  with DP's noise. Each shard places its users' dense updates in the slots
+  of their cohort positions (`keys`) of a [cohort, ...] stack, and the
+  shards' stacks cross with `tff.federated_sum`: the slots do not overlap,
+  so the "sum" is a collection and the server sees each user's update
+  itself (what a server running a robust mean sees in deployment too).
+  Unweighted, as every unweighted aggregator here: each user taking part
+  (weight > 0) counts once. Measurements, a server-side check on update
+  norms per round: the users taking part, the k trimmed at each end, and the
+  median and largest L2 norm of their (clipped) updates.
+  """
+
+  def __init__(self, dense: list[tf.TensorSpec], cohort: int, trim_fraction: float, row_bound: float = 0.0):
+    if cohort < 1 or not 0.0 <= trim_fraction <= 0.5:
+      raise ValueError(f'the robust mean needs a cohort >= 1 and a trim fraction in [0, 0.5], got {cohort}, '
+                       f'{trim_fraction}')
+    self._dense, self._cohort, self._trim, self._row_bound = dense, cohort, trim_fraction, row_bound
+
+  def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
+    dense, cohort, trim, row_bound = self._dense, self._cohort, self._trim, self._row_bound
+
+    @tff.tensorflow.computation(value_type)
+    @tf.function  # Its control dependencies run the range check.
+    def shard_stack(value):
+      keys = value['keys']
+      check = tf.debugging.assert_less(keys, tf.constant(cohort, tf.int64),
+                                       message=f'a user\'s cohort position is beyond the cohort of {cohort}')
+      with tf.control_dependencies([check]):
+        keys = tf.identity(keys)
+      deltas, slots = clip_rows(list(value['deltas']), row_bound), tf.reshape(keys, [-1, 1])
+      stacks = []
+      for spec, rows, delta in zip(dense, value['rows'], deltas):
+        if not spec.shape.rank:
+          stacks.append(tf.scatter_nd(slots, delta, [cohort]))
+          continue
+        index = tf.stack([tf.broadcast_to(keys[:, None], tf.shape(rows)), rows], axis=-1)
+        stacks.append(tf.scatter_nd(index, delta, [cohort] + spec.shape.as_list()))
+      taking_part = tf.scatter_nd(slots, tf.cast(tf.greater(value['weight'], 0.0), tf.float32), [cohort])
+      return collections.OrderedDict(stacks=stacks, taking_part=taking_part)
+
+    @tff.tensorflow.computation(shard_stack.type_signature.result)
+    def robust_mean(collected):
+      participates = tf.greater(collected['taking_part'], 0.5)
+      stacks = list(collected['stacks'])
+      squares = [tf.reduce_sum(tf.reshape(tf.square(s), [cohort, -1]), axis=1) for s in stacks]
+      norms = tf.sqrt(tf.add_n(squares))
+      n = tf.reduce_sum(tf.cast(participates, tf.int32))
+      return [trimmed_mean(s, participates, trim) for s in stacks], collections.OrderedDict(
+          participants=n, trimmed_each_end=trimmed_each_end(n, trim), update_norm_median=trimmed_mean(norms, participates, 0.5),
+          update_norm_max=tf.reduce_max(tf.where(participates, norms, tf.zeros_like(norms))))
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      collected = tff.federated_sum(tff.federated_map(shard_stack, value))
+      out = tff.federated_map(robust_mean, collected)
+      return tff.templates.MeasuredProcessOutput(state, out[0], out[1])
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
 class DPFactory(tff.aggregators.UnweightedAggregationFactory):
   """User-level DP: a tensorflow-privacy `SumAggregationDPQuery` with each user's update as a record.
 
@@ -222,13 +315,15 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
   shards' integers cross with `tff.federated_secure_sum_bitwidth`, widened by
   log2(`users_per_shard`) bits: the server only sees the sum over users.
   Measurements as TFF's secure sum: the bound and how many users it clipped.
+  With `row_bound` > 0, each user's rows are clipped first (`clip_rows`, on
+  the user's side of the secure sum, as a device would before it uploads).
   """
 
-  def __init__(self, dense: list[tf.TensorSpec], users_per_shard: int):
-    self._dense, self._users = dense, users_per_shard
+  def __init__(self, dense: list[tf.TensorSpec], users_per_shard: int, row_bound: float = 0.0):
+    self._dense, self._users, self._row_bound = dense, users_per_shard, row_bound
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    dense, users = self._dense, self._users
+    dense, users, row_bound = self._dense, self._users, self._row_bound
     query = tfp.NoPrivacyQuantileEstimatorQuery(secure.INITIAL_ESTIMATE, secure.TARGET_QUANTILE,
                                                 learning_rate=secure.LEARNING_RATE, geometric_update=True)
     bits = _bitwidth(32, users)
@@ -247,7 +342,7 @@ class SecureMeanFactory(tff.aggregators.UnweightedAggregationFactory):
     @tf.function  # Its control dependencies run TFF's range assertions.
     def shard_integers(value, params):
       sample_params, bound = params
-      deltas = list(value['deltas'])
+      deltas = clip_rows(list(value['deltas']), row_bound)
       participates = tf.greater(value['examples'], 0.0)  # An empty user takes no part.
       count = tf.reduce_sum(tf.cast(participates, tf.int64))
       flat = tf.concat([tf.reshape(d, [tf.shape(d)[0], -1]) for d in deltas], axis=1)  # [U, all touched values]
@@ -315,10 +410,13 @@ class CompressedMeanFactory(tff.aggregators.UnweightedAggregationFactory):
   the user's key), so it does not depend on the shard the user is in and a
   resumed run draws what an uninterrupted one would. Written by hand: TFF's
   encoders take a client's whole dense value, here many users' sparse rows.
+  With `row_bound` > 0, each user's rows are clipped before they are quantised (`clip_rows`).
   """
 
-  def __init__(self, dense: list[tf.TensorSpec], seed: int, bits: int = 8, threshold: int = 20_000):
+  def __init__(self, dense: list[tf.TensorSpec], seed: int, bits: int = 8, threshold: int = 20_000,
+               row_bound: float = 0.0):
     self._dense, self._seed, self._bits, self._threshold = dense, seed, bits, threshold
+    self._row_bound = row_bound
 
   def compressed(self) -> list[bool]:
     """Which of the dense weights are quantised (more than `threshold` values)."""
@@ -326,6 +424,7 @@ class CompressedMeanFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
     dense, seed, levels, compressed = self._dense, self._seed, float(2**self._bits - 1), self.compressed()
+    row_bound = self._row_bound
 
     def quantise(values, keys, round_num):
       """values [U, K, ...] -> each user's values on its own 2**bits levels, stochastically rounded."""
@@ -348,7 +447,8 @@ class CompressedMeanFactory(tff.aggregators.UnweightedAggregationFactory):
     @tf.function
     def shard_total(value, round_num):
       weight = value['weight']
-      weighted = [d * tf.reshape(weight, [-1] + [1] * (d.shape.rank - 1)) for d in value['deltas']]
+      weighted = [d * tf.reshape(weight, [-1] + [1] * (d.shape.rank - 1))
+                  for d in clip_rows(list(value['deltas']), row_bound)]
       sent = [quantise(d, value['keys'], round_num) if c else d for d, c in zip(weighted, compressed)]
       return collections.OrderedDict(total=shard_sum(sent, *table_rows(value, dense)), weight=tf.reduce_sum(weight))
 
@@ -400,19 +500,21 @@ class DistributedDPFactory(tff.aggregators.UnweightedAggregationFactory):
   distribution for any cut, and at shard size 1, the deployment form, each
   user draws its own. Written by hand: TFF's factory clips, rounds and noises
   a client's whole value, here each of a shard's users. Measurements as TFF's under `mean_value` (what
-  `tff_rec.privacy.distributed.Accountant.check` reads).
+  `tff_rec.privacy.distributed.Accountant.check` reads). With `row_bound` > 0, each user's rows are clipped
+  before the rotation (`clip_rows`): a user's update stays within the L2 clip the accounting assumes.
   """
 
   def __init__(self, noise_multiplier: float, clients: int, dense: list[tf.TensorSpec], seed: int,
-               bits: int = distributed.BITS):
+               bits: int = distributed.BITS, row_bound: float = 0.0):
     self._z, self._clients, self._dense, self._seed, self._bits = noise_multiplier, clients, dense, seed, bits
+    self._row_bound = row_bound
 
   @property
   def padded_dim(self) -> int:
     return distributed.padded_dim(sum(s.shape.num_elements() for s in self._dense))
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    dense, seed, bits, clients = self._dense, self._seed, self._bits, self._clients
+    dense, seed, bits, clients, row_bound = self._dense, self._seed, self._bits, self._clients, self._row_bound
     dim, padded = sum(s.shape.num_elements() for s in dense), self.padded_dim
     value_noise, count_stddev = distributed.noise_split(self._z, clients)
     query = tfp.QuantileEstimatorQuery(initial_estimate=distributed.INITIAL_CLIP, target_quantile=0.5,
@@ -435,7 +537,8 @@ class DistributedDPFactory(tff.aggregators.UnweightedAggregationFactory):
     def shard_integers(value, params):
       sample_params, p, round_num = params
       users = tf.shape(value['weight'])[0]
-      x = _rotate(_dense_per_user(value, dense, padded), _round_seed(seed, round_num, 0))
+      deltas = clip_rows(list(value['deltas']), row_bound)
+      x = _rotate(_dense_per_user(value['rows'], deltas, dense, padded), _round_seed(seed, round_num, 0))
       norms = tf.norm(x, axis=1)
       x *= tf.minimum(1.0, tf.math.divide_no_nan(p['clip'], norms))[:, None]  # TFF: divided by norm / clip.
       records = tf.vectorized_map(lambda n: query.preprocess_record(sample_params, n), norms)
@@ -543,11 +646,12 @@ def _hadamard(x: tf.Tensor, factor: int = 16) -> tf.Tensor:
   return tf.reshape(y, [-1, dim]) / np.sqrt(dim).astype(x.dtype.as_numpy_dtype)
 
 
-def _dense_per_user(value, dense: list[tf.TensorSpec], padded: int) -> tf.Tensor:
-  """Each user's update as one flat vector [U, padded]: the dense weights in order, flattened, zero-padded."""
-  users = tf.shape(value['weight'])[0]
+def _dense_per_user(rows_per_leaf, deltas, dense: list[tf.TensorSpec], padded: int) -> tf.Tensor:
+  """Each user's update (`rows_per_leaf`, `deltas`: a `user_updates_type`'s) as one flat vector [U, padded]: the
+  dense weights in order, flattened, zero-padded."""
+  users = tf.shape(deltas[0])[0]
   parts = []
-  for spec, rows, delta in zip(dense, value['rows'], value['deltas']):
+  for spec, rows, delta in zip(dense, rows_per_leaf, deltas):
     if not spec.shape.rank:
       parts.append(tf.reshape(delta, [users, 1]))
       continue

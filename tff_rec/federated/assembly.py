@@ -182,10 +182,17 @@ class ExperimentConfig:
         raise ValueError(f'--attack=model_poisoning crafts MF\'s item rows (--model=mf --algorithm=fed_recon); for '
                          f'--model={self.model} --algorithm={self.algorithm} use its explicit boosting variant '
                          '(--poison_boost > 0)')
-    if d.enabled and (self.dp.enabled or self.secure_aggregation or self.compression):
-      raise ValueError('--norm_bound and --row_norm_bound are DP\'s clip without noise: with --dp the DP clip bounds '
-                       'every user already (--clip_norm); with --secure_aggregation or --compression they are not '
-                       'composed yet')
+    if d.robust_mean != attacks.NONE:
+      if self.dp.enabled or self.secure_aggregation or self.compression:
+        raise ValueError(f'--robust_mean={d.robust_mean} needs every user\'s update at the server: not with --dp, '
+                         '--secure_aggregation (the server sees only sums) or --compression')
+      if self.sampling.clients_per_round < 1 or self.grouped:
+        raise ValueError(f'--robust_mean={d.robust_mean} collects a fixed cohort of users: it takes '
+                         '--clients_per_round, cross-device')
+    if d.norm_bound > 0 and (self.dp.enabled or self.secure_aggregation or self.compression):
+      raise ValueError('--norm_bound is DP\'s clip without noise: with --dp the DP clip bounds every user already '
+                       '(--clip_norm); with --secure_aggregation or --compression it is not composed (the row bound, '
+                       '--row_norm_bound, is)')
 
   @property
   def grouped(self) -> bool:
@@ -271,14 +278,17 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
     num_platforms = len(platforms(task))
     clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
-  shard_aggregation = aggregation.MeanFactory
+  shard_aggregation, row_bound = aggregation.MeanFactory, config.defence.row_bound
   if config.secure_aggregation:
-    shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard)
+    shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard, row_bound)
   if config.compression:
-    shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed)
+    shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed, row_bound=row_bound)
   if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
     shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
-        config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed)
+        config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed, row_bound=row_bound)
+  elif config.defence.robust_mean != attacks.NONE:
+    shard_aggregation = lambda dense: aggregation.RobustMeanFactory(
+        dense, config.sampling.clients_per_round, config.defence.trim, row_bound)
   elif config.defence.norm_bound > 0:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
     d = config.defence
     bound = dp.DPConfig(dp.GAUSSIAN_ADAPTIVE if d.adaptive else dp.GAUSSIAN_FIXED, noise_multiplier=0.0,
@@ -286,15 +296,15 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
                         clip_learning_rate=d.clip_learning_rate)
     query = dp.dp_query(bound, clients)
     shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, d.row_bound)
-  elif config.defence.row_bound > 0:
-    shard_aggregation = lambda dense: aggregation.MeanFactory(dense, config.defence.row_bound)
+  elif row_bound > 0 and not (config.secure_aggregation or config.compression):
+    shard_aggregation = lambda dense: aggregation.MeanFactory(dense, row_bound)
   elif config.dp.enabled:
     dp_kwargs = {}
     if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
       dp_kwargs = dict(record_specs=tuple(tf.TensorSpec(v.shape, v.dtype) for v in update_variables(config, task)),
                        rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
     query = dp.dp_query(config.dp, clients, **dp_kwargs)
-    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed)
+    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, row_bound)
   if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
     return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
                                users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
