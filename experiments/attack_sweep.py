@@ -92,7 +92,8 @@ def defence_config(flags_defence: attacks.DefenceConfig, defence: str) -> attack
   if defence == ROW_BOUND:
     return attacks.DefenceConfig(row_bound=flags_defence.row_bound)
   if defence in (TRIMMED_MEAN, MEDIAN):
-    return attacks.DefenceConfig(robust_mean=defence, trim_fraction=flags_defence.trim_fraction)
+    return attacks.DefenceConfig(robust_mean=defence, trim_fraction=flags_defence.trim_fraction,
+                                 robust_over=flags_defence.robust_over)
   return attacks.DefenceConfig()
 
 

@@ -140,6 +140,9 @@ _ROBUST_MEAN = flags.DEFINE_enum('robust_mean', attacks.NONE, attacks.ROBUST_MEA
                                  '--compression).')
 _TRIM = flags.DEFINE_float('trim_fraction', 0.1, 'Defence: --robust_mean=trimmed_mean drops this fraction of the '
                            'users at each end of every coordinate.')
+_ROBUST_OVER = flags.DEFINE_enum('robust_mean_over', attacks.EVERY_USER, attacks.ROBUST_OVER, 'Defence: the robust '
+                                 'mean of each item row over every user taking part (an untouched row counting as '
+                                 '0), or over the users whose update touches the row.')
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -170,7 +173,7 @@ def config_from_flags() -> ExperimentConfig:
                                   _FILLER.value, _POPULAR.value, _POISON_NORM.value, _POISON_BOOST.value),
       defence=attacks.DefenceConfig(_NORM_BOUND.value, _ADAPTIVE_BOUND.value, _BOUND_QUANTILE.value,
                                     row_bound=_ROW_BOUND.value, robust_mean=_ROBUST_MEAN.value,
-                                    trim_fraction=_TRIM.value))
+                                    trim_fraction=_TRIM.value, robust_over=_ROBUST_OVER.value))
 
 
 def users_per_shard() -> int:

@@ -38,6 +38,8 @@ NONE, FAKE_PROFILES, MODEL_POISONING = 'none', 'fake_profiles', 'model_poisoning
 ATTACKS = (NONE, FAKE_PROFILES, MODEL_POISONING)
 TRIMMED_MEAN, MEDIAN = 'trimmed_mean', 'median'
 ROBUST_MEANS = (NONE, TRIMMED_MEAN, MEDIAN)
+EVERY_USER, TOUCHED = 'every_user', 'touched'  # `aggregation.RobustMeanFactory`'s `over`.
+ROBUST_OVER = (EVERY_USER, TOUCHED)
 SYBIL_PREFIX = 'sybil_'  # Malicious users' ids: sybil_000000, ...
 
 
@@ -86,7 +88,8 @@ class DefenceConfig:
   its noise (`aggregation.DPFactory`); and/or each row of it (one item's) to `row_bound`
   (`aggregation.clip_rows`). Or a robust mean in place of the mean (`aggregation.RobustMeanFactory`): the
   coordinate-wise trimmed mean dropping `trim_fraction` of the users at each end, or the median (Yin et al.,
-  ICML 2018), after the row bound if one is set."""
+  ICML 2018), after the row bound if one is set; over every user taking part, or for each item row over the users
+  whose update touches it (`robust_over`)."""
 
   norm_bound: float = 0.0
   adaptive: bool = False
@@ -95,6 +98,7 @@ class DefenceConfig:
   row_bound: float = 0.0  # > 0: each row of a user's update (one item's) clipped to it first.
   robust_mean: str = NONE  # ROBUST_MEANS.
   trim_fraction: float = 0.1  # trimmed_mean: of the users taking part, dropped at each end per coordinate.
+  robust_over: str = EVERY_USER  # ROBUST_OVER.
 
   @property
   def enabled(self) -> bool:
@@ -108,6 +112,8 @@ class DefenceConfig:
   def validate(self) -> None:
     if self.robust_mean not in ROBUST_MEANS:
       raise ValueError(f'--robust_mean must be one of {", ".join(ROBUST_MEANS)}, got {self.robust_mean!r}')
+    if self.robust_over not in ROBUST_OVER:
+      raise ValueError(f'--robust_mean_over must be one of {", ".join(ROBUST_OVER)}, got {self.robust_over!r}')
     if not 0 < self.trim_fraction < 0.5:
       raise ValueError(f'--trim_fraction must be in (0, 0.5) (--robust_mean=median for the median), got '
                        f'{self.trim_fraction}')

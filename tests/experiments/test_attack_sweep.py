@@ -61,11 +61,13 @@ def test_bad_sweeps_fail_before_training(tiny_dataset, tmp_path, capsys, overrid
 
 
 def test_each_defence_runs_alone_with_the_flags_settings():
-  flags_defence = attacks.DefenceConfig(norm_bound=0.5, row_bound=0.02, robust_mean=attacks.MEDIAN, trim_fraction=0.2)
+  flags_defence = attacks.DefenceConfig(norm_bound=0.5, row_bound=0.02, robust_mean=attacks.MEDIAN, trim_fraction=0.2,
+                                        robust_over=attacks.TOUCHED)
   assert attack_sweep.defence_config(flags_defence, 'none') == attacks.DefenceConfig()
   assert attack_sweep.defence_config(flags_defence, 'row_bound') == attacks.DefenceConfig(row_bound=0.02)
-  assert attack_sweep.defence_config(flags_defence, 'norm_bound') == attacks.DefenceConfig(norm_bound=0.5,
-                                                                                            trim_fraction=0.2)
+  assert attack_sweep.defence_config(flags_defence, 'norm_bound') == attacks.DefenceConfig(
+      norm_bound=0.5, trim_fraction=0.2, robust_over=attacks.TOUCHED)
   trimmed = attack_sweep.defence_config(flags_defence, 'trimmed_mean')
-  assert trimmed == attacks.DefenceConfig(robust_mean=attacks.TRIMMED_MEAN, trim_fraction=0.2) and trimmed.trim == 0.2
+  assert trimmed == attacks.DefenceConfig(robust_mean=attacks.TRIMMED_MEAN, trim_fraction=0.2,
+                                          robust_over=attacks.TOUCHED) and trimmed.trim == 0.2
   assert attack_sweep.defence_config(flags_defence, 'median').trim == 0.5

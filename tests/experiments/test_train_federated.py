@@ -48,7 +48,8 @@ def _run(tiny_dataset, out, name, **overrides):
     {'attack': 'model_poisoning', 'malicious_fraction': 0.2, 'num_target_items': 2, 'norm_bound': 0.5,
      'adaptive_norm_bound': True},  # Malicious users joined; the defence (DP's clip, no noise) and ER@10 reported.
     {'attack': 'model_poisoning', 'malicious_fraction': 0.2, 'num_target_items': 1, 'robust_mean': 'trimmed_mean',
-     'trim_fraction': 0.2, 'row_norm_bound': 0.1, 'users_per_shard': 2},  # Every user's update collected, trimmed.
+     'trim_fraction': 0.2, 'robust_mean_over': 'touched', 'row_norm_bound': 0.1, 'users_per_shard': 2},
+    # (The robust mean: every user's update collected, each item row trimmed over the users touching it.)
     {'algorithm': 'fed_als', 'dp': 'gaussian_adaptive', 'noise_multiplier': 0.5, 'clients_per_round': 20,
      'als_item_prior': True},
     {'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'max_history': 5, 'dp': 'gaussian_fixed',

@@ -91,6 +91,8 @@ def test_robust_mean_clips_rows_first_and_refuses_a_user_beyond_the_cohort():
     small.next(small.initialize(), _shards([(0, 4)]))  # Position 4.
   with pytest.raises(ValueError, match='trim fraction in \\[0, 0.5\\]'):
     aggregation.RobustMeanFactory(DENSE, cohort=4, trim_fraction=0.6)
+  with pytest.raises(ValueError, match="`over` one of every_user, touched; got 4, 0.1, 'raters'"):
+    aggregation.RobustMeanFactory(DENSE, cohort=4, trim_fraction=0.1, over='raters')
 
 
 @pytest.mark.parametrize('factory, bound', [
@@ -109,3 +111,25 @@ def test_the_row_bound_composes_with_secure_aggregation_compression_and_distribu
     process = factory(row_bound).create(aggregation.user_updates_type(DENSE))
     got = process.next(process.initialize(), users).result
     assert all(np.allclose(g, e, atol=atol) for g, e in zip(got, expected)) == close, (row_bound, got, expected)
+
+
+def test_trimmed_mean_takes_participants_per_row():
+  values = tf.constant([[[1.0], [5.0]], [[2.0], [7.0]], [[30.0], [9.0]]])  # [C=3, R=2, 1]
+  takes_part = tf.constant([[True, False], [True, True], [True, True]])  # Row 0: all three; row 1: the last two.
+  np.testing.assert_allclose(aggregation.trimmed_mean(values, takes_part, 0.5).numpy(), [[2.0], [8.0]])
+
+
+@pytest.mark.parametrize('cut', [[(0, 4)], [(0, 1), (1, 3), (3, 4)]], ids=['one_shard', 'three_shards'])
+def test_robust_mean_over_touched_rows_trims_among_each_rows_raters_and_scales_by_their_share(cut):
+  updates = aggregation.user_updates_type(DENSE)
+  median = aggregation.RobustMeanFactory(DENSE, cohort=6, trim_fraction=0.5, over='touched').create(updates)
+  out = median.next(median.initialize(), _shards(cut))
+  # Row 1: all three users touch it, the middle of [1, 3, 900] and [0, 1, -900]; row 2: user 0 alone ([2, 2]) and
+  # row 3: user 1 alone ([0, 4]), a third of the users; row 0 (the attacker's padding): 0.
+  np.testing.assert_allclose(out.result[0], [[0.0, 0.0], [3.0, 0.0], [2 / 3, 2 / 3], [0.0, 4 / 3]], rtol=1e-6)
+  np.testing.assert_allclose(out.result[1], [[0.0], [1.0], [0.0], [1 / 3]], rtol=1e-6)  # Row 1's [1, 0, 90].
+  plain = aggregation.RobustMeanFactory(DENSE, cohort=6, trim_fraction=0.0, over='touched').create(updates)
+  mean = aggregation.MeanFactory(DENSE).create(updates)
+  for got, expected in zip(plain.next(plain.initialize(), _shards(cut)).result,
+                           mean.next(mean.initialize(), _shards(cut)).result):
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # Trimming nothing: the mean.

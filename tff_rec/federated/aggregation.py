@@ -141,16 +141,18 @@ def trimmed_each_end(n: tf.Tensor, trim_fraction: float) -> tf.Tensor:
 
 
 def trimmed_mean(values: tf.Tensor, participates: tf.Tensor, trim_fraction: float) -> tf.Tensor:
-  """The coordinate-wise trimmed mean over axis 0 of `values` [C, ...] among the rows where `participates` [C]
-  (bool): per coordinate, the k = min(floor(trim_fraction * n), (n - 1) // 2) largest and k smallest of the n
-  participants' values dropped and the rest averaged (Yin et al., "Byzantine-Robust Distributed Learning: Towards
-  Optimal Statistical Rates", ICML 2018); `trim_fraction` 0.5 gives the coordinate-wise median. No participant:
-  a non-finite mean, as `MeanFactory`'s. Written by hand: TFF has no robust aggregator."""
-  rank = values.shape.rank
-  n = tf.reduce_sum(tf.cast(participates, tf.int32))
+  """The coordinate-wise trimmed mean over axis 0 of `values` [C, ...] among the users where `participates` (bool,
+  [C] or [C, R] for values [C, R, ...]: per user, or per user and row): per coordinate, of its n participants'
+  values the k = min(floor(trim_fraction * n), (n - 1) // 2) largest and k smallest are dropped and the rest
+  averaged (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018);
+  `trim_fraction` 0.5 gives the coordinate-wise median. No participant: a non-finite mean, as `MeanFactory`'s.
+  Written by hand: TFF has no robust aggregator."""
+  rank, mask_rank = values.shape.rank, participates.shape.rank
+  mask = tf.broadcast_to(tf.reshape(participates, tf.concat([tf.shape(participates), [1] * (rank - mask_rank)], 0)),
+                         tf.shape(values))
+  n = tf.reduce_sum(tf.cast(mask, tf.int32), axis=0)
   k = trimmed_each_end(n, trim_fraction)
-  # Non-participants sort last: the first n of each coordinate's sorted values are the participants'.
-  mask = tf.reshape(participates, [-1] + [1] * (rank - 1))
+  # Non-participants sort last: the first n of each coordinate's sorted values are its participants'.
   ordered = tf.sort(tf.where(mask, values, tf.constant(np.inf, values.dtype)), axis=0)
   position = tf.reshape(tf.range(tf.shape(values)[0]), [-1] + [1] * (rank - 1))
   keep = tf.logical_and(position >= k, position < n - k)
@@ -158,9 +160,20 @@ def trimmed_mean(values: tf.Tensor, participates: tf.Tensor, trim_fraction: floa
                         tf.cast(n - 2 * k, values.dtype))
 
 
+EVERY_USER, TOUCHED = 'every_user', 'touched'  # Over whom each item row's trimmed mean is taken (attacks.ROBUST_OVER).
+
+
 class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
   """The coordinate-wise trimmed mean (or median) of the cohort's users' updates (`trimmed_mean`), each user's rows
   clipped to `row_bound` first (> 0).
+
+  `over`: `every_user`, each coordinate over every user taking part (Yin et
+  al.'s, a user who did not touch an item row counting as a 0 in it), or
+  `touched`, each item row's coordinates over the users whose update touches
+  that row, then scaled by their share of the users taking part (so that
+  trimming nothing is the plain mean): a recommender's update is sparse, and
+  over every user a row's few informative values are the extremes that
+  trimming drops.
 
   A robust mean needs every user's update at the server: it cannot be
   computed from sums, so it does not compose with secure aggregation, nor
@@ -171,18 +184,20 @@ class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
   itself (what a server running a robust mean sees in deployment too).
   Unweighted, as every unweighted aggregator here: each user taking part
   (weight > 0) counts once. Measurements, a server-side check on update
-  norms per round: the users taking part, the k trimmed at each end, and the
-  median and largest L2 norm of their (clipped) updates.
+  norms per round: the users taking part, the k trimmed at each end of a
+  coordinate over all of them, and the median and largest L2 norm of their
+  (clipped) updates.
   """
 
-  def __init__(self, dense: list[tf.TensorSpec], cohort: int, trim_fraction: float, row_bound: float = 0.0):
-    if cohort < 1 or not 0.0 <= trim_fraction <= 0.5:
-      raise ValueError(f'the robust mean needs a cohort >= 1 and a trim fraction in [0, 0.5], got {cohort}, '
-                       f'{trim_fraction}')
-    self._dense, self._cohort, self._trim, self._row_bound = dense, cohort, trim_fraction, row_bound
+  def __init__(self, dense: list[tf.TensorSpec], cohort: int, trim_fraction: float, row_bound: float = 0.0,
+               over: str = EVERY_USER):
+    if cohort < 1 or not 0.0 <= trim_fraction <= 0.5 or over not in (EVERY_USER, TOUCHED):
+      raise ValueError(f'the robust mean needs a cohort >= 1, a trim fraction in [0, 0.5] and `over` one of '
+                       f'{EVERY_USER}, {TOUCHED}; got {cohort}, {trim_fraction}, {over!r}')
+    self._dense, self._cohort, self._trim, self._row_bound, self._over = dense, cohort, trim_fraction, row_bound, over
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
-    dense, cohort, trim, row_bound = self._dense, self._cohort, self._trim, self._row_bound
+    dense, cohort, trim, row_bound, over = self._dense, self._cohort, self._trim, self._row_bound, self._over
 
     @tff.tensorflow.computation(value_type)
     @tf.function  # Its control dependencies run the range check.
@@ -193,25 +208,36 @@ class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
       with tf.control_dependencies([check]):
         keys = tf.identity(keys)
       deltas, slots = clip_rows(list(value['deltas']), row_bound), tf.reshape(keys, [-1, 1])
-      stacks = []
+      stacks, touched = [], []
       for spec, rows, delta in zip(dense, value['rows'], deltas):
         if not spec.shape.rank:
           stacks.append(tf.scatter_nd(slots, delta, [cohort]))
+          touched.append(tf.zeros([cohort, 0]))
           continue
         index = tf.stack([tf.broadcast_to(keys[:, None], tf.shape(rows)), rows], axis=-1)
         stacks.append(tf.scatter_nd(index, delta, [cohort] + spec.shape.as_list()))
+        touched.append(tf.minimum(tf.scatter_nd(index, tf.ones(tf.shape(rows)), [cohort, spec.shape[0]]), 1.0))
       taking_part = tf.scatter_nd(slots, tf.cast(tf.greater(value['weight'], 0.0), tf.float32), [cohort])
-      return collections.OrderedDict(stacks=stacks, taking_part=taking_part)
+      return collections.OrderedDict(stacks=stacks, touched=touched, taking_part=taking_part)
 
     @tff.tensorflow.computation(shard_stack.type_signature.result)
     def robust_mean(collected):
       participates = tf.greater(collected['taking_part'], 0.5)
-      stacks = list(collected['stacks'])
-      squares = [tf.reduce_sum(tf.reshape(tf.square(s), [cohort, -1]), axis=1) for s in stacks]
-      norms = tf.sqrt(tf.add_n(squares))
       n = tf.reduce_sum(tf.cast(participates, tf.int32))
-      return [trimmed_mean(s, participates, trim) for s in stacks], collections.OrderedDict(
-          participants=n, trimmed_each_end=trimmed_each_end(n, trim), update_norm_median=trimmed_mean(norms, participates, 0.5),
+      means = []
+      for stack, touched in zip(collected['stacks'], collected['touched']):
+        if over == EVERY_USER or stack.shape.rank == 1:
+          means.append(trimmed_mean(stack, participates, trim))
+          continue
+        raters = tf.logical_and(participates[:, None], tf.greater(touched, 0.5))  # [cohort, rows]
+        share = tf.reduce_sum(tf.cast(raters, stack.dtype), axis=0) / tf.cast(n, stack.dtype)  # [rows]
+        share = tf.reshape(share, [-1] + [1] * (stack.shape.rank - 2))
+        means.append(tf.where(share > 0, trimmed_mean(stack, raters, trim) * share, tf.zeros_like(share)))
+      squares = [tf.reduce_sum(tf.reshape(tf.square(s), [cohort, -1]), axis=1) for s in collected['stacks']]
+      norms = tf.sqrt(tf.add_n(squares))
+      return means, collections.OrderedDict(
+          participants=n, trimmed_each_end=trimmed_each_end(n, trim),
+          update_norm_median=trimmed_mean(norms, participates, 0.5),
           update_norm_max=tf.reduce_max(tf.where(participates, norms, tf.zeros_like(norms))))
 
     @tff.federated_computation

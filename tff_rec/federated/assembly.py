@@ -288,7 +288,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
         config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed, row_bound=row_bound)
   elif config.defence.robust_mean != attacks.NONE:
     shard_aggregation = lambda dense: aggregation.RobustMeanFactory(
-        dense, config.sampling.clients_per_round, config.defence.trim, row_bound)
+        dense, config.sampling.clients_per_round, config.defence.trim, row_bound, over=config.defence.robust_over)
   elif config.defence.norm_bound > 0:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
     d = config.defence
     bound = dp.DPConfig(dp.GAUSSIAN_ADAPTIVE if d.adaptive else dp.GAUSSIAN_FIXED, noise_multiplier=0.0,
