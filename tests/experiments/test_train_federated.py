@@ -40,6 +40,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'model': 'two_tower', 'group_metrics': 'all'},  # On the shard process.
     {'model': 'two_tower', 'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
     {'secure_aggregation': True},
+    {'secure_aggregation': True, 'row_norm_bound': 0.05},  # Each user's rows clipped before the secure sum.
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
@@ -55,7 +56,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'model': 'sequence_two_tower', 'algorithm': 'fed_avg', 'max_history': 5, 'dp': 'gaussian_fixed',
      'noise_multiplier': 0.5, 'clip_norm': 0.1, 'group_metrics': 'all'},  # DP-FedAvg of the whole model.
 ], ids=['shards', 'cross_silo', 'fed_avg', 'fed_prox_cross_silo', 'two_tower', 'dp_two_tower', 'secure_aggregation',
-        'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'attack', 'robust_mean', 'dp_fed_als',
+        'secure_row_bound',        'compression', 'tree', 'dp_cross_silo', 'distributed_dp', 'fed_als', 'attack', 'robust_mean', 'dp_fed_als',
         'dp_sequence'])
 # (One TFF client per user, --users_per_shard=1: tests/federated/test_process.py, equal to any shard size; DP of MF
 # by a calibrated budget: test_privacy_budget_calibrates_noise_and_stops_the_run.)
