@@ -119,19 +119,26 @@ class MeanFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(shard_total.type_signature.result)
     def divide(sums):
-      return [tf.math.divide(t, sums['weight']) for t in sums['total']]
+      return [tf.math.divide(t, sums['weight']) for t in sums['total']], ()
 
-    @tff.federated_computation
-    def init_fn():
-      return tff.federated_value((), tff.SERVER)
+    return _summed_then_finished(value_type, shard_total, divide)
 
-    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
-    def next_fn(state, value):
-      sums = tff.federated_sum(tff.federated_map(shard_total, value))
-      return tff.templates.MeasuredProcessOutput(state, tff.federated_map(divide, sums),
-                                                 tff.federated_value((), tff.SERVER))
 
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+def _summed_then_finished(value_type: tff.Type, on_shard: tff.Computation,
+                          at_server: tff.Computation) -> tff.templates.AggregationProcess:
+  """A stateless aggregator: `on_shard` of each shard's value, the shards' results summed by `tff.federated_sum`,
+  and `at_server` of the sum giving the result and the measurements."""
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
+  def next_fn(state, value):
+    out = tff.federated_map(at_server, tff.federated_sum(tff.federated_map(on_shard, value)))
+    return tff.templates.MeasuredProcessOutput(state, out[0], out[1])
+
+  return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
 def trimmed_each_end(n: tf.Tensor, trim_fraction: float) -> tf.Tensor:
@@ -240,17 +247,7 @@ class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
           update_norm_median=trimmed_mean(norms, participates, 0.5),
           update_norm_max=tf.reduce_max(tf.where(participates, norms, tf.zeros_like(norms))))
 
-    @tff.federated_computation
-    def init_fn():
-      return tff.federated_value((), tff.SERVER)
-
-    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
-    def next_fn(state, value):
-      collected = tff.federated_sum(tff.federated_map(shard_stack, value))
-      out = tff.federated_map(robust_mean, collected)
-      return tff.templates.MeasuredProcessOutput(state, out[0], out[1])
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+    return _summed_then_finished(value_type, shard_stack, robust_mean)
 
 
 class DPFactory(tff.aggregators.UnweightedAggregationFactory):
