@@ -32,6 +32,7 @@ from tensorflow_federated.python.aggregators import primitives as _tff_primitive
 from tensorflow_federated.python.aggregators import rotation as _tff_rotation
 import tensorflow_privacy as tfp
 
+from tff_rec import attacks
 from tff_rec.privacy import distributed, queries, secure
 
 
@@ -167,9 +168,6 @@ def trimmed_mean(values: tf.Tensor, participates: tf.Tensor, trim_fraction: floa
                         tf.cast(n - 2 * k, values.dtype))
 
 
-EVERY_USER, TOUCHED = 'every_user', 'touched'  # Over whom each item row's trimmed mean is taken (attacks.ROBUST_OVER).
-
-
 class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
   """The coordinate-wise trimmed mean (or median) of the cohort's users' updates (`trimmed_mean`), each user's rows
   clipped to `row_bound` first (> 0).
@@ -197,10 +195,10 @@ class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
   """
 
   def __init__(self, dense: list[tf.TensorSpec], cohort: int, trim_fraction: float, row_bound: float = 0.0,
-               over: str = EVERY_USER):
-    if cohort < 1 or not 0.0 <= trim_fraction <= 0.5 or over not in (EVERY_USER, TOUCHED):
+               over: str = attacks.EVERY_USER):
+    if cohort < 1 or not 0.0 <= trim_fraction <= 0.5 or over not in attacks.ROBUST_OVER:
       raise ValueError(f'the robust mean needs a cohort >= 1, a trim fraction in [0, 0.5] and `over` one of '
-                       f'{EVERY_USER}, {TOUCHED}; got {cohort}, {trim_fraction}, {over!r}')
+                       f'{", ".join(attacks.ROBUST_OVER)}; got {cohort}, {trim_fraction}, {over!r}')
     self._dense, self._cohort, self._trim, self._row_bound, self._over = dense, cohort, trim_fraction, row_bound, over
 
   def create(self, value_type: tff.Type) -> tff.templates.AggregationProcess:
@@ -233,7 +231,7 @@ class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
       n = tf.reduce_sum(tf.cast(participates, tf.int32))
       means = []
       for stack, touched in zip(collected['stacks'], collected['touched']):
-        if over == EVERY_USER or stack.shape.rank == 1:
+        if over == attacks.EVERY_USER or stack.shape.rank == 1:
           means.append(trimmed_mean(stack, participates, trim))
           continue
         raters = tf.logical_and(participates[:, None], tf.greater(touched, 0.5))  # [cohort, rows]
