@@ -8,7 +8,7 @@ r"""What a defence costs a clean round (issue 20 target: the default defence <= 
 The flags' configuration without an attack, built once per defence
 (`attack_sweep.defence_config`: each alone, with the flags' settings), the
 engines taking turns round by round on the same cohorts (the flags' sampling
-and seed). Prints each defence's median round time over rounds 3..N (the first
+and seed), each going first in turn. Prints each defence's median round time over rounds 3..N (the first
 two build and trace TFF's computations) and its ratio to `none`'s.
 """
 
@@ -50,9 +50,10 @@ def main(argv):
     for r in range(1, _ROUNDS.value + 1):
       ids = sampling.sample_clients(task.train_data.id_array, r, base.seed, base.sampling)
       examples = task.train_examples(ids, r, base.seed)
-      for d, engine in engines.items():
+      order = defences[r % len(defences):] + defences[:r % len(defences)]  # Each goes first in turn.
+      for d in order:
         began = time.perf_counter()
-        states[d] = engine.next(states[d], examples).state
+        states[d] = engines[d].next(states[d], examples).state
         if r > 2:
           seconds[d].append(time.perf_counter() - began)
   finally:
