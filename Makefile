@@ -35,6 +35,7 @@ bench: prepare $(SYNTHETIC_1M)/clients.sqlite
 	$(PY) -m benchmarks.population_scaling --large_dir=$(SYNTHETIC_1M) --small_dir=$(DATA_DIR)/synthetic_u1000_i2000_s0
 	$(PY) -m benchmarks.serving_speed
 	$(PY) -m benchmarks.group_metrics_cost
+	$(PY) -m benchmarks.defence_cost --defences=none,row_bound,trimmed_mean --bench_rounds=40
 	$(PY) -m benchmarks.serving_speed --model=sequence_two_tower --history=200 --calls=1000
 
 clean:
