@@ -26,6 +26,15 @@ def no_op_determinism_left_over():
   experiment.configure_determinism(False)
 
 
+@pytest.fixture
+def parsed_flags():
+  """absl's flags parsed once, each at its default, for tests that call a binary's `main` or read its flags (a
+  module's tests ask for it with `pytestmark = pytest.mark.usefixtures('parsed_flags')`)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['tests', '--experiment_name=unset'])
+
+
 @pytest.fixture(scope='session')
 def movielens_archive() -> str:
   """The real MovieLens-100K archive, fetched once into the project's raw cache."""

@@ -3,18 +3,11 @@
 import re
 
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 
 from benchmarks import defence_cost
 
-FLAGS = flags.FLAGS
-
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['defence_cost', '--experiment_name=unset'])
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 def test_each_defence_is_timed_beside_none(tiny_dataset, capsys):

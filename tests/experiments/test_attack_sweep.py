@@ -5,22 +5,16 @@ import os
 import re
 
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 
 from experiments import attack_sweep
 from tff_rec import attacks
 
-FLAGS = flags.FLAGS
 SETTINGS = dict(rounds=2, clients_per_round=5, batch_size=8, embedding_dim=4, eval_every=2, checkpoint_every=2,
                 eval_reconstruction_epochs=1, progress=False, group_metrics='none', attack='model_poisoning',
                 num_target_items=1, norm_bound=0.05)
 
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['attack_sweep', '--experiment_name=unset'])
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 @pytest.mark.slow

@@ -12,11 +12,7 @@ FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAINING_CONFIGS = sorted(p.name for p in (ROOT / 'configs').glob('*.flags') if not p.name.startswith('prepare_'))
 
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['train_federated', '--experiment_name=unset'])
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 def test_every_training_config_is_checked():

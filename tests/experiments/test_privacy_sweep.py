@@ -5,18 +5,11 @@ import math
 import os
 
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 
 from experiments import privacy_sweep
 
-FLAGS = flags.FLAGS
-
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['privacy_sweep', '--experiment_name=unset'])
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 @pytest.mark.slow

@@ -10,13 +10,7 @@ from absl.testing import flagsaver
 from experiments import train_centralized
 from tff_rec import training_loop
 
-FLAGS = flags.FLAGS
-
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['train_centralized', '--experiment_name=unset'])
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 def _run(tiny_dataset, out, name, **overrides):
