@@ -54,7 +54,8 @@ USERS = [([1, 2], [[1.0, 0.0], [2.0, 2.0]], [[1.0], [0.0]], 3, 0),
 
 
 def _shards(cut):
-  return [_users(*zip(*[(r, d, b, e, k) for r, d, b, e, k in USERS[a:z]])) for a, z in cut]
+  """`USERS` cut into shards: (start, end) pairs."""
+  return [_users(*zip(*USERS[a:z])) for a, z in cut]
 
 
 @pytest.mark.parametrize('cut', [[(0, 4)], [(0, 1), (1, 3), (3, 4)]], ids=['one_shard', 'three_shards'])
