@@ -11,8 +11,9 @@ import psutil
 import pytest
 
 from tests.experiments.test_train_federated import _run as small_run
-from tests.experiments.test_train_federated import parsed_flags  # noqa: F401  (autouse: flags parsed once)
 from tff_rec import runtime
+
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 def _run(tiny_dataset, out, name, **overrides):

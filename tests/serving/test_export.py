@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from absl.testing import flagsaver
 
 from experiments import export as export_binary
@@ -19,15 +18,10 @@ from tff_rec.models import mf
 from tff_rec.serving import export
 from tests.serving import conftest
 
-FLAGS = flags.FLAGS
 CLI = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')  # TensorFlow's own tool, in the venv.
 SETTINGS = conftest.TRAINING
 
-
-@pytest.fixture(autouse=True)
-def parsed_flags():
-  if not FLAGS.is_parsed():
-    FLAGS(['train_federated', '--experiment_name=unset'])
+pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
 
 @pytest.fixture
