@@ -32,7 +32,8 @@ def _run(tiny_dataset, out, name, **overrides):
     {'algorithm': 'fed_avg', 'server_optimizer': 'yogi', 'server_learning_rate': 0.01, 'client_weighting': 'uniform'},
     {'algorithm': 'fed_prox', 'view': 'cross_silo', 'clients_per_round': 2},
     {'model': 'two_tower', 'group_metrics': 'all'},  # On the shard process.
-    {'model': 'two_tower', 'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1},
+    {'model': 'two_tower', 'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'clip_norm': 0.1,
+     'row_norm_bound': 0.05},  # DP with each user's rows clipped first.
     {'secure_aggregation': True, 'row_norm_bound': 0.05},  # Each user's rows clipped before the secure sum.
     {'compression': True, 'embedding_dim': 160},  # 151 x 160 item values > 20,000: quantized.
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
@@ -81,6 +82,8 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
   if 'compression' in overrides:  # 8-bit item table up, float32 down.
     assert float(rows[0]['communication/upload_bytes_per_client']) < 0.4 * float(
         rows[0]['communication/download_bytes_per_client'])
+  if overrides.get('dp') in ('gaussian_fixed', 'gaussian_adaptive', 'tree'):  # DP's clip in force, also with a row bound.
+    assert float(rows[0]['aggregator/clip_norm']) > 0
   if 'dp' in overrides:
     ledger = json.loads((run_dir / 'privacy_ledger.json').read_text())
     tree = overrides['dp'] == 'tree'

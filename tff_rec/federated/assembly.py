@@ -278,7 +278,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
     num_platforms = len(platforms(task))
     clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
-  shard_aggregation, row_bound = aggregation.MeanFactory, config.defence.row_bound
+  row_bound = config.defence.row_bound  # Composes with every aggregator (0: none).
+  shard_aggregation = lambda dense: aggregation.MeanFactory(dense, row_bound)
   if config.secure_aggregation:
     shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard, row_bound)
   if config.compression:
@@ -295,9 +296,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
                         clip_norm=d.norm_bound, target_quantile=d.target_quantile,
                         clip_learning_rate=d.clip_learning_rate)
     query = dp.dp_query(bound, clients)
-    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, d.row_bound)
-  elif row_bound > 0 and not (config.secure_aggregation or config.compression):
-    shard_aggregation = lambda dense: aggregation.MeanFactory(dense, row_bound)
+    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, row_bound)
   elif config.dp.enabled:
     dp_kwargs = {}
     if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
