@@ -35,10 +35,10 @@ def main(argv):
   base = dataclasses.replace(base, attack=dataclasses.replace(base.attack, attack=attacks.NONE,
                                                               malicious_fraction=0.0))
   defences = list(dict.fromkeys(['none'] + attack_sweep.DEFENCES.value))
-  unknown = [d for d in defences if d not in attack_sweep.KNOWN or d == attack_sweep.DP]
+  timed = [d for d in attack_sweep.KNOWN if d != attack_sweep.DP]
+  unknown = [d for d in defences if d not in timed]
   if unknown:
-    print(f'defence_cost: error: --defences must be some of {", ".join(attack_sweep.KNOWN[:-1])}, got {unknown}',
-          file=sys.stderr)
+    print(f'defence_cost: error: --defences must be some of {", ".join(timed)}, got {unknown}', file=sys.stderr)
     return 2
   task = assembly.build_task(base)
   experiment.configure_determinism(True)

@@ -212,17 +212,12 @@ class RobustMeanFactory(tff.aggregators.UnweightedAggregationFactory):
                                        message=f'a user\'s cohort position is beyond the cohort of {cohort}')
       with tf.control_dependencies([check]):
         keys = tf.identity(keys)
-      deltas, slots = clip_rows(list(value['deltas']), row_bound), tf.reshape(keys, [-1, 1])
-      stacks, touched = [], []
-      for spec, rows, delta in zip(dense, value['rows'], deltas):
-        if not spec.shape.rank:
-          stacks.append(tf.scatter_nd(slots, delta, [cohort]))
-          touched.append(tf.zeros([cohort, 0]))
-          continue
-        index = tf.stack([tf.broadcast_to(keys[:, None], tf.shape(rows)), rows], axis=-1)
-        stacks.append(tf.scatter_nd(index, delta, [cohort] + spec.shape.as_list()))
-        touched.append(tf.minimum(tf.scatter_nd(index, tf.ones(tf.shape(rows)), [cohort, spec.shape[0]]), 1.0))
-      taking_part = tf.scatter_nd(slots, tf.cast(tf.greater(value['weight'], 0.0), tf.float32), [cohort])
+      deltas = clip_rows(list(value['deltas']), row_bound)
+      stacks = [_user_slots(keys, rows, delta, cohort, spec.shape)
+                for spec, rows, delta in zip(dense, value['rows'], deltas)]
+      touched = [tf.minimum(_user_slots(keys, rows, tf.ones(tf.shape(rows)), cohort, spec.shape[:1]), 1.0)
+                 if spec.shape.rank else tf.zeros([cohort, 0]) for spec, rows in zip(dense, value['rows'])]
+      taking_part = _user_slots(keys, None, tf.cast(tf.greater(value['weight'], 0.0), tf.float32), cohort, [])
       return collections.OrderedDict(stacks=stacks, touched=touched, taking_part=taking_part)
 
     @tff.tensorflow.computation(shard_stack.type_signature.result)
@@ -667,19 +662,24 @@ def _hadamard(x: tf.Tensor, factor: int = 16) -> tf.Tensor:
   return tf.reshape(y, [-1, dim]) / np.sqrt(dim).astype(x.dtype.as_numpy_dtype)
 
 
+def _user_slots(slots, rows, delta, num_slots, shape) -> tf.Tensor:
+  """Each user's update of one dense weight of `shape` (its sparse `rows` [U, K] and `delta` [U, K, ...], or a
+  scalar weight's [U]) in the slot `slots` [U] names: [num_slots] + shape, the untouched rows 0."""
+  shape = tf.TensorShape(shape)
+  size = tf.concat([tf.reshape(tf.cast(num_slots, tf.int64), [1]), tf.constant(shape.as_list(), tf.int64)], 0)
+  slots = tf.cast(slots, tf.int64)
+  if not shape.rank:
+    return tf.scatter_nd(slots[:, None], delta, size)
+  index = tf.stack([tf.broadcast_to(slots[:, None], tf.shape(rows)), rows], axis=-1)
+  return tf.scatter_nd(index, delta, size)
+
+
 def _dense_per_user(rows_per_leaf, deltas, dense: list[tf.TensorSpec], padded: int) -> tf.Tensor:
   """Each user's update (`rows_per_leaf`, `deltas`: a `user_updates_type`'s) as one flat vector [U, padded]: the
   dense weights in order, flattened, zero-padded."""
   users = tf.shape(deltas[0])[0]
-  parts = []
-  for spec, rows, delta in zip(dense, rows_per_leaf, deltas):
-    if not spec.shape.rank:
-      parts.append(tf.reshape(delta, [users, 1]))
-      continue
-    width = spec.shape.num_elements() // spec.shape[0]
-    index = tf.stack([tf.broadcast_to(tf.range(tf.cast(users, tf.int64))[:, None], tf.shape(rows)), rows], axis=-1)
-    table = tf.scatter_nd(index, tf.reshape(delta, tf.concat([tf.shape(rows), [width]], 0)),
-                          tf.cast(tf.stack([users, spec.shape[0], width]), tf.int64))
-    parts.append(tf.reshape(table, [users, spec.shape.num_elements()]))
+  slots = tf.range(tf.cast(users, tf.int64))
+  parts = [tf.reshape(_user_slots(slots, rows, delta, users, spec.shape), [users, max(spec.shape.num_elements(), 1)])
+           for spec, rows, delta in zip(dense, rows_per_leaf, deltas)]
   dim = sum(s.shape.num_elements() for s in dense)
   return tf.pad(tf.concat(parts, axis=1), [[0, 0], [0, padded - dim]])
