@@ -37,6 +37,9 @@ RECON_LR = flags.DEFINE_float('reconstruction_learning_rate', 1.0,
                                'SGD learning rate of a client reconstructing its user (training and evaluation).')
 # Evaluation.
 EVAL_EVERY = flags.DEFINE_integer('eval_every', 10, 'Validate every this many rounds.')
+EVAL_USERS = flags.DEFINE_integer('eval_users', 0, 'Evaluate (validation, test, held-out users, the membership '
+                                  'audit) on a seeded uniform sample of this many users of each split; 0: every '
+                                  'user. For populations where evaluating everyone takes longer than training.')
 EVAL_RECON_EPOCHS = flags.DEFINE_integer('eval_reconstruction_epochs', 3, 'Reconstruction epochs at evaluation.')
 EVAL_RECENT_ITEMS = flags.DEFINE_integer('eval_recent_items', 0, 'Recency emphasis of evaluation (and serving): the '
                                          'user\'s last this many items are revisited at the end of reconstruction.')
@@ -72,7 +75,8 @@ def sequence_settings() -> dict:
 
 
 def loop_config(rounds: int) -> training_loop.LoopConfig:
-  return training_loop.LoopConfig(rounds, EVAL_EVERY.value, CHECKPOINT_EVERY.value, PROGRESS.value)
+  return training_loop.LoopConfig(rounds, EVAL_EVERY.value, CHECKPOINT_EVERY.value, PROGRESS.value,
+                                  EVAL_USERS.value)
 
 
 def eval_settings(learning_rate: float) -> reconstruction.EvalSettings:

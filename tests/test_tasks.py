@@ -69,3 +69,20 @@ def test_support_examples_do_not_depend_on_the_chunk_of_users_built_at_once(tiny
   for (items, labels), (chunk_items, chunk_labels) in zip(whole, chunked):
     np.testing.assert_array_equal(items, chunk_items)
     np.testing.assert_array_equal(labels, chunk_labels)
+
+
+def test_eval_clients_sample_is_seeded_and_each_user_is_evaluated_as_in_the_whole(tiny_dataset):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8))
+  whole = task.eval_clients(schema.TEST, seed=3)
+  sample = task.eval_clients(schema.TEST, seed=3, max_users=5)
+  assert len(sample.client_ids) == 5 and set(sample.client_ids) < set(whole.client_ids)
+  assert sample.client_ids == sorted(sample.client_ids)
+  assert task.eval_clients(schema.TEST, seed=3, max_users=5).client_ids == sample.client_ids  # Seeded.
+  assert task.eval_clients(schema.TEST, seed=4, max_users=5).client_ids != sample.client_ids
+  position = {c: i for i, c in enumerate(whole.client_ids)}
+  for c, (items, _), seen in zip(sample.client_ids, sample.queries, sample.seen):
+    np.testing.assert_array_equal(items, whole.queries[position[c]][0])  # The same user, the same query.
+    np.testing.assert_array_equal(seen, whole.seen[position[c]])
+  assert task.eval_clients(schema.TEST, max_users=10_000).client_ids == whole.client_ids
+  with pytest.raises(ValueError, match='max_users must be >= 0'):
+    task.eval_clients(schema.TEST, max_users=-1)

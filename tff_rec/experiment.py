@@ -93,7 +93,7 @@ def run(engine: Any, task: tasks.RecommendationTask, *, cohort_fn: Callable[[int
       eval_clients[part, heldout] = task.eval_clients(part, heldout=heldout, seed=seed,
                                                       recent_items=eval_reconstruction.recent_items,
                                                       recent_repeats=eval_reconstruction.recent_repeats,
-                                                      group_metrics=group_metrics)
+                                                      group_metrics=group_metrics, max_users=loop.eval_users)
     return eval_clients[part, heldout]
 
   def evaluate(state, part: str, *, heldout: bool = False, prefix: str = '') -> dict[str, float]:

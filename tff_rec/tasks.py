@@ -203,7 +203,7 @@ class RecommendationTask:
     return [self.client_dataset(e) for e in self.train_examples(client_ids, round_num, seed)]
 
   def eval_clients(self, part: str = schema.TEST, *, heldout: bool = False, seed: int = 0, recent_items: int = 0,
-                   recent_repeats: int = 0, group_metrics: Sequence[str] = ()) -> EvalClients:
+                   recent_repeats: int = 0, group_metrics: Sequence[str] = (), max_users: int = 0) -> EvalClients:
     """The clients of a federated evaluation on split `part`.
 
     Support is the data a client holds before its `part` examples: its
@@ -214,7 +214,9 @@ class RecommendationTask:
     (LOO-99 for ranking, ratings for rating). `recent_items`, `recent_repeats`:
     the support's recency emphasis (`reconstruction.support_examples`).
     `group_metrics`: the attributes (`groups.parse`) whose groups each query is
-    marked with, for metrics by group.
+    marked with, for metrics by group. `max_users` > 0: a uniform sample of
+    that many of the split's users, seeded by `seed`, the split and `heldout`
+    (evaluation at populations where every user costs too long); 0: every user.
     """
     support_parts = [schema.TRAIN] + ([schema.VAL] if part == schema.TEST else [])
     supports = [arrays.SplitArrays(self.eval_db_path, schema.split_name(self.family, p, heldout=heldout),
@@ -222,6 +224,11 @@ class RecommendationTask:
     queries = arrays.SplitArrays(self.eval_db_path, schema.split_name(self.family, part, heldout=heldout),
                                  self.lookup)
     ids = sorted(set(supports[0].client_ids) & set(queries.client_ids))
+    if max_users < 0:
+      raise ValueError(f'max_users must be >= 0 (0: every user), got {max_users}')
+    if 0 < max_users < len(ids):
+      order = np.random.default_rng([seed, int(heldout), *part.encode()]).permutation(len(ids))
+      ids = [ids[i] for i in sorted(order[:max_users])]
     make_queries = preprocessing.ranking_queries if self.eval_kind == client_eval.RANKING else (
         preprocessing.rating_queries)
     support_arrays = [arrays.concatenate(parts) for parts in zip(*(s.get(ids) for s in supports))]

@@ -39,10 +39,13 @@ class LoopConfig:
   eval_every: int = 10
   checkpoint_every: int = 10
   progress: bool = True
+  eval_users: int = 0  # Evaluate a seeded sample of this many users of each split (0: every user).
 
   def validate(self) -> None:
     if self.rounds < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
       raise ValueError(f'rounds, eval_every and checkpoint_every must be >= 1, got {self}')
+    if self.eval_users < 0:
+      raise ValueError(f'--eval_users must be >= 0 (0: every user), got {self.eval_users}')
 
 
 class RoundData:
