@@ -39,7 +39,7 @@ def _run(tiny_dataset, out, name, **overrides):
     {'dp': 'tree', 'noise_multiplier': 0.5, 'epoch_sampling': True, 'clients_per_round': 20},  # 1 epoch = 1 round.
     {'dp': 'gaussian_fixed', 'noise_multiplier': 0.5, 'view': 'cross_silo', 'clients_per_round': 2},
     {'dp': 'distributed', 'target_epsilon': 50.0, 'clients_per_round': 12},  # Calibrated by its own accounting.
-    {'algorithm': 'fed_als', 'group_metrics': 'all'},
+    {'algorithm': 'fed_als', 'group_metrics': 'all', 'eval_users': 5},  # Evaluated on a sample of 5 users.
     # Malicious users joined, ER@10 reported; the robust mean: every user's update collected, each item row trimmed
     # over the users touching it (the per-user norm bound end to end: test_attack_sweep).
     {'attack': 'model_poisoning', 'malicious_fraction': 0.2, 'num_target_items': 2, 'robust_mean': 'trimmed_mean',
@@ -73,6 +73,10 @@ def test_two_rounds_write_every_output(tiny_dataset, tmp_path, overrides):
     assert bool(by_group) == (overrides.get('group_metrics') == 'all'), attribute
     assert any(k.startswith(f'val/by_{attribute}/') for k in rows[0]) == bool(by_group), attribute
   assert json.loads((run_dir / 'hparams.json').read_text())['loop']['rounds'] == 2
+  if 'eval_users' in overrides:  # Of 36 test and 4 held-out users.
+    assert written['count'] == 5 and float(rows[0]['val/count']) == 5 and written['heldout_users/count'] == 4
+  else:
+    assert written['count'] == 36  # Every training user's test query.
   assert ('er@10' in written and 'val/er@10' in rows[0]) == ('attack' in overrides)
   if 'attack' in overrides:  # 9 malicious users joined the 36: 20%.
     assert 0.0 <= written['er@10'] <= 1.0 and 'heldout_users/er@10' in written
@@ -216,6 +220,7 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
+    ({'eval_users': -1}, r'--eval_users must be >= 0 \(0: every user\), got -1'),
     ({'group_metrics': 'activity,colour'}, r"^--group_metrics: unknown \['colour'\] \(known: \['activity', "),
     ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: every configuration runs on the one .*drop '
      'the flag$'),
