@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 
 from experiments import train_federated

@@ -679,7 +679,7 @@ def _dense_per_user(rows_per_leaf, deltas, dense: list[tf.TensorSpec], padded: i
   dense weights in order, flattened, zero-padded."""
   users = tf.shape(deltas[0])[0]
   slots = tf.range(tf.cast(users, tf.int64))
-  parts = [tf.reshape(_user_slots(slots, rows, delta, users, spec.shape), [users, max(spec.shape.num_elements(), 1)])
+  parts = [tf.reshape(_user_slots(slots, rows, delta, users, spec.shape), [users, spec.shape.num_elements()])
            for spec, rows, delta in zip(dense, rows_per_leaf, deltas)]
   dim = sum(s.shape.num_elements() for s in dense)
   return tf.pad(tf.concat(parts, axis=1), [[0, 0], [0, padded - dim]])
