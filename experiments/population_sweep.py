@@ -12,9 +12,12 @@ power-law activity, users choosing what they rate by their preference, so the
 implicit task is personal) under `--population_data_dir` unless one with the
 same generator settings is there, then trains the configuration at each
 epsilon (noise calibrated to it; `inf`: no DP) with delta = min(1 / N^1.1,
-1e-6). The cohort rule is the configuration's (private ALS: every user every
-round, so the noise multiplier of a budget is the same at every N and its
-effect on the summed statistics shrinks as 1 / N). Writes
+1e-6). The cohort rule is the configuration's, or with `--population_cohort=C`
+a fixed expected cohort: Poisson sampling at rate min(1, C / N) with the
+configuration's rounds, so a round costs the same at every N above C (private
+ALS: below C every user every round, the noise multiplier of a budget the
+same at every N and its effect on the summed statistics shrinking as 1 / N;
+above C, amplified by sampling). Writes
 `population_sweep.csv` (each N and epsilon: HR@10, NDCG@10, the no-DP HR@10 and
 the loss in HR@10 points) and `population_sweep.png` (the loss against N, a line
 per epsilon) in `<root_output_dir>/<experiment_name>/`; runs go to `N_<N>/eps_<epsilon>/`
@@ -40,6 +43,7 @@ from experiments import logs, privacy_sweep, train_federated
 from tff_rec import plotting, runtime
 from tff_rec.data import client_data, pipeline, schema, subsets
 from tff_rec.data.synthetic import SyntheticConfig
+from tff_rec.federated import sampling
 
 _POPULATIONS = flags.DEFINE_list('populations', ['6000', '60000'], 'Population sizes (users) to sweep.')
 _POP_DATA = flags.DEFINE_string('population_data_dir', 'data/populations', 'Where the synthetic populations are '
@@ -54,8 +58,12 @@ _RANK = flags.DEFINE_integer('population_rank', 32, 'Rank of the ground truth (p
 _PREFERENCE = flags.DEFINE_float('population_preference_strength', 2.0, 'Standard deviation of the personal part '
                                  'of a user\'s choice logit (`synthetic.SyntheticConfig.preference_strength`).')
 
-COLUMNS = ('population', 'epsilon', 'delta', 'noise_multiplier', 'hr@10', 'ndcg@10', 'no_dp_hr@10', 'loss_points',
-           'wall_seconds')
+_COHORT = flags.DEFINE_integer('population_cohort', 0, 'Expected users a round at every population size: Poisson '
+                               'sampling at rate min(1, C / N), the configuration\'s rounds (0: the configuration\'s '
+                               'own sampling at every size).')
+
+COLUMNS = ('population', 'epsilon', 'delta', 'sampling_rate', 'noise_multiplier', 'hr@10', 'ndcg@10', 'no_dp_hr@10',
+           'loss_points', 'wall_seconds')
 
 
 def parse_populations(values: list[str]) -> list[int]:
@@ -97,6 +105,17 @@ def drawn(source: str, size: int, seed: int, root: str) -> str:
   out = os.path.join(root, f'{os.path.basename(os.path.normpath(source))}_u{size}_s{seed}')
   subsets.write_subset(source, out, size, seed)
   return out
+
+
+def cohort_sampling(base: sampling.SamplingConfig, size: int, cohort: int) -> sampling.SamplingConfig:
+  """`base`, or with `cohort` > 0 Poisson sampling of `cohort` users a round in expectation (all of them when the
+  population is no larger)."""
+  if cohort < 0:
+    raise ValueError(f'--population_cohort must be >= 0, got {cohort}')
+  if not cohort:
+    return base
+  return dataclasses.replace(base, clients_per_round=0, client_sampling_rate=min(1.0, cohort / size),
+                             shuffle_epochs=False)
 
 
 def delta_for(size: int) -> float:
@@ -141,6 +160,7 @@ def main(argv):
   base = train_federated.config_from_flags()
   try:
     sizes = parse_populations(_POPULATIONS.value)
+    cohort_sampling(base.sampling, sizes[0], _COHORT.value)
     epsilons = privacy_sweep.parse_epsilons(privacy_sweep.EPSILONS.value)
     if _SOURCE.value:
       available = len(subsets.user_ids(os.path.join(_SOURCE.value, schema.CLIENTS_DB)))
@@ -162,13 +182,15 @@ def main(argv):
         size, data_dir = population.num_users, prepared(population, _POP_DATA.value)
       data = dataclasses.replace(base.data, data_dir=data_dir)
       at_size = dataclasses.replace(base, data=data, dp=dataclasses.replace(base.dp, target_delta=delta_for(size)),
+                                    sampling=cohort_sampling(base.sampling, size, _COHORT.value),
                                     output_dir=os.path.join(base.output_dir, f'N_{size}'))
       configs = privacy_sweep.sweep_configs(at_size, epsilons)
       task = train_federated.build_task(configs[0][1])
       for epsilon, config in configs:
         final = train_federated.run(config, task)
         noise = privacy_sweep.noise_multiplier(config, epsilon)
-        rows.append({'population': size, 'epsilon': epsilon, 'delta': config.dp.target_delta, 'noise_multiplier': noise,
+        rows.append({'population': size, 'epsilon': epsilon, 'delta': config.dp.target_delta,
+                     'sampling_rate': config.sampling.client_sampling_rate or config.sampling.clients_per_round / size, 'noise_multiplier': noise,
                      'hr@10': final.get('hr@10'), 'ndcg@10': final.get('ndcg@10'),
                      'wall_seconds': final.get('wall_seconds')})
         print(f'N={size} epsilon={epsilon:g}: HR@10 {final.get("hr@10"):.4f}', flush=True)

@@ -8,6 +8,7 @@ import pytest
 from absl.testing import flagsaver
 
 from experiments import population_sweep
+from tff_rec.federated import sampling
 
 pytestmark = pytest.mark.usefixtures('parsed_flags')  # tests/conftest.py
 
@@ -63,3 +64,14 @@ def test_bad_populations_and_the_delta_rule():
   assert population_sweep.parse_populations(['60000', '6000', '6000']) == [6000, 60000]
   assert population_sweep.delta_for(6000) == 1e-6 and population_sweep.delta_for(600_000) == pytest.approx(
       1 / 600_000 ** 1.1)
+
+
+def test_a_fixed_expected_cohort_samples_a_falling_fraction_of_larger_populations():
+  uniform = sampling.SamplingConfig(clients_per_round=50)
+  assert population_sweep.cohort_sampling(uniform, 600_000, 0) is uniform  # 0: the configuration's own rule.
+  assert population_sweep.cohort_sampling(uniform, 6000, 60_000) == sampling.SamplingConfig(client_sampling_rate=1.0)
+  assert population_sweep.cohort_sampling(uniform, 60_000, 60_000).client_sampling_rate == 1.0
+  assert population_sweep.cohort_sampling(uniform, 600_000, 60_000) == sampling.SamplingConfig(
+      client_sampling_rate=0.1)
+  with pytest.raises(ValueError, match='--population_cohort must be >= 0, got -1'):
+    population_sweep.cohort_sampling(uniform, 600_000, -1)
