@@ -28,6 +28,7 @@ def test_each_population_is_prepared_once_and_swept(tmp_path):
   assert [(int(r['population']), float(r['epsilon'])) for r in rows] == [(40, 8.0), (40, math.inf)]
   for r in rows:
     assert float(r['delta']) == 1e-6  # min(1 / N^1.1, 1e-6).
+    assert float(r['sampling_rate']) == 1.0
     expected = 100 * (float(r['no_dp_hr@10']) - float(r['hr@10']))
     assert float(r['loss_points']) == pytest.approx(expected) and (float(r['epsilon']) < math.inf or expected == 0)
   assert float(rows[0]['noise_multiplier']) > 0 and float(rows[1]['noise_multiplier']) == 0
@@ -49,6 +50,7 @@ def test_populations_drawn_from_a_prepared_dataset(tiny_dataset, tmp_path):
     assert population_sweep.main(['population_sweep']) == 0
   rows = list(csv.DictReader(open(tmp_path / 'runs' / 'real' / 'population_sweep.csv')))
   assert [(int(r['population']), float(r['loss_points'])) for r in rows] == [(10, 0.0), (20, 0.0)]
+  assert [float(r['sampling_rate']) for r in rows] == [0.5, 0.25]  # 5 users a round (uniform).
   for size in (10, 20):
     assert sorted(os.listdir(tmp_path / f'{os.path.basename(tiny_dataset)}_u{size}_s0')) == ['clients.sqlite',
                                                                                               'stats.json']
