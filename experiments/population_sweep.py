@@ -44,6 +44,7 @@ from tff_rec import plotting, runtime
 from tff_rec.data import client_data, pipeline, schema, subsets
 from tff_rec.data.synthetic import SyntheticConfig
 from tff_rec.federated import sampling
+from tff_rec.privacy import dp
 
 _POPULATIONS = flags.DEFINE_list('populations', ['6000', '60000'], 'Population sizes (users) to sweep.')
 _POP_DATA = flags.DEFINE_string('population_data_dir', 'data/populations', 'Where the synthetic populations are '
@@ -62,8 +63,14 @@ _COHORT = flags.DEFINE_integer('population_cohort', 0, 'Expected users a round a
                                'sampling at rate min(1, C / N), the configuration\'s rounds (0: the configuration\'s '
                                'own sampling at every size).')
 
+_CLIP_ONLY = flags.DEFINE_bool('population_clip_only', False, 'Also train each population with the configuration\'s '
+                                'clip and no noise (not private; `clip_only/`): how much of the loss the clip alone '
+                                'costs (the `clip_only_hr@10` and `clip_points` columns, a line in the plot).')
+# The clip-only run's noise multiplier: DP's configuration needs one > 0 (or a budget); this one adds nothing.
+CLIP_ONLY_NOISE = 1e-6
+
 COLUMNS = ('population', 'epsilon', 'delta', 'sampling_rate', 'noise_multiplier', 'hr@10', 'ndcg@10', 'no_dp_hr@10',
-           'loss_points', 'wall_seconds')
+           'loss_points', 'clip_only_hr@10', 'clip_points', 'wall_seconds')
 
 
 def parse_populations(values: list[str]) -> list[int]:
@@ -123,14 +130,27 @@ def delta_for(size: int) -> float:
   return min(1.0 / size ** 1.1, 1e-6)
 
 
-def loss_rows(rows: list[dict]) -> list[dict]:
-  """Each row with its population's no-DP HR@10 and the loss against it in points (None without an inf run)."""
+def clip_only_config(config: train_federated.ExperimentConfig) -> train_federated.ExperimentConfig:
+  """`config` (a population's, before the sweep's budgets) clipped as its DP mechanism clips, without noise."""
+  mechanism = config.dp.mechanism if config.dp.enabled else dp.GAUSSIAN_ADAPTIVE  # As privacy_sweep's budgets.
+  return dataclasses.replace(
+      config, dp=dataclasses.replace(config.dp, mechanism=mechanism, noise_multiplier=CLIP_ONLY_NOISE,
+                                     target_epsilon=0.0),
+      output_dir=os.path.join(config.output_dir, 'clip_only'))
+
+
+def loss_rows(rows: list[dict], clip_only: dict[int, float] | None = None) -> list[dict]:
+  """Each row with its population's no-DP HR@10 and the loss against it in points (None without an inf run),
+  and its clip-only HR@10 (`clip_only`: population -> HR@10) and what the clip alone loses (None without)."""
   baseline = {r['population']: r['hr@10'] for r in rows if not math.isfinite(r['epsilon'])}
+  clip_only = clip_only or {}
   out = []
   for r in rows:
-    reference = baseline.get(r['population'])
+    reference, clipped = baseline.get(r['population']), clip_only.get(r['population'])
     loss = None if reference is None or r['hr@10'] is None else 100.0 * (reference - r['hr@10'])
-    out.append({**r, 'no_dp_hr@10': reference, 'loss_points': loss})
+    clip_loss = None if reference is None or clipped is None else 100.0 * (reference - clipped)
+    out.append({**r, 'no_dp_hr@10': reference, 'loss_points': loss, 'clip_only_hr@10': clipped,
+                'clip_points': clip_loss})
   return out
 
 
@@ -141,6 +161,10 @@ def write_outputs(rows: list[dict], output_dir: str) -> None:
     points = [r for r in rows if r['epsilon'] == epsilon and r['loss_points'] is not None]
     axis.plot([r['population'] for r in points], [r['loss_points'] for r in points], marker='o',
               label=f'epsilon {epsilon:g}')
+  clipped = {r['population']: r['clip_points'] for r in rows if r['clip_points'] is not None}
+  if clipped:
+    axis.plot(sorted(clipped), [clipped[n] for n in sorted(clipped)], marker='x', linestyle=':', color='black',
+              label='clip alone (no noise)')
   axis.axhline(2.0, linestyle='--', color='gray', label='2 points')
   axis.set_xscale('log')
   sizes = sorted({r['population'] for r in rows})
@@ -173,7 +197,7 @@ def main(argv):
   except (ValueError, sqlite3.Error) as e:
     print(f'population_sweep: error: {e}', file=sys.stderr)
     return 2
-  rows = []
+  rows, clip_only = [], {}
   try:
     for population in populations:
       if _SOURCE.value:
@@ -195,18 +219,25 @@ def main(argv):
                      'hr@10': final.get('hr@10'), 'ndcg@10': final.get('ndcg@10'),
                      'wall_seconds': final.get('wall_seconds')})
         print(f'N={size} epsilon={epsilon:g}: HR@10 {final.get("hr@10"):.4f}', flush=True)
+      if _CLIP_ONLY.value:
+        clip_only[size] = train_federated.run(clip_only_config(at_size), task).get('hr@10')
+        print(f'N={size} clip only: HR@10 {clip_only[size]:.4f}', flush=True)
   except (ValueError, FileNotFoundError) as e:
     print(f'population_sweep: error: {e}', file=sys.stderr)
     return 2
   finally:
     runtime.stop_all_workers()
-  rows = loss_rows(rows)
+  rows = loss_rows(rows, clip_only)
   os.makedirs(base.output_dir, exist_ok=True)
   write_outputs(rows, base.output_dir)
   print(f'Wrote {base.output_dir}/population_sweep.csv and population_sweep.png')
   for r in rows:
     loss = '' if r['loss_points'] is None else f', {r["loss_points"]:+.1f} points against no DP'
     print(f'N={r["population"]:,} epsilon={r["epsilon"]:g} (delta {r["delta"]:.1e}): HR@10 {r["hr@10"]:.4f}{loss}')
+  for size, hr in clip_only.items():
+    row = next(r for r in rows if r['population'] == size)
+    loss = '' if row['clip_points'] is None else f', {row["clip_points"]:+.1f} points against no DP'
+    print(f'N={size:,} clip only (no noise, not private): HR@10 {hr:.4f}{loss}')
   return 0
 
 

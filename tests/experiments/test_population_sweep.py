@@ -1,6 +1,7 @@
 """population_sweep on tiny synthetic populations: one privacy sweep per size, a CSV and a PNG."""
 
 import csv
+import json
 import math
 import os
 
@@ -22,15 +23,22 @@ def test_each_population_is_prepared_once_and_swept(tmp_path):
                   als_alpha=5.0, als_regularization=5.0, num_negatives=1, rounds=1, clients_per_round=0,
                   client_sampling_rate=1.0, eval_every=1, checkpoint_every=1, dp='gaussian_fixed', clip_norm=1.0,
                   accountant='pld', eval_reconstruction_epochs=1, progress=False, group_metrics='none')
-  with flagsaver.flagsaver(**settings):
+  with flagsaver.flagsaver(**settings, population_clip_only=True):
     assert population_sweep.main(['population_sweep']) == 0
   rows = list(csv.DictReader(open(tmp_path / 'runs' / 'pop' / 'population_sweep.csv')))
   assert [(int(r['population']), float(r['epsilon'])) for r in rows] == [(40, 8.0), (40, math.inf)]
+  clip_run = tmp_path / 'runs' / 'pop' / 'N_40' / 'clip_only'
+  clip_only = json.load(open(clip_run / 'final_metrics.json'))['hr@10']
+  hparams = json.load(open(clip_run / 'hparams.json'))['dp']
+  assert (hparams['mechanism'], hparams['clip_norm'], hparams['noise_multiplier'], hparams['target_epsilon']) == (
+      'gaussian_fixed', 1.0, population_sweep.CLIP_ONLY_NOISE, 0.0)
   for r in rows:
     assert float(r['delta']) == 1e-6  # min(1 / N^1.1, 1e-6).
     assert float(r['sampling_rate']) == 1.0
     expected = 100 * (float(r['no_dp_hr@10']) - float(r['hr@10']))
     assert float(r['loss_points']) == pytest.approx(expected) and (float(r['epsilon']) < math.inf or expected == 0)
+    assert float(r['clip_only_hr@10']) == pytest.approx(clip_only)
+    assert float(r['clip_points']) == pytest.approx(100 * (float(r['no_dp_hr@10']) - clip_only))
   assert float(rows[0]['noise_multiplier']) > 0 and float(rows[1]['noise_multiplier']) == 0
   assert os.path.getsize(tmp_path / 'runs' / 'pop' / 'population_sweep.png') > 0
   prepared = sorted(p for p in os.listdir(tmp_path) if p.startswith('synthetic_'))
