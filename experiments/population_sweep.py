@@ -20,8 +20,10 @@ same at every N and its effect on the summed statistics shrinking as 1 / N;
 above C, amplified by sampling). Writes
 `population_sweep.csv` (each N and epsilon: HR@10, NDCG@10, the no-DP HR@10 and
 the loss in HR@10 points) and `population_sweep.png` (the loss against N, a line
-per epsilon) in `<root_output_dir>/<experiment_name>/`; runs go to `N_<N>/eps_<epsilon>/`
-(resumable like any run). Private ALS's scaling law (Chien et al., ICML 2021):
+per epsilon) in `<root_output_dir>/<experiment_name>/`; runs go to
+`N_<N>/eps_<epsilon>/` (resumable like any run). `--population_clip_only` also
+trains each size with the clip and no noise (`N_<N>/clip_only/`), to separate
+what the clip costs from what the noise does. Private ALS's scaling law (Chien et al., ICML 2021):
 the users a given error needs grow with the catalogue and shrink with epsilon.
 """
 
