@@ -1,9 +1,13 @@
-"""What the serving tests share: a tiny exported model, and short training runs of each model kind."""
+"""What the serving tests share: a tiny exported model, short training runs of each model kind, a REST server."""
 
+import contextlib
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
+import waitress
+from waitress import wasyncore
 from absl import flags
 from absl.testing import flagsaver
 
@@ -22,6 +26,26 @@ TRAINING = dict(rounds=2, clients_per_round=5, batch_size=8, num_negatives=3, em
 MODELS = dict(fed_als=dict(objective=mf.IMPLICIT, algorithm='fed_als', als_alpha=3.0, als_regularization=2.0),
               mf_implicit=dict(objective=mf.IMPLICIT), mf_rating=dict(objective=mf.RATING),
               two_tower=dict(objective=mf.IMPLICIT, model='two_tower'))
+
+
+@contextlib.contextmanager
+def waitress_server(app):
+  """`app` served by waitress on a free loopback port in a thread; yields the port.
+
+  Closed from the server's own loop thread (waitress' trigger runs the close
+  there; every socket of its map, as waitress' own multi-socket server closes):
+  closing them from this thread while its loop waits on them in select()
+  raised EBADF in that thread.
+  """
+  server = waitress.create_server(app, host='127.0.0.1', port=0, threads=2)
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  try:
+    yield server.effective_port
+  finally:
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # pylint: disable=protected-access
+    thread.join(timeout=10)
+    server.task_dispatcher.shutdown()
 
 
 @dataclasses.dataclass(frozen=True)

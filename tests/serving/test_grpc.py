@@ -3,17 +3,16 @@
 import http.client
 import json
 import os
-import threading
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-import waitress
 from prometheus_client import parser
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from tests.serving.conftest import waitress_server
 from tff_rec.serving import export, grpc_api, monitoring, rest, servables
 
 IDS, RATINGS = [['item1', 'item4', '']], [[5.0, 3.0, 0.0]]
@@ -31,15 +30,11 @@ def servers(export_dir):
   manager = servables.ModelManager('rec', export_dir, on_load=metrics.loaded, max_batch_size=8, max_list_length=50)
   server, port = grpc_api.create_server(manager, metrics, port=0, threads=2)
   server.start()
-  web = waitress.create_server(rest.PredictionService(manager, metrics), host='127.0.0.1', port=0, threads=2)
-  thread = threading.Thread(target=web.run, daemon=True)
-  thread.start()
-  channel = grpc.insecure_channel(f'127.0.0.1:{port}')
-  yield channel, web.effective_port
-  channel.close()
-  server.stop(grace=None)
-  web.close()
-  thread.join(timeout=10)
+  with waitress_server(rest.PredictionService(manager, metrics)) as web_port:
+    channel = grpc.insecure_channel(f'127.0.0.1:{port}')
+    yield channel, web_port
+    channel.close()
+    server.stop(grace=None)
 
 
 def _predict_request(signature='', ids=IDS, ratings=RATINGS, **extra):

@@ -2,13 +2,12 @@
 
 import http.client
 import json
-import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import waitress
 
+from tests.serving.conftest import waitress_server
 from tff_rec.serving import export, rest, servables
 
 HISTORY = {'history_item_ids': ['item1', 'item4', ''], 'history_ratings': [5.0, 3.0, 0.0]}
@@ -22,12 +21,8 @@ def export_dir(tiny_export):
 @pytest.fixture(scope='module')
 def server(export_dir):
   service = rest.PredictionService(servables.ModelManager('rec', export_dir, max_batch_size=8, max_list_length=50))
-  server = waitress.create_server(service, host='127.0.0.1', port=0, threads=2)
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  yield server.effective_port
-  server.close()
-  thread.join(timeout=10)
+  with waitress_server(service) as port:
+    yield port
 
 
 def _call(port, method, path, body=None):
