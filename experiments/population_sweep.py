@@ -23,8 +23,9 @@ the loss in HR@10 points) and `population_sweep.png` (the loss against N, a line
 per epsilon) in `<root_output_dir>/<experiment_name>/`; runs go to
 `N_<N>/eps_<epsilon>/` (resumable like any run). `--population_clip_only` also
 trains each size with the clip and no noise (`N_<N>/clip_only/`), to separate
-what the clip costs from what the noise does. Private ALS's scaling law (Chien et al., ICML 2021):
-the users a given error needs grow with the catalogue and shrink with epsilon.
+what the clip costs from what the noise does. Private ALS's scaling law (Chien
+et al., ICML 2021): the users a given error needs grow with the catalogue and
+shrink with epsilon.
 """
 
 from __future__ import annotations
@@ -217,8 +218,7 @@ def main(argv):
         noise = privacy_sweep.noise_multiplier(config, epsilon)
         rate = config.sampling.client_sampling_rate or config.sampling.clients_per_round / size
         rows.append({'population': size, 'epsilon': epsilon, 'delta': config.dp.target_delta, 'sampling_rate': rate,
-                     'noise_multiplier': noise,
-                     'hr@10': final.get('hr@10'), 'ndcg@10': final.get('ndcg@10'),
+                     'noise_multiplier': noise, 'hr@10': final.get('hr@10'), 'ndcg@10': final.get('ndcg@10'),
                      'wall_seconds': final.get('wall_seconds')})
         print(f'N={size} epsilon={epsilon:g}: HR@10 {final.get("hr@10"):.4f}', flush=True)
       if _CLIP_ONLY.value:
