@@ -36,9 +36,7 @@ _QUANTIZE = flags.DEFINE_enum('quantize', 'none', list(tflite.QUANTIZATIONS), '-
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.configure_logging()
+  logs.start(argv)
   if not _RUN_DIR.value or not export_flags.EXPORT_DIR.value:
     print('export: error: --run_dir and --export_dir are required', file=sys.stderr)
     return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
 
 
@@ -30,3 +30,10 @@ def configure_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger('tensorflow').setLevel(logging.WARNING)
     logging.getLogger('tensorflow').addFilter(_KnownNoise())
+
+
+def start(argv: list[str]) -> None:
+  """A binary's first step: flags only (a positional argument is a usage error), then `configure_logging`."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  configure_logging()

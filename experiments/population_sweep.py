@@ -181,9 +181,7 @@ def write_outputs(rows: list[dict], output_dir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.configure_logging()
+  logs.start(argv)
   base = train_federated.config_from_flags()
   try:
     sizes = parse_populations(_POPULATIONS.value)

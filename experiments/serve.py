@@ -41,9 +41,7 @@ _THREADS = flags.DEFINE_integer('threads', 4, 'Request threads.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.configure_logging()
+  logs.start(argv)
   # waitress warns each time a request waits for a free thread: routine under load, not worth a line each.
   logging.getLogger('waitress.queue').setLevel(logging.ERROR)
   import waitress  # pylint: disable=g-import-not-at-top

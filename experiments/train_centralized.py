@@ -101,9 +101,7 @@ def run(config: CentralizedExperimentConfig, task: tasks.RecommendationTask) -> 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.configure_logging()
+  logs.start(argv)
   config = config_from_flags()
   return experiment.main('train_centralized', lambda: build_task(config), lambda task: run(config, task),
                          config.output_dir)

@@ -190,9 +190,7 @@ def server_lr_schedule() -> lr_schedule.LrSchedule:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.configure_logging()
+  logs.start(argv)
   config = config_from_flags()
   return experiment.main('train_federated', lambda: build_task(config), lambda task: run(config, task),
                          config.output_dir)
