@@ -214,7 +214,7 @@ def main(argv):
       for epsilon, config in configs:
         final = train_federated.run(config, task)
         noise = privacy_sweep.noise_multiplier(config, epsilon)
-        rate = config.sampling.client_sampling_rate or config.sampling.clients_per_round / size
+        rate = dp.expected_clients(config.sampling, size) / size
         rows.append({'population': size, 'epsilon': epsilon, 'delta': config.dp.target_delta, 'sampling_rate': rate,
                      'noise_multiplier': noise, 'hr@10': final.get('hr@10'), 'ndcg@10': final.get('ndcg@10'),
                      'wall_seconds': final.get('wall_seconds')})
