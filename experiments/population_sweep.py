@@ -185,7 +185,7 @@ def main(argv):
   base = train_federated.config_from_flags()
   try:
     sizes = parse_populations(_POPULATIONS.value)
-    cohort_sampling(base.sampling, sizes[0], _COHORT.value)
+    cohort_sampling(base.sampling, sizes[0], _COHORT.value)  # A bad --population_cohort, refused before any work.
     epsilons = privacy_sweep.parse_epsilons(privacy_sweep.EPSILONS.value)
     if _SOURCE.value:
       available = len(subsets.user_ids(os.path.join(_SOURCE.value, schema.CLIENTS_DB)))
