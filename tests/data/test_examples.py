@@ -63,3 +63,22 @@ def test_negatives_and_many_ratings_and_tensorflow_parses_them():
 def test_a_vocabulary_wider_than_the_schema_is_refused():
   with pytest.raises(ValueError, match='at most 19 slots, got 20'):
     examples.ExampleEncoder(ITEMS, [f'g{i}' for i in range(20)])
+
+
+@pytest.mark.parametrize('value', [0, 1, 0x7F, 0x80, 0x3FFF, 0x4000, 978_300_760, 2**63 - 1])
+def test_varints_are_protobufs(value):
+  from google.protobuf.internal import encoder  # pylint: disable=g-import-not-at-top
+  assert examples._varint(value) == encoder._VarintBytes(value)  # pylint: disable=protected-access
+
+
+def test_a_negative_int64_is_a_ten_byte_varint():
+  assert examples._varint(-1) == b'\xff' * 9 + b'\x01'  # pylint: disable=protected-access
+
+
+def test_an_example_with_negatives_reuses_the_ratings_features():
+  encoder = examples.ExampleEncoder(ITEMS)
+  user = User(9, 30, 'F', 'writer')
+  negatives = np.arange(1000, 1000 + schema.NUM_NEGATIVES)
+  (features,) = encoder.features(user, [7], [5.0], [12])
+  assert examples.example(features, encoder.negatives_entry(negatives)) == encoder.encode(user, 7, 5.0, 12, negatives)
+  assert examples.example(features) == encoder.encode(user, 7, 5.0, 12)

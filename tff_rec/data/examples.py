@@ -20,20 +20,26 @@ from tff_rec.data import schema
 from tff_rec.data.records import Item, User
 
 _FLOAT = struct.Struct('<f')
-_ONE_BYTE = [bytes([i]) for i in range(0x80)]
 
 
-def _varint(value: int) -> bytes:
-  """A protobuf varint; negative int64s as their 64-bit two's complement (ten bytes), as protobuf does."""
-  if 0 <= value < 0x80:
-    return _ONE_BYTE[value]
-  value &= (1 << 64) - 1
+def _varint_loop(value: int) -> bytes:
+  value &= (1 << 64) - 1  # A negative int64 as its 64-bit two's complement (ten bytes), as protobuf does.
   out = bytearray()
   while value > 0x7F:
     out.append((value & 0x7F) | 0x80)
     value >>= 7
   out.append(value)
   return bytes(out)
+
+
+_SHORT = [_varint_loop(v) for v in range(1 << 14)]  # Every one- and two-byte varint (an example's length is one).
+
+
+def _varint(value: int) -> bytes:
+  """A protobuf varint; negative int64s as their 64-bit two's complement (ten bytes), as protobuf does."""
+  if 0 <= value < 0x4000:
+    return _SHORT[value]
+  return _varint_loop(value)
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -146,10 +152,18 @@ class ExampleEncoder:
                   extra: bytes = b'') -> list[bytes]:
     """The serialized examples of one user's ratings (parallel sequences); `extra` is appended to each (a
     `negatives_entry`)."""
+    return [example(f, extra) for f in self.features(user, item_ids, ratings, timestamps)]
+
+  def features(self, user: User, item_ids: Sequence[int], ratings: Sequence[float],
+               timestamps: Sequence[int]) -> list[bytes]:
+    """The encoded `Features` of one user's ratings, for `example` (so an example with negatives added reuses
+    the rating's encoding)."""
     head = self._user_part(user)
     items = self._items
-    out = []
-    for item_id, rating, timestamp in zip(item_ids, ratings, _timestamp_entries(timestamps)):
-      features = b''.join((head, items[item_id], _RATING_HEAD, _FLOAT.pack(rating), timestamp, extra))
-      out.append(b'\x0a' + _varint(len(features)) + features)
-    return out
+    return [b''.join((head, items[item_id], _RATING_HEAD, _FLOAT.pack(rating), timestamp))
+            for item_id, rating, timestamp in zip(item_ids, ratings, _timestamp_entries(timestamps))]
+
+
+def example(features: bytes, extra: bytes = b'') -> bytes:
+  """A serialized `Example` of encoded `features` (`ExampleEncoder.features`) and `extra` entries."""
+  return b'\x0a' + _varint(len(features) + len(extra)) + features + extra

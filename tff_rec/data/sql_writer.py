@@ -17,16 +17,22 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-_SCHEMA = (
-    # TFF's tables, exactly as save_to_sql_client_data creates them.
-    """CREATE TABLE examples (
+# TFF's examples table, exactly as save_to_sql_client_data creates it.
+_EXAMPLES = """CREATE TABLE examples (
        split_name TEXT NOT NULL,
        client_id TEXT NOT NULL,
-       serialized_example_proto BLOB NOT NULL);""",
+       serialized_example_proto BLOB NOT NULL);"""
+# tff-rec's users (TFF ignores the table).
+_USERS = """CREATE TABLE users (user_id TEXT PRIMARY KEY, age INTEGER, gender TEXT,
+       occupation TEXT, platform TEXT, heldout INTEGER NOT NULL);"""
+_SCHEMA = (
+    _EXAMPLES,
+    # TFF's client_metadata, as save_to_sql_client_data creates it.
     """CREATE TABLE client_metadata (
        client_id TEXT NOT NULL,
        split_name TEXT NOT NULL,
@@ -35,8 +41,7 @@ _SCHEMA = (
     'CREATE TABLE tff_rec_metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);',
     """CREATE TABLE items (item_id TEXT PRIMARY KEY, title TEXT, year INTEGER,
        genres TEXT);""",
-    """CREATE TABLE users (user_id TEXT PRIMARY KEY, age INTEGER, gender TEXT,
-       occupation TEXT, platform TEXT, heldout INTEGER NOT NULL);""",
+    _USERS,
     # Title vectors (`tff_rec.data.text`): float32 little-endian bytes; empty without a text encoder.
     'CREATE TABLE item_text (item_id TEXT PRIMARY KEY, vector BLOB NOT NULL);',
 )
@@ -48,7 +53,7 @@ def _temp_path(path: str) -> str:
 
 
 def remove_stale_temporaries(path: str) -> list[str]:
-  """Deletes temporaries of `path` left by writers that died (pid not alive)."""
+  """Deletes temporaries (files or directories) of `path` left by writers that died (pid not alive)."""
   directory, name = os.path.split(os.path.abspath(path))
   removed = []
   for temp in glob.glob(os.path.join(directory, f'.{name}.tmp-*')):
@@ -60,7 +65,10 @@ def remove_stale_temporaries(path: str) -> list[str]:
       pass
     except PermissionError:
       continue
-    os.remove(temp)
+    if os.path.isdir(temp):
+      shutil.rmtree(temp)
+    else:
+      os.remove(temp)
     removed.append(temp)
   return removed
 
@@ -75,7 +83,8 @@ class SqlClientDataWriter:
     remove_stale_temporaries(self.path)
     if os.path.exists(self.temp_path):
       os.remove(self.temp_path)
-    self._con = sqlite3.connect(self.temp_path)
+    # `commit` may run in another thread (pipeline builds two files' indexes at once); one thread at a time.
+    self._con = sqlite3.connect(self.temp_path, check_same_thread=False)
     # No journal: the file is private until published, and rebuilt on failure.
     self._con.execute('PRAGMA journal_mode=OFF')
     self._con.execute('PRAGMA synchronous=OFF')
@@ -88,19 +97,19 @@ class SqlClientDataWriter:
     self._con.executemany('INSERT INTO examples (split_name, client_id, serialized_example_proto) VALUES (?, ?, ?)',
                           rows)
 
-  def add_examples_of_groups(self, source_db: str) -> None:
-    """Adds every example of the committed per-user file `source_db` under its user's platform (the `users`
-    table's), in the source's order, and copies its users: the cross-silo view derived inside SQLite, without
-    a second pass of Python over the examples."""
+  def add_shard(self, shard_path: str, *, by_platform: bool = False) -> None:
+    """Appends every example and user of the shard file `shard_path` (`write_shard`) in the shard's order:
+    the examples under their user's id, or with `by_platform` under their user's platform (the cross-silo view,
+    `users.platform`). Runs inside SQLite, without a pass of Python over the examples."""
     con = self._con
-    con.execute('ATTACH DATABASE ? AS source', (source_db,))
-    con.execute("""INSERT INTO examples (split_name, client_id, serialized_example_proto)
-                   SELECT e.split_name, (SELECT u.platform FROM source.users u WHERE u.user_id = e.client_id),
-                          e.serialized_example_proto
-                   FROM source.examples e ORDER BY e.rowid""")
-    con.execute('INSERT INTO users SELECT * FROM source.users')
+    client = 'u.platform' if by_platform else 'e.client_id'
+    con.execute('ATTACH DATABASE ? AS shard', (shard_path,))
+    con.execute(f"""INSERT INTO examples (split_name, client_id, serialized_example_proto)
+                    SELECT e.split_name, {client}, e.serialized_example_proto
+                    FROM shard.examples e JOIN shard.users u ON u.user_id = e.client_id ORDER BY e.rowid""")
+    con.execute('INSERT INTO users SELECT * FROM shard.users ORDER BY rowid')
     con.commit()
-    con.execute('DETACH DATABASE source')
+    con.execute('DETACH DATABASE shard')
 
   def add_rows(self, table: str, rows: Iterable[Sequence[Any]]) -> None:
     """Adds rows to `items`, `users` or `item_text`."""
@@ -146,6 +155,22 @@ class SqlClientDataWriter:
   def __exit__(self, exc_type, exc, tb) -> None:
     if exc_type is not None or not self._committed:
       self.abort()
+
+
+def write_shard(path: str, example_rows: Sequence[tuple[str, str, bytes]], user_rows: Sequence[Sequence[Any]]) -> None:
+  """Writes (split name, client id, serialized example) rows and `users` rows to a new shard file at `path`,
+  for `SqlClientDataWriter.add_shard`: the examples table without its indexes, which the target builds once."""
+  con = sqlite3.connect(path)
+  try:
+    con.execute('PRAGMA journal_mode=OFF')
+    con.execute('PRAGMA synchronous=OFF')
+    con.execute(_EXAMPLES)
+    con.execute(_USERS)
+    con.executemany('INSERT INTO examples VALUES (?, ?, ?)', example_rows)
+    con.executemany('INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)', user_rows)
+    con.commit()
+  finally:
+    con.close()
 
 
 def publish(writers: Sequence[SqlClientDataWriter]) -> None:
