@@ -38,6 +38,8 @@ def _run(tmp_path, *flags):
      '--num_platforms: num_platforms=30 exceeds the 21 occupations'),
     (['--dataset=synthetic', '--num_users=10', '--num_items=500', '--num_platforms=-1'],
      'flag --num_platforms=-1: -1 is not a non-negative integer'),
+    (['--dataset=synthetic', '--num_users=10', '--num_items=500', '--processes=-1'],
+     'flag --processes=-1: -1 is not a non-negative integer'),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flags, message):
   code, _, stderr = _run(tmp_path, *flags)
@@ -54,6 +56,7 @@ def test_small_synthetic_run(tmp_path):
   stats = json.loads((out_dir / 'stats.json').read_text())
   assert stats['users'] == 40 and stats['heldout_users'] == 4 and stats['items'] == 200
   assert 'ranking_train' in stdout and 'peak memory' in stdout
+  assert f'{os.cpu_count()} worker processes' in stdout  # --processes: one per CPU by default.
   assert 'TFF load_and_parse_sql_client_data: 36 clients in ranking_train' in stdout
   assert sorted(os.listdir(out_dir)) == ['clients.sqlite', 'platforms.sqlite', 'stats.json']
 
