@@ -193,7 +193,8 @@ def _shard_writers(job: _ShardJob, workers: int, out_dir: str):
 
       yield submit, shard_dir
     else:
-      # Forked before any thread or TensorFlow starts here: the workers inherit the job without pickling it.
+      # Forked: the workers inherit the job without pickling it, and start without importing anything (a spawned
+      # worker would import the binary's main module again). They run only numpy and sqlite3, never TensorFlow.
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork'),
                                                   initializer=_init_worker, initargs=(job,)) as pool:
         try:
