@@ -124,7 +124,9 @@ def test_same_seed_same_data_other_seed_other_data(synthetic_dir, tmp_path):
   assert _digest_per_split(str(tmp_path / 'other' / schema.CLIENTS_DB)) != first
 
 
-def test_interrupted_run_keeps_the_previous_database(tmp_path):
+@pytest.mark.parametrize('workers', [0, 2])
+def test_interrupted_run_keeps_the_previous_database(tmp_path, workers, monkeypatch):
+  monkeypatch.setattr(pipeline, '_SHARD_RATINGS', 200)  # Shards written (and in flight) before the interrupt.
   _prepare_synthetic(tmp_path)
   db = tmp_path / schema.CLIENTS_DB
   before = hashlib.sha256(db.read_bytes()).hexdigest()
@@ -138,7 +140,7 @@ def test_interrupted_run_keeps_the_previous_database(tmp_path):
 
   with pytest.raises(KeyboardInterrupt):
     pipeline.prepare(dies_midway(), source.user_ids, source.items, str(tmp_path), PrepareOptions(seed=5),
-                     {'dataset': 'synthetic'}, progress=False)
+                     {'dataset': 'synthetic'}, progress=False, workers=workers)
   assert hashlib.sha256(db.read_bytes()).hexdigest() == before
   assert sorted(os.listdir(tmp_path)) == [schema.CLIENTS_DB, schema.PLATFORMS_DB, schema.STATS_JSON]
 
