@@ -10,27 +10,34 @@ import pytest
 from tff_rec.data import sql_writer
 
 
+def _shard(path, examples):
+  """A shard file of `examples` (split, client id, blob) and their users."""
+  users = sorted({client for _, client, _ in examples})
+  sql_writer.write_shard(str(path), examples, [(u, 0, '', 'x', None, 0) for u in users])
+  return str(path)
+
+
 def test_nothing_appears_until_published(tmp_path):
-  target = tmp_path / 'clients.sqlite'
+  target = tmp_path / 'out' / 'clients.sqlite'
   writer = sql_writer.SqlClientDataWriter(str(target))
-  writer.add_example_rows([('ranking_train', '7', b'a'), ('ranking_train', '7', b'b')])
-  writer.add_example_rows([('ranking_train', '8', b'c')])
+  writer.add_shard(_shard(tmp_path / 'a.sqlite', [('ranking_train', '7', b'a'), ('ranking_train', '7', b'b')]))
+  writer.add_shard(_shard(tmp_path / 'b.sqlite', [('ranking_train', '8', b'c')]))
   writer.commit()
   assert not target.exists()
   sql_writer.publish([writer])
   con = sqlite3.connect(target)
   assert sorted(con.execute('SELECT client_id, split_name, num_examples FROM client_metadata')) == [
       ('7', 'ranking_train', 2), ('8', 'ranking_train', 1)]
-  assert os.listdir(tmp_path) == ['clients.sqlite']
+  assert os.listdir(tmp_path / 'out') == ['clients.sqlite']
 
 
 def test_failure_removes_the_temporary(tmp_path):
-  target = tmp_path / 'clients.sqlite'
+  target = tmp_path / 'out' / 'clients.sqlite'
   with pytest.raises(RuntimeError):
     with sql_writer.SqlClientDataWriter(str(target)) as writer:
-      writer.add_example_rows([('ranking_train', '7', b'a')])
+      writer.add_shard(_shard(tmp_path / 'c.sqlite', [('ranking_train', '7', b'a')]))
       raise RuntimeError('boom')
-  assert os.listdir(tmp_path) == []
+  assert os.listdir(tmp_path / 'out') == []
 
 
 def test_publish_refuses_uncommitted(tmp_path):

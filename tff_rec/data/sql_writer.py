@@ -1,10 +1,11 @@
 """Streaming, atomic writer of TFF's SQLite ClientData format.
 
 Writes the schema of `tff.simulation.datasets.save_to_sql_client_data`
-(tables `examples` and `client_metadata`) but streams examples in, instead of
-taking one `tf.data.Dataset` per client, and adds tff-rec's own tables. TFF's
-saver materialises every client through `tf.data`, which is far too slow for
-millions of clients; this is the only reason it is hand-written.
+(tables `examples` and `client_metadata`) but streams examples in, as shard
+files (`write_shard`, written by any process) appended in order inside SQLite,
+instead of taking one `tf.data.Dataset` per client, and adds tff-rec's own
+tables. TFF's saver materialises every client through `tf.data`, which is far
+too slow for millions of clients; this is the only reason it is hand-written.
 
 Atomicity: everything goes to a hidden temporary file beside the target;
 `commit()` finishes it (metadata counts, indexes, fsync) and `publish()` renames
@@ -91,11 +92,6 @@ class SqlClientDataWriter:
     for statement in _SCHEMA:
       self._con.execute(statement)
     self._committed = False
-
-  def add_example_rows(self, rows: Iterable[tuple[str, str, bytes]]) -> None:
-    """Adds (split name, client id, serialized example) rows."""
-    self._con.executemany('INSERT INTO examples (split_name, client_id, serialized_example_proto) VALUES (?, ?, ?)',
-                          rows)
 
   def add_shard(self, shard_path: str, *, by_platform: bool = False) -> None:
     """Appends every example and user of the shard file `shard_path` (`write_shard`) in the shard's order:
