@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
@@ -72,7 +71,7 @@ def prepare_movielens(archive: str, out_dir: str, options: PrepareOptions, *, nu
     ml = movielens.read_archive(archive, verify=verify)
     checksum = {'ratings_sha256': movielens.RATINGS_SHA256} if verify else {}
   _LOG.info('%s from %s (%s): %s', dataset, archive, ml.source, 'verified' if verify else 'not verified')
-  options = _with_platforms(options, Counter(u.occupation for u in ml.users.values()), num_platforms)
+  options = _with_platforms(options, collections.Counter(u.occupation for u in ml.users.values()), num_platforms)
   metadata = {'dataset': dataset, 'source': ml.source, **checksum}
   return prepare(ml.per_user(), np.asarray(sorted(ml.users)), ml.items, out_dir, options, metadata,
                  progress=progress, text=text, workers=workers)
@@ -85,7 +84,7 @@ def prepare_interactions(spec: interactions.InteractionsSpec, out_dir: str, opti
   feedback gets no rating splits."""
   log = interactions.read(spec, options.seed)
   _LOG.info('%s: %s', spec.path, log.report)
-  options = _with_platforms(options, Counter(u.occupation for u in log.data.users.values()), num_platforms)
+  options = _with_platforms(options, collections.Counter(u.occupation for u in log.data.users.values()), num_platforms)
   metadata = {'dataset': 'interactions', 'source': os.path.abspath(spec.path), 'feedback': log.feedback,
               'temporal': log.temporal, 'interactions': dataclasses.asdict(spec) | {'report': log.report}}
   result = prepare(log.data.per_user(), np.asarray(sorted(log.data.users)), log.data.items, out_dir, options,
