@@ -29,7 +29,7 @@ SYNTHETIC_1M := $(DATA_DIR)/synthetic_u1000000_i2000_s0
 $(SYNTHETIC_1M)/clients.sqlite: | setup
 	$(PY) -m experiments.prepare_data --flagfile=configs/prepare_synthetic_1m.flags --data_dir=$(DATA_DIR)
 
-# Every benchmark (docs/performance.md); the first run also prepares the 1M-user population (~12 min, 26 GB).
+# Every benchmark (docs/performance.md); the first run also prepares the 1M-user population (~5 min, 27 GB).
 bench: prepare $(SYNTHETIC_1M)/clients.sqlite
 	$(PY) -m benchmarks.federated_speed --data_dir=$(DATA_DIR)/movielens_100k
 	$(PY) -m benchmarks.population_scaling --large_dir=$(SYNTHETIC_1M) --small_dir=$(DATA_DIR)/synthetic_u1000_i2000_s0
