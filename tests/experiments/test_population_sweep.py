@@ -85,3 +85,22 @@ def test_a_fixed_expected_cohort_samples_a_falling_fraction_of_larger_population
       client_sampling_rate=0.1)
   with pytest.raises(ValueError, match='--population_cohort must be >= 0, got -1'):
     population_sweep.cohort_sampling(uniform, 600_000, -1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mechanism, extra', [('distributed', {}), ('tree', {'epoch_sampling': True})])
+def test_clip_only_keeps_the_mechanism_with_almost_no_noise(tmp_path, mechanism, extra):
+  settings = dict(root_output_dir=str(tmp_path / 'runs'), experiment_name='pop', population_data_dir=str(tmp_path),
+                  populations=['40'], epsilons=['inf', '8'], population_items=150,
+                  population_ratings_per_user=12.0, population_min_ratings=8, population_rank=4,
+                  population_preference_strength=1.0, algorithm='fed_recon', objective='implicit', embedding_dim=4,
+                  num_negatives=1, rounds=1, clients_per_round=30, eval_every=1, checkpoint_every=1, dp=mechanism,
+                  clip_norm=1.0, eval_reconstruction_epochs=1, progress=False, group_metrics='none', **extra)
+  with flagsaver.flagsaver(**settings, population_clip_only=True):
+    assert population_sweep.main(['population_sweep']) == 0
+  clip_run = tmp_path / 'runs' / 'pop' / 'N_40' / 'clip_only'
+  hparams = json.load(open(clip_run / 'hparams.json'))['dp']
+  assert (hparams['mechanism'], hparams['noise_multiplier']) == (mechanism, population_sweep.CLIP_ONLY_NOISE)
+  rows = list(csv.DictReader(open(tmp_path / 'runs' / 'pop' / 'population_sweep.csv')))
+  clip_only = json.load(open(clip_run / 'final_metrics.json'))['hr@10']
+  assert [float(r['clip_only_hr@10']) for r in rows] == [pytest.approx(clip_only)] * 2
