@@ -124,6 +124,7 @@ class RecommendationTask:
     self.eval_kind = client_eval.RANKING if self.objective == mf.IMPLICIT else client_eval.RATING
     self._user_attributes: groups.UserAttributes | None = None
     self.targets: np.ndarray | None = None  # `join_attack`'s target items.
+    self.popular: np.ndarray | None = None  # `join_attack`'s popular items (the attackers' filler).
     self._item_raters: np.ndarray | None = None
     self._check_specs()
 
@@ -142,8 +143,8 @@ class RecommendationTask:
       raise ValueError(f'--attack={config.attack}: malicious users join as users with their own local parameters; '
                        'a user table (cross-silo platforms, FedAvg\'s global table) has no rows for them')
     count = attacks.num_malicious(config.malicious_fraction, len(self.train_data.client_ids))
-    profiles = attacks.fake_profiles(count, self.targets, attacks.popular(raters, config.popular_items),
-                                     config.filler_items, seed)
+    self.popular = attacks.popular(raters, config.popular_items)
+    profiles = attacks.fake_profiles(count, self.targets, self.popular, config.filler_items, seed)
     self.train_data = attacks.PoisonedPopulation(self.train_data, profiles)
 
   def catalogue_features(self) -> two_tower.ItemFeatures:

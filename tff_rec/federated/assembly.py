@@ -312,8 +312,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   poison = None
   if config.attack.attack == attacks.MODEL_POISONING:
     a = config.attack
-    poison = attacks.Poison(tuple(int(t) for t in task.targets),
-                            tuple(int(p) for p in attacks.popular(task.item_raters(), a.popular_items)),
+    poison = attacks.Poison(tuple(int(t) for t in task.targets), tuple(int(p) for p in task.popular),
                             a.poison_norm, a.poison_boost)
   return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard, poison=poison,
                              aggregation=shard_aggregation, algorithm=config.algorithm,
