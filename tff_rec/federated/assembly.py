@@ -12,6 +12,7 @@ What is refused is a contradiction, and the error says why.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Any
@@ -270,6 +271,37 @@ def resolve_privacy(config: ExperimentConfig, population: int,
   return dataclasses.replace(config, dp=dataclasses.replace(config.dp, noise_multiplier=z))
 
 
+def _shard_aggregation(config: ExperimentConfig, task: tasks.RecommendationTask, clients: float, population: int,
+                       dense: list[tf.TensorSpec]) -> tff.aggregators.UnweightedAggregationFactory:
+  """The shard aggregator of `config` for the dense update weights `dense`: the first that applies of distributed
+  DP, a robust mean, a norm bound, central DP, compression, secure aggregation, and the plain mean. Each takes the
+  row bound (0: none); `validate` has refused the combinations that contradict."""
+  row_bound = config.defence.row_bound
+  if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
+    return aggregation.DistributedDPFactory(config.dp.noise_multiplier, config.sampling.clients_per_round, dense,
+                                            config.seed, row_bound=row_bound)
+  if config.defence.robust_mean != attacks.NONE:
+    return aggregation.RobustMeanFactory(dense, config.sampling.clients_per_round, config.defence.trim, row_bound,
+                                         over=config.defence.robust_over)
+  if config.defence.norm_bound > 0:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
+    d = config.defence
+    bound = dp.DPConfig(dp.GAUSSIAN_ADAPTIVE if d.adaptive else dp.GAUSSIAN_FIXED, noise_multiplier=0.0,
+                        clip_norm=d.norm_bound, target_quantile=d.target_quantile,
+                        clip_learning_rate=d.clip_learning_rate)
+    return aggregation.DPFactory(dp.dp_query(bound, clients), dense, config.seed, row_bound)
+  if config.dp.enabled:
+    dp_kwargs = {}
+    if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
+      dp_kwargs = dict(record_specs=tuple(tf.TensorSpec(v.shape, v.dtype) for v in update_variables(config, task)),
+                       rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
+    return aggregation.DPFactory(dp.dp_query(config.dp, clients, **dp_kwargs), dense, config.seed, row_bound)
+  if config.compression:
+    return aggregation.CompressedMeanFactory(dense, config.seed, row_bound=row_bound)
+  if config.secure_aggregation:
+    return aggregation.SecureMeanFactory(dense, config.users_per_shard, row_bound)
+  return aggregation.MeanFactory(dense, row_bound)
+
+
 def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> process.ShardEngine:
   """The one process for `config`: its client work (the algorithm) and its shard aggregator."""
   evaluation = dict(eval_learning_rate=config.evaluation.learning_rate, eval_epochs=config.evaluation.epochs)
@@ -278,32 +310,7 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   if config.silo_dp:  # The DP mean is over users: the expected users of the sampled platforms.
     num_platforms = len(platforms(task))
     clients = dp.expected_clients(config.sampling, num_platforms) * population / num_platforms
-  row_bound = config.defence.row_bound  # Composes with every aggregator (0: none).
-  shard_aggregation = lambda dense: aggregation.MeanFactory(dense, row_bound)
-  if config.secure_aggregation:
-    shard_aggregation = lambda dense: aggregation.SecureMeanFactory(dense, config.users_per_shard, row_bound)
-  if config.compression:
-    shard_aggregation = lambda dense: aggregation.CompressedMeanFactory(dense, config.seed, row_bound=row_bound)
-  if config.dp.mechanism == dp.DISTRIBUTED:  # Every user of the fixed cohort adds a share of the noise.
-    shard_aggregation = lambda dense: aggregation.DistributedDPFactory(
-        config.dp.noise_multiplier, config.sampling.clients_per_round, dense, config.seed, row_bound=row_bound)
-  elif config.defence.robust_mean != attacks.NONE:
-    shard_aggregation = lambda dense: aggregation.RobustMeanFactory(
-        dense, config.sampling.clients_per_round, config.defence.trim, row_bound, over=config.defence.robust_over)
-  elif config.defence.norm_bound > 0:  # Norm bounding: DP's per-user clip (fixed or adaptive) with no noise.
-    d = config.defence
-    bound = dp.DPConfig(dp.GAUSSIAN_ADAPTIVE if d.adaptive else dp.GAUSSIAN_FIXED, noise_multiplier=0.0,
-                        clip_norm=d.norm_bound, target_quantile=d.target_quantile,
-                        clip_learning_rate=d.clip_learning_rate)
-    query = dp.dp_query(bound, clients)
-    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, row_bound)
-  elif config.dp.enabled:
-    dp_kwargs = {}
-    if config.dp.mechanism == dp.TREE:  # The tree's records (the global update) and length (one epoch).
-      dp_kwargs = dict(record_specs=tuple(tf.TensorSpec(v.shape, v.dtype) for v in update_variables(config, task)),
-                       rounds_per_epoch=config.sampling.rounds_per_epoch(population), seed=config.seed)
-    query = dp.dp_query(config.dp, clients, **dp_kwargs)
-    shard_aggregation = lambda dense: aggregation.DPFactory(query, dense, config.seed, row_bound)
+  shard_aggregation = functools.partial(_shard_aggregation, config, task, clients, population)
   if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
     return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
                                users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
