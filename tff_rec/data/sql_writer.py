@@ -74,6 +74,15 @@ def remove_stale_temporaries(path: str) -> list[str]:
   return removed
 
 
+def _private_connection(path: str, **kwargs: Any) -> sqlite3.Connection:
+  """A connection to a file no one else reads until it is complete: no journal and no syncs (a failure rebuilds
+  it)."""
+  con = sqlite3.connect(path, **kwargs)
+  con.execute('PRAGMA journal_mode=OFF')
+  con.execute('PRAGMA synchronous=OFF')
+  return con
+
+
 class SqlClientDataWriter:
   """Writes one SQLite ClientData file atomically. Use as a context manager."""
 
@@ -85,10 +94,7 @@ class SqlClientDataWriter:
     if os.path.exists(self.temp_path):
       os.remove(self.temp_path)
     # `commit` may run in another thread (pipeline builds two files' indexes at once); one thread at a time.
-    self._con = sqlite3.connect(self.temp_path, check_same_thread=False)
-    # No journal: the file is private until published, and rebuilt on failure.
-    self._con.execute('PRAGMA journal_mode=OFF')
-    self._con.execute('PRAGMA synchronous=OFF')
+    self._con = _private_connection(self.temp_path, check_same_thread=False)
     for statement in _SCHEMA:
       self._con.execute(statement)
     self._committed = False
@@ -156,10 +162,8 @@ class SqlClientDataWriter:
 def write_shard(path: str, example_rows: Sequence[tuple[str, str, bytes]], user_rows: Sequence[Sequence[Any]]) -> None:
   """Writes (split name, client id, serialized example) rows and `users` rows to a new shard file at `path`,
   for `SqlClientDataWriter.add_shard`: the examples table without its indexes, which the target builds once."""
-  con = sqlite3.connect(path)
+  con = _private_connection(path)
   try:
-    con.execute('PRAGMA journal_mode=OFF')
-    con.execute('PRAGMA synchronous=OFF')
     con.execute(_EXAMPLES)
     con.execute(_USERS)
     con.executemany('INSERT INTO examples VALUES (?, ?, ?)', example_rows)
