@@ -106,7 +106,7 @@ def prepared(config: SyntheticConfig, root: str) -> str:
                      'another --population_data_dir')
   # The per-user view only (num_platforms=0): the sweep trains cross-device, and a second view doubles the disk.
   pipeline.prepare_synthetic(config, out, pipeline.PrepareOptions(seed=config.seed), num_platforms=0,
-                             progress=False, workers=min(4, os.cpu_count() or 1))  # As prepare_data's default.
+                             progress=False, workers=pipeline.default_workers())
   return out
 
 

@@ -37,7 +37,7 @@ _HELDOUT = flags.DEFINE_float('heldout_fraction', 0.1, 'Fraction of users kept o
 _PLATFORMS = flags.DEFINE_integer('num_platforms', 5, 'Platforms in the cross-silo view; 0 writes none.',
                                   lower_bound=0)
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
-_PROCESSES = flags.DEFINE_integer('processes', min(4, os.cpu_count() or 1), 'Processes that encode and write shards '
+_PROCESSES = flags.DEFINE_integer('processes', pipeline.default_workers(), 'Processes that encode and write shards '
                                   'of users in parallel (default: one per CPU, at most 4: this process appends their '
                                   'shards one after another, so more gain little); 0 does everything in this '
                                   'process. The databases are the same for any value.', lower_bound=0)

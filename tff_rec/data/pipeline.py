@@ -126,6 +126,12 @@ def _user_examples(ur: UserRatings, encoder: ExampleEncoder, catalogue: np.ndarr
 _SHARD_RATINGS = 50_000  # Ratings a shard holds (about 30 MB of examples while it is encoded).
 
 
+def default_workers() -> int:
+  """One worker process per CPU, at most 4: this process appends their shards one after another, so more gain
+  little (and each holds a shard's examples while it encodes them)."""
+  return min(4, os.cpu_count() or 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class _ShardJob:
   """What encoding a shard of users needs; a worker process gets it once."""
