@@ -21,6 +21,7 @@ import time
 from absl import app, flags
 import numpy as np
 
+from benchmarks import turns
 from experiments import attack_sweep, logs, train_federated
 from tff_rec import attacks, experiment, runtime
 from tff_rec.federated import assembly, sampling
@@ -50,8 +51,7 @@ def main(argv):
     for r in range(1, _ROUNDS.value + 1):
       ids = sampling.sample_clients(task.train_data.id_array, r, base.seed, base.sampling)
       examples = task.train_examples(ids, r, base.seed)
-      order = defences[r % len(defences):] + defences[:r % len(defences)]  # Each goes first in turn.
-      for d in order:
+      for d in turns.in_turn(defences, r):
         began = time.perf_counter()
         states[d] = engines[d].next(states[d], examples).state
         if r > 2:

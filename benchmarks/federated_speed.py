@@ -13,8 +13,9 @@ R2: per-user fixed cost: the slope of round time against users per round at a
     per-shard fixed cost of TFF's runtime: the slope of round time against the
     number of shards for the same 100 equal users.
 R3: DP round time / non-private round time (shard process, Gaussian fixed clip, the same cohorts,
-    the engines taking turns round by round); secure aggregation's, compression's and distributed DP's rounds /
-    non-private likewise.
+    the engines taking turns round by round, each first in turn; medians); secure aggregation's, compression's
+    and distributed DP's rounds / non-private likewise; and a second non-private engine / the first, the
+    measurement's own error.
 R4: memory: RSS (this process and TFF's worker) after round 500 / after round 10 of one long run.
 Workers: round time across two local worker services (--workers) / the local runtime (shard process).
 R6: wall time of the headline MovieLens-100K configuration to its final
@@ -39,7 +40,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_rec import runtime, tasks
-from benchmarks import numpy_reference
+from benchmarks import numpy_reference, turns
 from tff_rec.federated import aggregation, fed_recon, process, sampling
 from tff_rec.models import mf
 from tff_rec.privacy import dp
@@ -163,25 +164,26 @@ def tree_rss_mb() -> float:
 
 
 def paired_round_seconds(engines: list, task, rounds: int) -> list[float]:
-  """Mean time of rounds 3..`rounds` of each engine, run round by round in turn on the same cohorts."""
+  """Median time of rounds 3..`rounds` of each engine, run round by round in turn on the same cohorts, each going
+  first in turn (`turns.in_turn`)."""
   states = [engine.initialize() for engine in engines]
-  totals = [0.0] * len(engines)
+  seconds: list[list[float]] = [[] for _ in engines]
   for r in range(1, rounds + 1):
     ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
     examples = task.train_examples(ids, r, 0)
-    for i, engine in enumerate(engines):
+    for i in turns.in_turn(range(len(engines)), r):
       began = time.perf_counter()
-      states[i] = engine.next(states[i], examples).state
+      states[i] = engines[i].next(states[i], examples).state
       if r >= 3:
-        totals[i] += time.perf_counter() - began
-  return [t / (rounds - 2) for t in totals]
+        seconds[i].append(time.perf_counter() - began)
+  return [float(np.median(s)) for s in seconds]
 
 
 def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
   """Mean shard-process round time (rounds 3..N) on the local runtime and across two local worker services.
 
-  The two take turns round by round on the same cohorts (`--workers` switches TFF's default context to TFF's
-  mergeable-computation context, which splits each round's clients between the workers).
+  The two take turns round by round on the same cohorts, each going first in turn (`--workers` switches TFF's
+  default context to TFF's mergeable-computation context, which splits each round's clients between the workers).
   """
   ports = [portpicker.pick_unused_port() for _ in range(2)]
   for port in ports:
@@ -195,7 +197,7 @@ def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
   for r in range(1, rounds + 1):
     ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
     examples = task.train_examples(ids, r, 0)
-    for i, context in enumerate((local, spread)):
+    for i, context in turns.in_turn(list(enumerate((local, spread))), r):
       tff.framework.set_default_context(context)
       began = time.perf_counter()
       states[i] = engines[i].next(states[i], examples).state
@@ -262,9 +264,11 @@ def main(argv):
     compressed_engine = make('shards', aggregation=lambda dense: aggregation.CompressedMeanFactory(dense, 0))
     distributed_engine = make('shards', aggregation=lambda dense: aggregation.DistributedDPFactory(1.0, CLIENTS,
                                                                                                   dense, 0))
-    private, secured, compressed, distributed_dp, plain = paired_round_seconds(
-        [private_engine, secure_engine, compressed_engine, distributed_engine, make('shards')], task,
-        3 * _ROUNDS.value)
+    private, secured, compressed, distributed_dp, plain, control = paired_round_seconds(
+        [private_engine, secure_engine, compressed_engine, distributed_engine, make('shards'), make('shards')],
+        task, 3 * _ROUNDS.value)
+    print(f'Control: a second non-private engine {1000 * control:.0f} ms / the first {control / plain:.2f} '
+          '(the measurement\'s own error; the rounds below are medians, each engine first in turn)')
     print(f'R3 DP round {1000 * private:.0f} ms, non-private {1000 * plain:.0f} ms  ratio {private / plain:.2f} '
           '(target <= 1.10)')
     print(f'Secure aggregation round {1000 * secured:.0f} ms  / non-private {secured / plain:.2f} (target <= 1.3)')

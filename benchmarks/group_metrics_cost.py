@@ -5,7 +5,7 @@ r"""What metrics by group cost an evaluation (issue 19 target: <= 5% of evaluati
 The demo's model (its engine, freshly initialised: the cost does not depend on
 the weights) evaluated on the MovieLens-100K test split with every group
 attribute the data has (`--group_metrics=all`) and without (`none`), taking
-turns: the wall time of building the evaluation's clients (reading their data,
+turns, each first in turn: the wall time of building the evaluation's clients (reading their data,
 and with groups marking each query) plus the federated evaluation itself.
 Prints each part's ratio of the medians; the first evaluation of each kind (its
 TFF computation built and traced) is left out.
@@ -19,6 +19,7 @@ import time
 from absl import app, flags
 import numpy as np
 
+from benchmarks import turns
 from experiments import logs, train_federated
 from tff_rec import experiment, runtime
 from tff_rec.data import schema
@@ -40,7 +41,7 @@ def main(argv):
   results = {}
   try:
     for repeat in range(_REPEATS.value + 1):
-      for kind, chosen in attributes.items():
+      for kind, chosen in turns.in_turn(list(attributes.items()), repeat):
         began = time.perf_counter()
         clients = task.eval_clients(schema.TEST, seed=config.seed, recent_items=config.evaluation.recent_items,
                                     recent_repeats=config.evaluation.recent_repeats, group_metrics=chosen)

@@ -8,8 +8,8 @@ ratings per user); the 1,000-user one is prepared here if absent. A round is
 what the training loop does: sample the cohort from the whole population, read
 its clients' rows from SQLite, build their examples (`training_loop.RoundData`:
 the next round's while this one computes; a read that outlasts the round is
-counted), and run the Fed Recon round on the shard process. The two populations take turns round by round, so machine
-noise hits both alike.
+counted), and run the Fed Recon round on the shard process. The two populations take turns round by round, each
+first in turn, so machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags
 
+from benchmarks import turns
 from tff_rec import runtime, tasks, training_loop
 from tff_rec.data import pipeline
 from tff_rec.data.synthetic import SyntheticConfig
@@ -55,7 +56,7 @@ def main(argv):
         f'populations {runs[0][4]:,} and {runs[1][4]:,}')
   try:
     for r in range(1, _ROUNDS.value + 1):
-      for run in runs:
+      for run in turns.in_turn(runs, r):
         data, engine, state = run[:3]
         began = time.perf_counter()
         _, examples = data.get(r)  # As the training loop: the next round's read starts in the background ...
