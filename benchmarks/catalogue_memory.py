@@ -70,13 +70,14 @@ def data_dir() -> str:
 def measure(engine_name: str, path: str) -> dict[str, float]:
   """Rounds of `engine_name` on the population at `path`; the peak RSS (MB) and the mean round time (s)."""
   from tff_rec import runtime, tasks  # pylint: disable=g-import-not-at-top
-  from tff_rec.federated import fed_recon, process, sampling  # pylint: disable=g-import-not-at-top
+  from tff_rec.federated import assembly, fed_recon, process, sampling  # pylint: disable=g-import-not-at-top
   task = tasks.RecommendationTask(tasks.DataConfig(path, batch_size=64, num_negatives=8), embedding_dim=_DIM.value,
                                   init_stddev=0.3, l2=0.003)
   config = fed_recon.ReconConfig('sgd', 150.0, 1.0, 2.0, reconstruction_epochs=3, split_dataset=False,
                                  client_weighting='uniform')
   with PeakRss() as rss:
-    engine = process.ShardEngine(task, config, users_per_shard=10, eval_learning_rate=2.0, eval_epochs=1)
+    engine = process.ShardEngine(task, config, users_per_shard=assembly.DEFAULT_USERS_PER_SHARD,
+                                 shard_examples=assembly.DEFAULT_SHARD_EXAMPLES, eval_learning_rate=2.0, eval_epochs=1)
     state = engine.initialize()
     began = time.perf_counter()
     for r in range(1, _ROUNDS.value + 1):

@@ -21,6 +21,10 @@ Workers: round time across two local worker services (--workers) / the local run
 R6: wall time of the headline MovieLens-100K configuration to its final
     metrics (the binary run as a user runs it) on the shard process.
 
+The shard process runs with the experiments' default sharding (shards of alike users, at most
+`assembly.DEFAULT_USERS_PER_SHARD` users and `DEFAULT_SHARD_EXAMPLES` padded examples); beside the aggregators,
+shards of 10 users (the default before 2026-12-01) take their turns too.
+
 Ratios are what to read: this machine is shared and noisy.
 """
 
@@ -41,7 +45,7 @@ import tensorflow_federated as tff
 
 from tff_rec import runtime, tasks
 from benchmarks import numpy_reference, turns
-from tff_rec.federated import aggregation, fed_recon, process, sampling
+from tff_rec.federated import aggregation, assembly, fed_recon, process, sampling
 from tff_rec.models import mf
 from tff_rec.privacy import dp
 
@@ -55,7 +59,7 @@ _R4_ROUNDS = flags.DEFINE_integer('r4_rounds', 500, 'Rounds of the R4 memory run
 
 BATCH = 64
 CLIENTS = 100
-USERS_PER_SHARD = 10
+SHARDS = dict(users_per_shard=assembly.DEFAULT_USERS_PER_SHARD, shard_examples=assembly.DEFAULT_SHARD_EXAMPLES)
 CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=1.0,
                                reconstruction_learning_rate=2.0, reconstruction_epochs=1, local_epochs=1,
                                split_dataset=False)
@@ -190,7 +194,7 @@ def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
     runtime.start_worker(port)
   local = runtime.install_local_context()
   spread = runtime.create_workers_context(tuple(f'localhost:{p}' for p in ports))
-  engines = [process.ShardEngine(task, CONFIG, users_per_shard=USERS_PER_SHARD, eval_learning_rate=2.0, eval_epochs=1)
+  engines = [process.ShardEngine(task, CONFIG, **SHARDS, eval_learning_rate=2.0, eval_epochs=1)
              for _ in range(2)]
   states = [engine.initialize() for engine in engines]
   totals = [0.0, 0.0]
@@ -237,7 +241,7 @@ def main(argv):
 
   def make(kind, **kwargs):
     if kind == 'shards':
-      return process.ShardEngine(task, CONFIG, users_per_shard=USERS_PER_SHARD, eval_learning_rate=2.0, eval_epochs=1,
+      return process.ShardEngine(task, CONFIG, **SHARDS, eval_learning_rate=2.0, eval_epochs=1,
                                  **kwargs)
     return fed_recon.TffEngine(task, CONFIG, eval_learning_rate=2.0, eval_epochs=1)
 
@@ -247,7 +251,8 @@ def main(argv):
     shards = federated_throughput(make('shards'), task, _ROUNDS.value)
     reference = federated_throughput(make('tff'), task, _TFF_ROUNDS.value)
     print(f'R1 Keras fit (centralized, batch {BATCH}): {keras:,.0f} examples/s')
-    print(f'R1 shard process ({USERS_PER_SHARD} users a TFF client): {shards:,.0f} examples/s  ratio {shards / keras:.2f}  '
+    print(f'R1 shard process (shards of alike users, at most {SHARDS["users_per_shard"]} and '
+          f'{SHARDS["shard_examples"]:,} padded examples): {shards:,.0f} examples/s  ratio {shards / keras:.2f}  '
           '(target >= 4)')
     print(f'R1 TFF build_fed_recon engine: {reference:,.0f} examples/s  ratio {reference / keras:.2f}')
     print(f'   shard process / TFF build_fed_recon: {shards / reference:.1f}x')
@@ -260,15 +265,19 @@ def main(argv):
           f'{1000 * per_client_cost(lambda: make("tff"), task, [10, 20, 40]):.2f} ms/client')
     query = dp.dp_query(dp.DPConfig(dp.GAUSSIAN_FIXED, 1.0, 0.5), CLIENTS)
     private_engine = make('shards', aggregation=lambda dense: aggregation.DPFactory(query, dense, 0))
-    secure_engine = make('shards', aggregation=lambda dense: aggregation.SecureMeanFactory(dense, USERS_PER_SHARD))
+    secure_engine = make('shards', aggregation=lambda dense: aggregation.SecureMeanFactory(
+        dense, SHARDS['users_per_shard']))
     compressed_engine = make('shards', aggregation=lambda dense: aggregation.CompressedMeanFactory(dense, 0))
     distributed_engine = make('shards', aggregation=lambda dense: aggregation.DistributedDPFactory(1.0, CLIENTS,
                                                                                                   dense, 0))
-    private, secured, compressed, distributed_dp, plain, control = paired_round_seconds(
-        [private_engine, secure_engine, compressed_engine, distributed_engine, make('shards'), make('shards')],
-        task, 3 * _ROUNDS.value)
+    by_count = process.ShardEngine(task, CONFIG, users_per_shard=10, eval_learning_rate=2.0, eval_epochs=1)
+    private, secured, compressed, distributed_dp, plain, control, tens = paired_round_seconds(
+        [private_engine, secure_engine, compressed_engine, distributed_engine, make('shards'), make('shards'),
+         by_count], task, 3 * _ROUNDS.value)
     print(f'Control: a second non-private engine {1000 * control:.0f} ms / the first {control / plain:.2f} '
           '(the measurement\'s own error; the rounds below are medians, each engine first in turn)')
+    print(f'Shards: the default {1000 * plain:.0f} ms a round, shards of 10 users (--shard_examples=0) '
+          f'{1000 * tens:.0f} ms: default / 10 users {plain / tens:.2f}')
     print(f'R3 DP round {1000 * private:.0f} ms, non-private {1000 * plain:.0f} ms  ratio {private / plain:.2f} '
           '(target <= 1.10)')
     print(f'Secure aggregation round {1000 * secured:.0f} ms  / non-private {secured / plain:.2f} (target <= 1.3)')

@@ -23,7 +23,7 @@ from benchmarks import turns
 from tff_rec import runtime, tasks, training_loop
 from tff_rec.data import pipeline
 from tff_rec.data.synthetic import SyntheticConfig
-from tff_rec.federated import fed_recon, process, sampling
+from tff_rec.federated import assembly, fed_recon, process, sampling
 
 _LARGE = flags.DEFINE_string('large_dir', 'data/synthetic_u1000000_i2000_s0', 'The 1M-user prepared dataset.')
 _SMALL = flags.DEFINE_string('small_dir', 'data/synthetic_u1000_i2000_s0', 'The 1k-user dataset (made if absent).')
@@ -47,7 +47,8 @@ def main(argv):
   runs = []
   for path in (_LARGE.value, _SMALL.value):
     task = tasks.RecommendationTask(tasks.DataConfig(path, batch_size=64), embedding_dim=32, init_stddev=0.3)
-    engine = process.ShardEngine(task, CONFIG, users_per_shard=10, eval_learning_rate=2.0, eval_epochs=1)
+    engine = process.ShardEngine(task, CONFIG, users_per_shard=assembly.DEFAULT_USERS_PER_SHARD,
+                                 shard_examples=assembly.DEFAULT_SHARD_EXAMPLES, eval_learning_rate=2.0, eval_epochs=1)
     data = training_loop.RoundData(
         lambda r, task=task: sampling.sample_clients(task.train_data.id_array, r, 0, config),
         lambda ids, r, task=task: task.train_examples(ids, r, 0), _ROUNDS.value)

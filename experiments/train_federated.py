@@ -17,8 +17,8 @@ from absl import app, flags
 from experiments import common_flags, export_flags, logs
 from tff_rec import attacks, experiment
 from tff_rec.federated import fed_recon, lr_schedule, sampling
-from tff_rec.federated.assembly import (ALGORITHMS, DEFAULT_USERS_PER_SHARD, ExperimentConfig,  # noqa: F401
-                                        build_task, run)
+from tff_rec.federated.assembly import (ALGORITHMS, DEFAULT_SHARD_EXAMPLES, DEFAULT_USERS_PER_SHARD,  # noqa: F401
+                                        ExperimentConfig, build_task, run)
 from tff_rec.models import als
 from tff_rec.privacy import dp
 
@@ -33,11 +33,15 @@ _ALGORITHM = flags.DEFINE_enum(
 # Removed: every configuration runs on the one shard process. A flagfile that still sets it gets one line.
 _ENGINE = flags.DEFINE_string('engine', None, 'Removed (every configuration runs on the one process, a TFF learning '
                               'process whose clients are shards of users); setting it is an error that says so.')
-_USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, 'Users per TFF client (a shard\'s '
+_USERS_PER_SHARD = flags.DEFINE_integer('users_per_shard', None, 'Most users per TFF client (a shard\'s '
                                         'users are computed side by side; 1 is the deployment form, one TFF client '
                                         'per user). Any size gives the same model. Default: '
                                         f'{DEFAULT_USERS_PER_SHARD}, or the cohort if smaller. Cross-silo: each '
                                         'platform is one TFF client, whatever this says.')
+_SHARD_EXAMPLES = flags.DEFINE_integer('shard_examples', DEFAULT_SHARD_EXAMPLES, 'Most examples a shard pads to: '
+                                       'its users x its largest user\'s examples (users are grouped by size, so '
+                                       'many light users share a shard and a heavy one may run alone). 0: shards of '
+                                       '--users_per_shard users whatever their size. Any value gives the same model.')
 _PROX = flags.DEFINE_float('proximal_strength', 0.01, 'FedProx mu (--algorithm=fed_prox).')
 _ALS_ALPHA = flags.DEFINE_float('als_alpha', 5.0, 'fed_als: confidence of a rated item over an unrated one, minus 1 '
                                 '(Hu et al. 2008).')
@@ -166,7 +170,8 @@ def config_from_flags() -> ExperimentConfig:
       output_dir=common_flags.output_dir(), export_dir=export_flags.EXPORT_DIR.value, top_k=export_flags.TOP_K.value,
       workers=_WORKERS.value,
       als=als.AlsConfig(_ALS_ALPHA.value, _ALS_REG.value, _ALS_PRIOR.value, _ALS_PRIOR_REG.value),
-      users_per_shard=users_per_shard(), group_metrics=common_flags.GROUP_METRICS.value,
+      users_per_shard=users_per_shard(), shard_examples=_SHARD_EXAMPLES.value,
+      group_metrics=common_flags.GROUP_METRICS.value,
       item_text_features=_TEXT.value,
       sequence=common_flags.sequence_settings(),
       attack=attacks.AttackConfig(_ATTACK.value, _MALICIOUS.value, tuple(_TARGETS.value), _NUM_TARGETS.value,

@@ -33,7 +33,8 @@ PRIVACY_LEDGER = 'privacy_ledger.json'
 HPARAMS = 'hparams.json'
 # What a resumed run may change: how long it trains, where and how it reports, how users are grouped into TFF
 # clients (the same model); not what it trains.
-RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers', 'users_per_shard', 'group_metrics')
+RESUMABLE_SETTINGS = ('loop', 'output_dir', 'export_dir', 'top_k', 'workers', 'users_per_shard', 'shard_examples',
+                      'group_metrics')
 
 
 def configure_determinism(reproducible: bool) -> None:

@@ -219,6 +219,7 @@ def test_killed_cosine_run_resumes_on_its_schedule(tiny_dataset, tmp_path):
     ({'export_dir': '/tmp/never', 'top_k': 0}, '--top_k must be >= 1'),
     ({'compression': True, 'dp': 'gaussian_fixed', 'noise_multiplier': 1.0}, '--compression is not composed'),
     ({'users_per_shard': 0}, '--users_per_shard must be >= 1, got 0'),
+    ({'shard_examples': -1}, r'--shard_examples must be >= 0 \(0: shards of --users_per_shard users\), got -1'),
     ({'eval_users': -1}, r'--eval_users must be >= 0 \(0: every user\), got -1'),
     ({'group_metrics': 'activity,colour'}, r"^--group_metrics: unknown \['colour'\] \(known: \['activity', "),
     ({'engine': 'vectorized'}, r'^--engine=vectorized was removed: every configuration runs on the one .*drop '

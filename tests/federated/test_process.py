@@ -21,8 +21,9 @@ CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.0
                                split_dataset=False)
 
 
-def _engine(task, users_per_shard, config=CONFIG):
-  return process.ShardEngine(task, config, users_per_shard=users_per_shard, eval_learning_rate=0.5, eval_epochs=2)
+def _engine(task, users_per_shard, config=CONFIG, shard_examples=0):
+  return process.ShardEngine(task, config, users_per_shard=users_per_shard, eval_learning_rate=0.5, eval_epochs=2,
+                             shard_examples=shard_examples)
 
 
 def _assert_weights_close(a, b, atol=5e-5):
@@ -73,21 +74,25 @@ def test_shard_size_one_matches_tff_build_fed_recon_over_rounds(task, reference)
 @pytest.mark.parametrize('weighting', ['num_examples', 'uniform'])
 def test_any_shard_size_gives_the_shard_size_one_model(task, weighting):
   config = dataclasses.replace(CONFIG, client_weighting=weighting)
-  engines = [_engine(task, k, config) for k in (1, 3, 40)]
+  # The last: shards of alike users by padded size, of uneven user counts.
+  engines = [_engine(task, k, config) for k in (1, 3, 40)] + [_engine(task, 40, config, shard_examples=80)]
   states = [e.initialize() for e in engines]
   ids = task.train_data.client_ids[:10]
   for round_num in range(2):
     examples = task.train_examples(ids, round_num, seed=0)
+    sizes = [len(part) for part in shard_math.size_shards(examples, 40, 80)]
+    assert sum(sizes) == 10 and len(set(sizes)) > 1, sizes
     outs = [e.next(s, examples) for e, s in zip(engines, states)]
     states = [o.state for o in outs]
     losses = [flatten_metrics(o.metrics)['client_work/train/loss'] for o in outs]
-    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
+    assert losses == pytest.approx([losses[0]] * 4, rel=1e-6)
   for engine, state in zip(engines[1:], states[1:]):
     # Adam divides by sqrt(v) + 1e-7: a near-zero gradient magnifies summation-order noise (as in the TFF test).
     _assert_weights_close(engines[0].global_weights(states[0]), engine.global_weights(state), atol=1e-5)
   clients = task.eval_clients('val')
-  one, many = engines[0].evaluate(states[0], clients), engines[2].evaluate(states[0], clients)
-  assert one == pytest.approx(many, rel=1e-5)
+  one = engines[0].evaluate(states[0], clients)
+  for engine in engines[2:]:
+    assert engine.evaluate(states[0], clients) == pytest.approx(one, rel=1e-5)
 
 
 def assert_weightings_are_means_of_users_own_updates(tiny_dataset, make_engine):
@@ -164,6 +169,21 @@ def test_shards_are_cut_evenly_and_by_size():
   assert [[len(x) for x, _ in s] for s in shard_math.by_size(examples, 2)] == [[1, 2], [3, 5]]
   with pytest.raises(ValueError, match='users_per_shard must be >= 1, got 0'):
     shard_math.shard_sizes(4, 0)
+
+
+def test_shards_by_padded_size_fill_with_alike_users():
+  examples = [(np.zeros(n), np.zeros(n)) for n in (8, 1, 20, 3, 5, 2, 8)]
+
+  def sizes(users_per_shard, max_examples):
+    return [[len(x) for x, _ in s] for s in shard_math.by_size(examples, users_per_shard, max_examples)]
+
+  # A shard takes the next (larger) user while it has fewer than 3 and users x that user's size <= the budget.
+  assert sizes(3, 12) == [[1, 2, 3], [5], [8], [8], [20]]
+  assert sizes(3, 16) == [[1, 2, 3], [5, 8], [8], [20]]
+  assert sizes(10, 24) == [[1, 2, 3, 5], [8, 8], [20]]
+  assert sizes(2, 0) == [[1, 2], [3, 5], [8, 8], [20]]  # 0: by count alone.
+  with pytest.raises(ValueError, match='max_examples must be >= 0, got -1'):
+    shard_math.size_shards(examples, 3, -1)
 
 
 def test_shard_sum_scatters_each_users_weighted_rows():

@@ -26,7 +26,10 @@ from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, samp
 from tff_rec.models import als, reconstruction, sequence
 from tff_rec.privacy import distributed, dp
 
-DEFAULT_USERS_PER_SHARD = 10  # Fastest on the demo (10-20 side by side; 1: 3x slower, 100: 4x).
+# Shards of alike users, at most 100 and at most 16,384 padded examples (`shard_math.size_shards`): 0.90x the
+# round time of shards of 10 users on the demo, side by side (docs/log.md, 2026-12-01).
+DEFAULT_USERS_PER_SHARD = 100
+DEFAULT_SHARD_EXAMPLES = 16_384
 CROSS_DEVICE, CROSS_SILO = 'cross_device', 'cross_silo'
 _CENTRAL = (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)
 
@@ -100,6 +103,7 @@ class ExperimentConfig:
   workers: str = ''
   als: als.AlsConfig = als.AlsConfig()
   users_per_shard: int = DEFAULT_USERS_PER_SHARD
+  shard_examples: int = DEFAULT_SHARD_EXAMPLES  # 0: shards of `users_per_shard` users, whatever their size.
   group_metrics: str = 'all'  # `groups.parse`: the attributes every evaluation reports groups of.
   item_text_features: bool = False  # Title vectors (`tff_rec.data.text`) in the two-tower's candidate tower / ALS prior.
   sequence: dict = dataclasses.field(default_factory=dict)  # `sequence.SequenceConfig` settings (sequence_two_tower).
@@ -126,6 +130,9 @@ class ExperimentConfig:
       self.als.validate()
     if self.users_per_shard < 1:
       raise ValueError(f'--users_per_shard must be >= 1, got {self.users_per_shard}')
+    if self.shard_examples < 0:
+      raise ValueError(f'--shard_examples must be >= 0 (0: shards of --users_per_shard users), got '
+                       f'{self.shard_examples}')
     cohort = self.sampling.clients_per_round
     if cohort and self.users_per_shard > cohort and not self.grouped:
       raise ValueError(f'--users_per_shard={self.users_per_shard} is larger than a round\'s cohort '
@@ -313,7 +320,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
   shard_aggregation = functools.partial(_shard_aggregation, config, task, clients, population)
   if config.algorithm == 'fed_als':  # Users solved exactly, at evaluation too; no server optimizer.
     return process.ShardEngine(task, fed_recon.ReconConfig(split_dataset=False),
-                               users_per_shard=config.users_per_shard, eval_learning_rate=1.0, eval_epochs=1,
+                               users_per_shard=config.users_per_shard, shard_examples=config.shard_examples,
+                               eval_learning_rate=1.0, eval_epochs=1,
                                aggregation=shard_aggregation, algorithm='fed_als', als_config=config.als,
                                clients=clients)
   poison = None
@@ -321,7 +329,8 @@ def build_engine(config: ExperimentConfig, task: tasks.RecommendationTask) -> pr
     a = config.attack
     poison = attacks.Poison(tuple(int(t) for t in task.targets), tuple(int(p) for p in task.popular),
                             a.poison_norm, a.poison_boost)
-  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard, poison=poison,
+  return process.ShardEngine(task, config.recon, users_per_shard=config.users_per_shard,
+                             shard_examples=config.shard_examples, poison=poison,
                              aggregation=shard_aggregation, algorithm=config.algorithm,
                              proximal_strength=config.proximal_strength if config.algorithm == 'fed_prox' else 0.0,
                              **evaluation)

@@ -15,7 +15,8 @@ DP), and TFF's
 schedule). Evaluation is a federated computation of the same shape whose
 clients return only metric sums.
 
-A TFF client is a shard of `users_per_shard` users: each user's update is
+A TFF client is a shard of at most `users_per_shard` users (with `shard_examples`, fewer where they are heavy:
+`shard_math.size_shards`): each user's update is
 computed as TFF's own one-client-per-user process would (tested equal to
 `build_fed_recon` at shard size 1 and at any shard size), and the aggregator
 (`tff_rec.federated.aggregation`) takes each user's update through its
@@ -301,9 +302,11 @@ class ShardEngine:
                eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory,
                algorithm: str = shard_math.FED_RECON, proximal_strength: float = 0.0,
                als_config: als.AlsConfig | None = None, clients: float = 0.0,
-               poison: attacks.Poison | None = None):
+               poison: attacks.Poison | None = None, shard_examples: int = 0):
     if users_per_shard < 1:
       raise ValueError(f'users_per_shard must be >= 1, got {users_per_shard}')
+    if shard_examples < 0:
+      raise ValueError(f'shard_examples must be >= 0, got {shard_examples}')
     if algorithm not in ALGORITHMS:
       raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {algorithm!r}')
     self._sequence = task.sequence_config if task.model_name == 'sequence_two_tower' else None
@@ -315,7 +318,7 @@ class ShardEngine:
                        f'{"global" if global_users else "a local row (user_table=None)"}, got {task.user_table!r}')
     if (algorithm == FED_PROX) != (proximal_strength > 0):
       raise ValueError(f'proximal_strength must be > 0 exactly for fed_prox, got {proximal_strength} for {algorithm}')
-    self.task, self.users_per_shard = task, users_per_shard
+    self.task, self.users_per_shard, self.shard_examples = task, users_per_shard, shard_examples
     kind = shard_math.FED_AVG if global_users else algorithm
     towers = task.model_name == 'two_tower'
     if towers and algorithm != shard_math.FED_RECON:
@@ -369,7 +372,7 @@ class ShardEngine:
   def next(self, state, examples: list) -> fed_recon.RoundOutput:
     """One round on the cohort's `examples` (one `preprocessing.Examples` per user), cut into shards."""
     batch_size = self.task.data_config.batch_size
-    parts = shard_math.shard_indices(examples, self.users_per_shard)
+    parts = shard_math.shard_indices(examples, self.users_per_shard, self.shard_examples)
     malicious = getattr(examples, 'malicious', np.zeros(len(examples), bool))  # `attacks.CohortExamples`'.
     shards = []
     for part in parts:
@@ -429,10 +432,10 @@ class ShardEngine:
     num_items = self.task.model_config.num_items
     if self._sequence is not None:
       data = [as_client_data(sequence_math.eval_arrays(part, self._sequence, num_items))
-              for part in shard_math.split_eval(clients, self.users_per_shard)]
+              for part in shard_math.split_eval(clients, self.users_per_shard, self.shard_examples)]
     else:
       data = [as_client_data(shard_math.eval_arrays(part, self.task.data_config.batch_size, num_items))
-              for part in shard_math.split_eval(clients, self.users_per_shard)]
+              for part in shard_math.split_eval(clients, self.users_per_shard, self.shard_examples)]
     groups = len(clients.group_names) if clients.groups is not None else 0
     targets = len(clients.targets) if clients.targets is not None else 0
     return fed_recon.as_numpy(self.evaluation(groups, targets)(self.process.get_model_weights(state), data))
@@ -463,12 +466,12 @@ class ShardEngine:
       examples = sequence_math.support_examples(clients.seen, self._sequence,
                                                 self.task.data_config.num_negatives * self._sequence.max_history, 0)
       losses = np.zeros(len(examples), np.float32)
-      for part in shard_math.size_shards(examples, self.users_per_shard):
+      for part in shard_math.size_shards(examples, self.users_per_shard, self.shard_examples):
         data = {k: tf.constant(v) for k, v in self._pack_sequences([examples[u] for u in part], part).items()}
         losses[part] = self._losses(list(weights), data).numpy()
       return losses
     losses = np.zeros(len(clients.support), np.float32)
-    for part in shard_math.size_shards(clients.support, self.users_per_shard):
+    for part in shard_math.size_shards(clients.support, self.users_per_shard, self.shard_examples):
       items, labels, mask = shard_math.pack_batches([clients.support[u] for u in part],
                                                     self.task.data_config.batch_size)
       losses[part] = self._losses(weights, items, labels, mask).numpy()

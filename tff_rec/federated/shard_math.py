@@ -75,25 +75,44 @@ def split(values: list, users_per_shard: int) -> list[list]:
   return out
 
 
-def size_shards(examples: list[Examples], users_per_shard: int) -> list[list[int]]:
-  """Users' indices cut into shards of similar size (stably sorted by example count): a shard steps as many
+def size_shards(examples: list[Examples], users_per_shard: int, max_examples: int = 0) -> list[list[int]]:
+  """Users' indices cut into shards of alike users (stably sorted by example count): a shard steps as many
   batches as its largest user, so grouping alike users keeps padding small. A shard's sum does not depend on who
-  is in it."""
-  return split(sorted(range(len(examples)), key=lambda u: len(examples[u][0])), users_per_shard)
+  is in it.
+
+  `max_examples` 0: `shard_sizes`' even shards of at most `users_per_shard`.
+  Else each shard, filled in that order, takes users while it has fewer than
+  `users_per_shard` and its users x its largest user's examples (what it
+  pads to) stay within `max_examples`: many light users share a shard, a
+  heavy one may run alone, so a round has fewer shards (each costs TFF's
+  runtime a fixed time) at about the same padding.
+  """
+  order = sorted(range(len(examples)), key=lambda u: len(examples[u][0]))
+  if not max_examples:
+    return split(order, users_per_shard)
+  if max_examples < 0:
+    raise ValueError(f'max_examples must be >= 0, got {max_examples}')
+  shards: list[list[int]] = []
+  for u in order:
+    largest = max(1, len(examples[u][0]))  # The shard's largest so far: users come in increasing size.
+    if not shards or len(shards[-1]) >= users_per_shard or (len(shards[-1]) + 1) * largest > max_examples:
+      shards.append([])
+    shards[-1].append(u)
+  return shards
 
 
-def shard_indices(examples: list[Examples], users_per_shard: int) -> list[list[int]]:
-  """The users (indices into `examples`) of each shard: of similar size (`size_shards`), or a
+def shard_indices(examples: list[Examples], users_per_shard: int, max_examples: int = 0) -> list[list[int]]:
+  """The users (indices into `examples`) of each shard: of alike users (`size_shards`), or a
   `GroupedExamples`' groups (a platform's users) as they are."""
   groups = getattr(examples, 'groups', None)
   if groups is not None:
     return [list(group) for group in groups if group]
-  return size_shards(examples, users_per_shard)
+  return size_shards(examples, users_per_shard, max_examples)
 
 
-def by_size(examples: list[Examples], users_per_shard: int) -> list[list[Examples]]:
+def by_size(examples: list[Examples], users_per_shard: int, max_examples: int = 0) -> list[list[Examples]]:
   """`examples` cut into shards (`shard_indices`)."""
-  return [[examples[u] for u in part] for part in shard_indices(examples, users_per_shard)]
+  return [[examples[u] for u in part] for part in shard_indices(examples, users_per_shard, max_examples)]
 
 
 def pack_batches(examples: list[Examples], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -533,11 +552,12 @@ def sum_over_chunks(sums, clients, arrays, users_per_chunk: int) -> dict[str, An
   return totals
 
 
-def split_eval(clients, users_per_shard: int) -> list:
-  """`tasks.EvalClients` cut into shards of users of similar support size (objects with the same fields)."""
+def split_eval(clients, users_per_shard: int, max_examples: int = 0) -> list:
+  """`tasks.EvalClients` cut into shards of users of similar support size (`size_shards`; objects with the same
+  fields)."""
   fields = ('client_ids', 'support', 'queries', 'seen', 'relevant') + (('groups',) if clients.groups else ())
   return [dataclasses.replace(clients, **{f: [getattr(clients, f)[u] for u in part] for f in fields})
-          for part in size_shards(clients.support, users_per_shard)]
+          for part in size_shards(clients.support, users_per_shard, max_examples)]
 
 
 def support_losses(weights, items, labels, mask, *, objective: str, l2: float, learning_rate: float,
