@@ -24,6 +24,11 @@ import time
 from absl import app, flags
 import psutil
 
+from tff_rec import runtime, tasks
+from tff_rec.data import pipeline
+from tff_rec.data.synthetic import SyntheticConfig
+from tff_rec.federated import assembly, fed_recon, process, sampling
+
 _MEASURE = flags.DEFINE_bool('measure', False, 'Measure in this process (what the parent runs in a child).')
 _ITEMS = flags.DEFINE_integer('num_items', 50_000, 'Catalogue size.')
 _USERS = flags.DEFINE_integer('num_users', 2_000, 'Population.')
@@ -58,8 +63,6 @@ class PeakRss:
 
 
 def data_dir() -> str:
-  from tff_rec.data import pipeline  # pylint: disable=g-import-not-at-top
-  from tff_rec.data.synthetic import SyntheticConfig  # pylint: disable=g-import-not-at-top
   out = os.path.join(_DATA_DIR.value, f'synthetic_u{_USERS.value}_i{_ITEMS.value}_s0')
   if not os.path.exists(os.path.join(out, 'clients.sqlite')):
     pipeline.prepare_synthetic(SyntheticConfig(num_users=_USERS.value, num_items=_ITEMS.value, seed=0), out,
@@ -69,8 +72,6 @@ def data_dir() -> str:
 
 def measure(engine_name: str, path: str) -> dict[str, float]:
   """Rounds of `engine_name` on the population at `path`; the peak RSS (MB) and the mean round time (s)."""
-  from tff_rec import runtime, tasks  # pylint: disable=g-import-not-at-top
-  from tff_rec.federated import assembly, fed_recon, process, sampling  # pylint: disable=g-import-not-at-top
   task = tasks.RecommendationTask(tasks.DataConfig(path, batch_size=64, num_negatives=8), embedding_dim=_DIM.value,
                                   init_stddev=0.3, l2=0.003)
   config = fed_recon.ReconConfig('sgd', 150.0, 1.0, 2.0, reconstruction_epochs=3, split_dataset=False,

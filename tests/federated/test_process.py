@@ -95,6 +95,24 @@ def test_any_shard_size_gives_the_shard_size_one_model(task, weighting):
     assert engine.evaluate(states[0], clients) == pytest.approx(one, rel=1e-5)
 
 
+def test_clearing_tfs_kernel_cache_between_rounds_changes_nothing(tiny_dataset, monkeypatch):
+  task = tasks.RecommendationTask(tasks.DataConfig(data_dir=tiny_dataset, batch_size=8, num_negatives=2),
+                                  embedding_dim=4, l2=0.01)
+  cleared = []
+  clear = process.context.context().clear_kernel_cache
+  monkeypatch.setattr(process.context.context(), 'clear_kernel_cache', lambda: cleared.append(1) or clear())
+  weights = []
+  for every in (1, 10**9):
+    monkeypatch.setattr(process, '_CLEAR_KERNELS_EVERY', every)
+    engine = _engine(task, 3)
+    state = engine.initialize()
+    for r in range(3):
+      state = engine.next(state, task.train_examples(task.train_data.client_ids[:7], r, seed=0)).state
+    weights.append(engine.global_weights(state))
+  assert len(cleared) == 3  # After each round of the first engine, none of the second's.
+  _assert_weights_close(weights[0], weights[1], atol=0)
+
+
 def assert_weightings_are_means_of_users_own_updates(tiny_dataset, make_engine):
   """Server SGD at rate 1 applies the mean update: uniform = the plain mean of each user's own update, num_examples
   = their mean weighted by examples. `make_engine(task, config)`; returns (task, the config without a weighting)."""

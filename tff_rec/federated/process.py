@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 
 from tff_rec import attacks, runtime  # noqa: F401  runtime: the managed TFF context (no leaked worker).
 from tff_rec.evaluation import client_eval
@@ -154,6 +155,7 @@ def client_settings(task, config: fed_recon.ReconConfig, algorithm: str = shard_
 
 
 Aggregation = Callable[[list[tf.TensorSpec]], tff.aggregators.UnweightedAggregationFactory]
+_CLEAR_KERNELS_EVERY = 10  # Rounds between clearings of TF's eager kernel cache (`ShardEngine.next`).
 FED_PROX = 'fed_prox'
 ALGORITHMS = (shard_math.FED_RECON, shard_math.FED_AVG, FED_PROX, shard_math.FED_ALS)
 
@@ -297,6 +299,7 @@ class ShardEngine:
   _communication: dict[str, float] | None = None
   # Called with each round's aggregator measurements (distributed DP checks them against its accounting).
   round_check: Callable[[Any], None] | None = None
+  _rounds_run = 0
 
   def __init__(self, task, config: fed_recon.ReconConfig, *, users_per_shard: int, eval_learning_rate: float,
                eval_epochs: int, aggregation: Aggregation = aggregation_lib.MeanFactory,
@@ -383,6 +386,13 @@ class ShardEngine:
       shard['malicious'] = malicious[np.asarray(part, np.int64)].astype(np.float32)
       shards.append(as_client_data(shard))
     output = self.process.next(state, shards)
+    self._rounds_run += 1
+    if self._rounds_run % _CLEAR_KERNELS_EVERY == 0:
+      # Written by hand: TF's eager context keeps a kernel per op and shape, and `from_tensors` of each new shard
+      # shape (shards differ in users, batches and rows every round) adds one, about 55 KB: this process grew
+      # 126 MB in 500 demo rounds (docs/log.md, 2026-12-01). Dropping them now and then bounds it; the next round
+      # makes the few it needs again.
+      context.context().clear_kernel_cache()
     if self.round_check is not None:
       self.round_check(output.metrics['aggregator'])
     if self._communication is None:  # Per user, fixed by the process's types.
