@@ -215,26 +215,26 @@ def worker_round_seconds(task, rounds: int) -> tuple[float, float]:
   return totals[0] / (rounds - 2), totals[1] / (rounds - 2)
 
 
-def memory_growth(engine, task, rounds: int) -> tuple[float, float]:
-  """RSS (MB) after round 10 and after round `rounds` of one long run."""
+def memory_growth(engine, task, rounds: int) -> tuple[float, float, float]:
+  """RSS (MB) after round 10, after round `rounds` // 2 and after round `rounds` of one long run."""
   state = engine.initialize()
   peaks = {}
   for r in range(1, rounds + 1):
     ids = sampling.sample_clients(task.train_data.client_ids, r, 0, sampling.SamplingConfig(CLIENTS))
     state = engine.next(state, task.train_examples(ids, r, 0)).state
-    if r in (10, rounds):
+    if r in (10, rounds // 2, rounds):
       # ru_maxrss would never go down; RSS now is what a leak would grow.
       peaks[r] = tree_rss_mb()
-  return peaks[10], peaks[rounds]
+  return peaks[10], peaks[rounds // 2], peaks[rounds]
 
 
-def memory_growth_alone(rounds: int) -> tuple[float, float]:
+def memory_growth_alone(rounds: int) -> tuple[float, float, float]:
   """`memory_growth` of the shard process in a fresh child process: no other engine's memory in its baseline."""
   out = subprocess.run([sys.executable, '-m', 'benchmarks.federated_speed', '--r4_child', f'--r4_rounds={rounds}',
                         f'--data_dir={_DATA_DIR.value}'], check=True, capture_output=True, text=True,
                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}).stdout
-  at_10, at_end = json.loads(out.strip().splitlines()[-1])
-  return at_10, at_end
+  at_10, at_half, at_end = json.loads(out.strip().splitlines()[-1])
+  return at_10, at_half, at_end
 
 
 def headline_wall_seconds(flagfile: str, *flags_after: str) -> float:
@@ -309,9 +309,10 @@ def main(argv):
       print(f'Workers: shard-process round, local runtime {1000 * one:.0f} ms, two local worker services (--workers) '
             f'{1000 * two:.0f} ms  ratio {two / one:.2f}')
     if _R4_ROUNDS.value:
-      at_10, at_end = memory_growth_alone(_R4_ROUNDS.value)
-      print(f'R4 RSS after round 10: {at_10:,.0f} MB, after round {_R4_ROUNDS.value}: {at_end:,.0f} MB  '
-            f'ratio {at_end / at_10:.3f} (target <= 1.10)')
+      at_10, at_half, at_end = memory_growth_alone(_R4_ROUNDS.value)
+      print(f'R4 RSS after round 10: {at_10:,.0f} MB, after round {_R4_ROUNDS.value // 2}: {at_half:,.0f} MB, after '
+            f'round {_R4_ROUNDS.value}: {at_end:,.0f} MB  ratio {at_end / at_10:.3f} (target <= 1.10); second half '
+            f'{at_end / at_half:.3f}')
   finally:
     runtime.stop_all_workers()
   if not _SKIP_R6.value:
