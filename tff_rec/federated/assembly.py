@@ -26,8 +26,8 @@ from tff_rec.federated import aggregation, fed_recon, lr_schedule, process, samp
 from tff_rec.models import als, reconstruction, sequence
 from tff_rec.privacy import distributed, dp
 
-# Shards of alike users, at most 100 and at most 16,384 padded examples (`shard_math.size_shards`): 0.90x the
-# round time of shards of 10 users on the demo, side by side (docs/log.md, 2026-12-01).
+# Shards of alike users, at most 100 and at most 16,384 padded examples (`shard_math.size_shards`): 0.81-0.82x the
+# round time of shards of 10 users on the demo's cohorts, side by side (docs/performance.md, 2026-12-01).
 DEFAULT_USERS_PER_SHARD = 100
 DEFAULT_SHARD_EXAMPLES = 16_384
 CROSS_DEVICE, CROSS_SILO = 'cross_device', 'cross_silo'
