@@ -58,7 +58,7 @@ _HEADLINE = flags.DEFINE_string('headline_flagfile', 'configs/demo_fedrecon_mf.f
 _SKIP_R6 = flags.DEFINE_bool('skip_r6', False, 'Skip the R6 end-to-end run.')
 _WORKER_ROUNDS = flags.DEFINE_integer('worker_rounds', 6, 'TFF-engine rounds on 1 vs 2 local workers (0: skip).')
 _R4_ROUNDS = flags.DEFINE_integer('r4_rounds', 500, 'Rounds of the R4 memory run (0: skip).')
-_R4_CHILD = flags.DEFINE_bool('r4_child', False, 'Run only the R4 memory run in this process and print its two '
+_R4_CHILD = flags.DEFINE_bool('r4_child', False, 'Run only the R4 memory run in this process and print its three '
                                 'RSS figures (what the benchmark runs in a fresh child).')
 
 BATCH = 64
