@@ -77,8 +77,7 @@ def measure(engine_name: str, path: str) -> dict[str, float]:
   config = fed_recon.ReconConfig('sgd', 150.0, 1.0, 2.0, reconstruction_epochs=3, split_dataset=False,
                                  client_weighting='uniform')
   with PeakRss() as rss:
-    engine = process.ShardEngine(task, config, users_per_shard=assembly.DEFAULT_USERS_PER_SHARD,
-                                 shard_examples=assembly.DEFAULT_SHARD_EXAMPLES, eval_learning_rate=2.0, eval_epochs=1)
+    engine = process.ShardEngine(task, config, **assembly.DEFAULT_SHARDING, eval_learning_rate=2.0, eval_epochs=1)
     state = engine.initialize()
     began = time.perf_counter()
     for r in range(1, _ROUNDS.value + 1):

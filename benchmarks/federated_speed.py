@@ -63,7 +63,7 @@ _R4_CHILD = flags.DEFINE_bool('r4_child', False, 'Run only the R4 memory run in 
 
 BATCH = 64
 CLIENTS = 100
-SHARDS = dict(users_per_shard=assembly.DEFAULT_USERS_PER_SHARD, shard_examples=assembly.DEFAULT_SHARD_EXAMPLES)
+SHARDS = assembly.DEFAULT_SHARDING
 CONFIG = fed_recon.ReconConfig(server_optimizer='adam', server_learning_rate=0.05, client_learning_rate=1.0,
                                reconstruction_learning_rate=2.0, reconstruction_epochs=1, local_epochs=1,
                                split_dataset=False)

@@ -47,8 +47,7 @@ def main(argv):
   runs = []
   for path in (_LARGE.value, _SMALL.value):
     task = tasks.RecommendationTask(tasks.DataConfig(path, batch_size=64), embedding_dim=32, init_stddev=0.3)
-    engine = process.ShardEngine(task, CONFIG, users_per_shard=assembly.DEFAULT_USERS_PER_SHARD,
-                                 shard_examples=assembly.DEFAULT_SHARD_EXAMPLES, eval_learning_rate=2.0, eval_epochs=1)
+    engine = process.ShardEngine(task, CONFIG, **assembly.DEFAULT_SHARDING, eval_learning_rate=2.0, eval_epochs=1)
     data = training_loop.RoundData(
         lambda r, task=task: sampling.sample_clients(task.train_data.id_array, r, 0, config),
         lambda ids, r, task=task: task.train_examples(ids, r, 0), _ROUNDS.value)

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import os
+import types
 from typing import Any
 
 import tensorflow as tf
@@ -30,6 +31,9 @@ from tff_rec.privacy import distributed, dp
 # round time of shards of 10 users on the demo's cohorts, side by side (docs/performance.md, 2026-12-01).
 DEFAULT_USERS_PER_SHARD = 100
 DEFAULT_SHARD_EXAMPLES = 16_384
+# `process.ShardEngine`'s sharding arguments at those defaults (what the benchmarks build engines with).
+DEFAULT_SHARDING = types.MappingProxyType(dict(users_per_shard=DEFAULT_USERS_PER_SHARD,
+                                                shard_examples=DEFAULT_SHARD_EXAMPLES))
 CROSS_DEVICE, CROSS_SILO = 'cross_device', 'cross_silo'
 _CENTRAL = (dp.NONE, dp.GAUSSIAN_FIXED, dp.GAUSSIAN_ADAPTIVE)
 
